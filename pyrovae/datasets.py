@@ -1,0 +1,277 @@
+"""Datasets as in-memory tensors, and where their files are looked for.
+
+Search order for a named dataset: ``data_dir`` (the folder holding that dataset's files),
+``$PYROVAE_DATA/<name>/``, Debian's ``/usr/share/datasets/<name>/``, then the user cache
+(``$XDG_CACHE_HOME/pyrovae/<name>/``, default ``~/.cache/pyrovae/<name>/``). Files found are used
+as they are; otherwise the dataset is downloaded into the cache, and where that fails the
+error lists every place looked in.
+"""
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["ArrayDataset", "load", "load_array", "search_paths", "NAMES", "binarize"]
+
+NAMES = ("mnist", "fashion-mnist", "frey", "binarized-mnist")
+SPLITS = ("train", "test", "valid", "all")
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FREY_URL = "https://cs.nyu.edu/~roweis/data/frey_rawface.mat"
+BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
+
+
+@dataclass
+class ArrayDataset:
+    """Examples ``data`` (N, *shape) as floats, optional integer ``targets`` (N,).
+
+    Indexing gives ``(x, label)`` like a torchvision dataset; ``data`` is what training uses.
+    """
+
+    data: torch.Tensor
+    targets: torch.Tensor = None
+    name: str = "array"
+    split: str = "train"
+
+    def __post_init__(self):
+        if self.targets is not None and len(self.targets) != len(self.data):
+            raise ValueError(f"{len(self.targets)} targets for {len(self.data)} examples")
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        return self.data[index], (None if self.targets is None else self.targets[index])
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape[1:])
+
+    @property
+    def is_binary(self):
+        return bool(((self.data == 0) | (self.data == 1)).all())
+
+
+def cache_dir():
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "pyrovae"
+
+
+def search_paths(name, data_dir=None):
+    """The folders looked in for dataset ``name``, in order."""
+    paths = []
+    if data_dir is not None:
+        paths.append(Path(data_dir))
+    if os.environ.get("PYROVAE_DATA"):
+        paths.append(Path(os.environ["PYROVAE_DATA"]) / name)
+    paths.append(Path("/usr/share/datasets") / name)
+    paths.append(cache_dir() / name)
+    return paths
+
+
+def _not_found(name, paths, wanted, download_error=None):
+    places = "\n".join(f"  - {p}" for p in paths)
+    message = f"dataset {name!r}: no folder holds {wanted}. Looked in:\n{places}"
+    if download_error is not None:
+        message += f"\nand the download into {paths[-1]} failed: {download_error}"
+    message += f"\nPut the files in one of these folders, or pass --data-dir (data_dir=...)."
+    return FileNotFoundError(message)
+
+
+def _find(paths, predicate):
+    for path in paths:
+        if path.is_dir() and predicate(path):
+            return path
+    return None
+
+
+def _has_file(folder, stem):
+    return (folder / stem).is_file() or (folder / f"{stem}.gz").is_file()
+
+
+def _read_idx(folder, stem):
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    path = folder / stem
+    if path.is_file():
+        return read_sn3_pascalvincent_tensor(str(path), strict=False)
+    import gzip
+
+    # torchvision's reader takes a plain path; decompress to a private temporary file.
+    with gzip.open(folder / f"{stem}.gz", "rb") as compressed, tempfile.NamedTemporaryFile(suffix=".idx") as plain:
+        plain.write(compressed.read())
+        plain.flush()
+        return read_sn3_pascalvincent_tensor(plain.name, strict=False)
+
+
+def _load_idx_dataset(name, split, data_dir, download):
+    splits = ("train", "test") if split == "all" else (split,)
+    if any(s not in _IDX_FILES for s in splits):
+        raise ValueError(f"dataset {name!r} has splits 'train', 'test' and 'all'; got split={split!r}")
+    stems = [stem for s in splits for stem in _IDX_FILES[s]]
+    paths = search_paths(name, data_dir)
+    found = _find(paths, lambda p: all(_has_file(p, s) for s in stems))
+    if found is None:
+        found = _download_torchvision(name, paths, stems, download)
+    images, labels = [], []
+    for s in splits:
+        image_stem, label_stem = _IDX_FILES[s]
+        images.append(_read_idx(found, image_stem))
+        labels.append(_read_idx(found, label_stem).long())
+    data = torch.cat(images).unsqueeze(1).float().div_(255.0)
+    return ArrayDataset(data, torch.cat(labels), name=name, split=split)
+
+
+def _download_torchvision(name, paths, stems, download):
+    wanted = ", ".join(f"{s}[.gz]" for s in stems)
+    if download is False:
+        raise _not_found(name, paths, wanted)
+    from torchvision import datasets as tv
+
+    cls = {"mnist": tv.MNIST, "fashion-mnist": tv.FashionMNIST}[name]
+    root = cache_dir() / "torchvision"
+    try:
+        cls(str(root), train=True, download=True)
+        cls(str(root), train=False, download=True)
+    except Exception as error:  # no network, a refused connection, a bad mirror
+        raise _not_found(name, paths, wanted, download_error=error) from None
+    return root / cls.__name__ / "raw"
+
+
+def _load_frey(split, data_dir, download, test_fraction=0.1):
+    import scipy.io
+
+    paths = search_paths("frey", data_dir)
+    found = _find(paths, lambda p: (p / "frey_rawface.mat").is_file())
+    if found is None:
+        found = _download_file("frey", paths, FREY_URL, "frey_rawface.mat", download)
+    faces = scipy.io.loadmat(str(found / "frey_rawface.mat"))["ff"].T.reshape(-1, 1, 28, 20)
+    data = torch.from_numpy(faces.astype(np.float32) / 255.0)
+    # The faces are frames of one video; a fixed permutation keeps neighbouring frames apart.
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    num_test = int(round(test_fraction * len(data)))
+    index = {"train": order[num_test:], "test": order[:num_test], "all": torch.arange(len(data))}
+    if split not in index:
+        raise ValueError(f"dataset 'frey' has splits 'train', 'test' and 'all'; got split={split!r}")
+    return ArrayDataset(data[index[split]], None, name="frey", split=split)
+
+
+def _load_binarized_mnist(split, data_dir, download):
+    split = "valid" if split == "validation" else split
+    splits = ("train", "valid", "test") if split == "all" else (split,)
+    if any(s not in ("train", "valid", "test") for s in splits):
+        raise ValueError(f"dataset 'binarized-mnist' has splits 'train', 'valid', 'test' and 'all'; got split={split!r}")
+    paths = search_paths("binarized-mnist", data_dir)
+
+    def has_amat(p):
+        return all((p / f"binarized_mnist_{s}.amat").is_file() for s in splits)
+
+    found = _find(paths, lambda p: (p / "binarized_mnist_uint8.npz").is_file() or has_amat(p))
+    if found is None:
+        for s in splits:
+            found = _download_file(
+                "binarized-mnist", paths, BINARIZED_MNIST_URL.format(split=s), f"binarized_mnist_{s}.amat", download
+            )
+    parts = []
+    for s in splits:
+        if (found / "binarized_mnist_uint8.npz").is_file():
+            with np.load(found / "binarized_mnist_uint8.npz") as arrays:
+                parts.append(arrays[s].astype(np.float32))
+        else:
+            parts.append(np.loadtxt(found / f"binarized_mnist_{s}.amat", dtype=np.float32))
+    data = torch.from_numpy(np.concatenate(parts)).reshape(-1, 1, 28, 28)
+    return ArrayDataset(data, None, name="binarized-mnist", split=split)
+
+
+def _download_file(name, paths, url, filename, download):
+    if download is False:
+        raise _not_found(name, paths, filename)
+    from torchvision.datasets.utils import download_url
+
+    target = paths[-1]
+    try:
+        download_url(url, str(target), filename)
+    except Exception as error:
+        raise _not_found(name, paths, filename, download_error=error) from None
+    return target
+
+
+def load_array(path, split="train"):
+    """A ``.npy`` file (all of it is ``train``) or an ``.npz`` (keys ``train``/``test``, or one
+    array) -> ArrayDataset. uint8 data are scaled to [0, 1]; shapes (N, D), (N, H, W) -> (N, 1,
+    H, W) and (N, C, H, W) are accepted."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"array file {str(path)!r} does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"cannot read {str(path)!r} as a .npy/.npz array: {error}") from None
+    targets = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = list(loaded.keys())
+            if split in keys:
+                array = loaded[split]
+                label_key = f"{split}_labels"
+                targets = loaded[label_key] if label_key in keys else None
+            elif len(keys) == 1 and split == "train":
+                array = loaded[keys[0]]
+            else:
+                raise ValueError(f"{str(path)!r} has no array named {split!r}; it holds {keys}")
+    else:
+        if split != "train":
+            raise ValueError(f"a .npy file holds one split, 'train'; got split={split!r} for {str(path)!r}")
+        array = loaded
+    return ArrayDataset(_to_tensor(array, path), None if targets is None else torch.as_tensor(targets).long(),
+                        name=path.stem, split=split)
+
+
+def _to_tensor(array, path):
+    if array.ndim < 2 or array.ndim > 4:
+        raise ValueError(
+            f"{str(path)!r}: expected an array of shape (N, D), (N, H, W) or (N, C, H, W); got shape {array.shape}"
+        )
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ValueError(f"{str(path)!r}: expected numbers; got dtype {array.dtype}")
+    scale = 255.0 if array.dtype == np.uint8 else 1.0
+    data = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32) / scale)
+    bad = ~torch.isfinite(data)
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{str(path)!r}: {int(bad.sum())} values are NaN or infinite, the first at index {index}")
+    if data.dim() == 3:
+        data = data.unsqueeze(1)
+    return data
+
+
+def load(name, split="train", data_dir=None, download=None):
+    """Dataset ``name`` (one of ``NAMES``, or a path to a ``.npy``/``.npz`` file) -> ArrayDataset.
+
+    :param download: ``None`` tries a download when no files are found; ``False`` never does.
+    """
+    name = str(name)
+    if name.endswith((".npy", ".npz")):
+        return load_array(name, split)
+    if name in ("mnist", "fashion-mnist"):
+        return _load_idx_dataset(name, split, data_dir, download)
+    if name == "frey":
+        return _load_frey(split, data_dir, download)
+    if name == "binarized-mnist":
+        return _load_binarized_mnist(split, data_dir, download)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {list(NAMES)} or a path to a .npy/.npz file")
+
+
+def binarize(data, mode, generator=None):
+    """``"dynamic"``: x ~ Bernoulli(data), fresh each call; ``"threshold"``: x = [data > 0.5]."""
+    if mode == "dynamic":
+        return torch.bernoulli(data, generator=generator)
+    if mode == "threshold":
+        return (data > 0.5).to(data.dtype)
+    raise ValueError(f"unknown binarization {mode!r}; choose 'dynamic', 'threshold' or 'none'")

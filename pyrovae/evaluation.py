@@ -1,0 +1,267 @@
+"""Per-example bounds and estimates of log p(x), all from Pyro traces (guide trace, model
+replayed on it), so they hold for every prior and likelihood, built-in or plugged in.
+
+- ``elbo``:           E_q[log p(x, z) - log q(z|x)]                        <= log p(x)
+- ``iwae_bound``:     E[log (1/k) sum_j p(x, z_j) / q(z_j|x)], z_j ~ q      (non-decreasing in k)
+- ``log_likelihood``: log (1/K) sum_j p(x, z_j) / q(z_j|x), K large     (-> log p(x) as K grows)
+"""
+
+import math
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+from pyro import poutine
+from torch.distributions import Independent, Normal, kl_divergence
+
+from .objectives import log_importance_weights
+
+__all__ = [
+    "log_weights",
+    "log_likelihood",
+    "elbo",
+    "elbo_terms",
+    "iwae_bound",
+    "check_bounds",
+    "BoundCheck",
+    "BoundViolationWarning",
+]
+
+# Floats in the widest per-chunk tensor (samples x examples x data dimensions): 64 MB.
+DEFAULT_CHUNK_ELEMENTS = 2**24
+
+
+class BoundViolationWarning(UserWarning):
+    """ELBO <= IWAE_k <= IWAE_2k failed beyond Monte Carlo error: a bug or a broken model."""
+
+
+@contextmanager
+def _seeded(seed, device):
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _check_inputs(vae, x, num_samples, what="num_samples"):
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"{what} must be an integer >= 1; got {num_samples!r}")
+    vae.check_data(x)
+
+
+def log_weights(vae, x, num_samples):
+    """log w_kn = log p(x_n, z_kn) - log q(z_kn | x_n), z_kn ~ q(z | x_n): shape (K, N)."""
+    _check_inputs(vae, x, num_samples)
+    with torch.no_grad(), pyro.plate("particles", num_samples, dim=-2):
+        guide_trace = poutine.trace(vae.guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    return log_importance_weights(model_trace, guide_trace)
+
+
+def _chunks(vae, num_examples, num_samples, batch_size, chunk_elements):
+    width = max(vae.data_dim * vae.likelihood.num_params, max(vae.config["hidden"], default=1))
+    batch = batch_size or max(1, min(num_examples, 1000, chunk_elements // width))
+    sample_chunk = max(1, min(num_samples, chunk_elements // (batch * width)))
+    return batch, sample_chunk
+
+
+def _progress(total, desc, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=False, seed=None,
+                   chunk_elements=DEFAULT_CHUNK_ELEMENTS, progress=False):
+    """Importance-sampled log p(x_n) ~ logsumexp_k log w_kn - log K, per example, in nats.
+
+    Chunked over examples (``batch_size``) and samples so memory stays bounded whatever K is.
+    With ``return_stderr`` also gives the delta-method standard error of the estimate,
+    sqrt((mean w^2 / (mean w)^2 - 1) / K), from the same weights.
+    """
+    _check_inputs(vae, x, num_samples)
+    batch, sample_chunk = _chunks(vae, len(x), num_samples, batch_size, chunk_elements)
+    estimates, stderrs = [], []
+    with _seeded(seed, x.device), _progress(len(x) * num_samples, "log p(x)", progress) as bar:
+        for start in range(0, len(x), batch):
+            xb = x[start:start + batch]
+            lse1 = torch.full((len(xb),), -math.inf, device=x.device, dtype=torch.float64)
+            lse2 = lse1.clone()
+            for done in range(0, num_samples, sample_chunk):
+                k = min(sample_chunk, num_samples - done)
+                lw = log_weights(vae, xb, k).double()
+                lse1 = torch.logaddexp(lse1, torch.logsumexp(lw, 0))
+                lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
+                bar.update(k * len(xb))
+            estimates.append(lse1 - math.log(num_samples))
+            # mean(w^2) / mean(w)^2 = exp(lse2 - 2 lse1 + log K) >= 1
+            ratio = torch.exp(lse2 - 2 * lse1 + math.log(num_samples))
+            stderrs.append(((ratio - 1).clamp_min(0) / num_samples).sqrt())
+    estimate = torch.cat(estimates).to(x.dtype)
+    return (estimate, torch.cat(stderrs).to(x.dtype)) if return_stderr else estimate
+
+
+def _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements):
+    """IWAE_k per example and replicate, shape (R, N)."""
+    batch, sample_chunk = _chunks(vae, len(x), k * num_replicates, batch_size, chunk_elements)
+    replicates_per_chunk = max(1, sample_chunk // k)
+    rows = []
+    for start in range(0, len(x), batch):
+        xb = x[start:start + batch]
+        parts = []
+        for done in range(0, num_replicates, replicates_per_chunk):
+            r = min(replicates_per_chunk, num_replicates - done)
+            if r * k <= sample_chunk:
+                lw = log_weights(vae, xb, r * k).double().reshape(r, k, len(xb))
+                parts.append(torch.logsumexp(lw, 1) - math.log(k))
+            else:  # one replicate needs more samples than a chunk holds: stream over its samples
+                for _ in range(r):
+                    lse = torch.full((len(xb),), -math.inf, dtype=torch.float64, device=x.device)
+                    for taken in range(0, k, sample_chunk):
+                        lse = torch.logaddexp(lse, torch.logsumexp(log_weights(vae, xb, min(sample_chunk, k - taken)).double(), 0))
+                    parts.append((lse - math.log(k)).unsqueeze(0))
+        rows.append(torch.cat(parts, 0))
+    return torch.cat(rows, 1)
+
+
+def iwae_bound(vae, x, k, num_replicates=1, batch_size=None, return_stderr=False, seed=None,
+               chunk_elements=DEFAULT_CHUNK_ELEMENTS):
+    """IWAE_k(x_n) = E[log (1/k) sum_j w_jn], averaged over ``num_replicates`` independent draws;
+    the stderr (``num_replicates >= 2``) is the Monte Carlo error of that average."""
+    _check_inputs(vae, x, k, "k")
+    _check_inputs(vae, x, num_replicates, "num_replicates")
+    with _seeded(seed, x.device):
+        values = _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements)
+    mean = values.mean(0).to(x.dtype)
+    if not return_stderr:
+        return mean
+    if num_replicates < 2:
+        raise ValueError("a standard error needs num_replicates >= 2")
+    return mean, (values.std(0) / math.sqrt(num_replicates)).to(x.dtype)
+
+
+def elbo(vae, x, num_particles=1, batch_size=None, return_stderr=False, seed=None,
+         chunk_elements=DEFAULT_CHUNK_ELEMENTS):
+    """ELBO(x_n) = E_q[log p(x_n, z) - log q(z | x_n)] by Monte Carlo over ``num_particles``."""
+    return iwae_bound(vae, x, 1, num_particles, batch_size, return_stderr, seed, chunk_elements)
+
+
+def elbo_terms(vae, x, batch_size=1000):
+    """Per example: ``reconstruction`` E_q log p(x|z) (one sample), ``kl`` KL(q(z|x) || p(z))
+    (closed form where one is registered, else one-sample Monte Carlo), ``elbo`` their difference."""
+    vae.check_data(x)
+    recon, kl = [], []
+    with torch.no_grad():
+        prior = vae.prior()
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size]
+            loc, scale = vae.encoder(xb)
+            q = Independent(Normal(loc, scale), 1)
+            z = q.rsample()
+            recon.append(vae.likelihood_distribution(z).log_prob(xb))
+            try:
+                kl.append(kl_divergence(q, prior.expand(q.batch_shape)))
+            except NotImplementedError:
+                kl.append(q.log_prob(z) - prior.log_prob(z))
+    recon, kl = torch.cat(recon), torch.cat(kl)
+    return {"reconstruction": recon, "kl": kl, "elbo": recon - kl}
+
+
+@dataclass
+class BoundCheck:
+    """ELBO and IWAE_k (dataset means, nats per example) with their Monte Carlo errors."""
+
+    ks: list
+    values: list
+    stderrs: list
+    num_examples: int
+    violations: list = field(default_factory=list)
+    exact: float = None
+
+    @property
+    def elbo(self):
+        return self.values[0]
+
+    @property
+    def log_likelihood(self):
+        """The best estimate of log p(x): the exact value where known, else the largest-k bound."""
+        return self.exact if self.exact is not None else self.values[-1]
+
+    @property
+    def jensen_gap(self):
+        """log p(x) - ELBO >= 0: what Jensen's inequality costs the single-sample bound."""
+        return self.log_likelihood - self.elbo
+
+    @property
+    def ok(self):
+        return not self.violations
+
+    def as_dict(self):
+        return {
+            "ks": list(self.ks),
+            "values": list(self.values),
+            "stderrs": list(self.stderrs),
+            "num_examples": self.num_examples,
+            "elbo": self.elbo,
+            "log_likelihood": self.log_likelihood,
+            "exact": self.exact,
+            "jensen_gap": self.jensen_gap,
+            "bound_check": "ok" if self.ok else "violated",
+            "violations": list(self.violations),
+        }
+
+    def __str__(self):
+        rows = [f"{'k':>7}  {'bound (nats)':>14}  {'MC error':>9}"]
+        rows += [f"{k:>7}  {v:>14.4f}  {s:>9.4f}" for k, v, s in zip(self.ks, self.values, self.stderrs)]
+        if self.exact is not None:
+            rows.append(f"{'exact':>7}  {self.exact:>14.4f}")
+        rows.append(f"Jensen gap log p(x) - ELBO = {self.jensen_gap:.4f} nats; bounds {'ok' if self.ok else 'VIOLATED'}")
+        rows += [f"  violation: {v}" for v in self.violations]
+        return "\n".join(rows)
+
+
+def check_bounds(vae, x, ks=(1, 10, 100, 1000), samples_per_k=None, exact=None, tolerance=4.0,
+                 seed=None, strict=False, batch_size=None):
+    """Estimates ELBO = IWAE_1 <= IWAE_k1 <= IWAE_k2 <= ... <= log p(x) and checks the ordering.
+
+    Each IWAE_k is averaged over ``ceil(samples_per_k / k)`` (at least 2) independent replicates,
+    which give its Monte Carlo error. A step down by more than ``tolerance`` combined standard
+    errors (or a bound above ``exact``, the true mean log p(x) where known) is a violation:
+    it is warned about with :class:`BoundViolationWarning`, or raised with ``strict=True``.
+    """
+    ks = sorted({int(k) for k in ks} | {1})
+    if ks[0] < 1:
+        raise ValueError(f"every k must be >= 1; got ks={ks}")
+    samples_per_k = samples_per_k or 2 * ks[-1]
+    values, stderrs = [], []
+    with _seeded(seed, x.device):
+        for k in ks:
+            replicates = max(2, -(-samples_per_k // k))
+            mean, se = iwae_bound(vae, x, k, replicates, batch_size=batch_size, return_stderr=True)
+            values.append(float(mean.double().mean()))
+            stderrs.append(float((se.double() ** 2).sum().sqrt() / len(x)))
+    result = BoundCheck(ks, values, stderrs, len(x), exact=None if exact is None else float(exact))
+    for i in range(len(ks) - 1):
+        drop = values[i] - values[i + 1]
+        allowed = tolerance * math.hypot(stderrs[i], stderrs[i + 1]) + 1e-6 * abs(values[i])
+        if drop > allowed:
+            result.violations.append(
+                f"IWAE_{ks[i + 1]} = {values[i + 1]:.4f} < IWAE_{ks[i]} = {values[i]:.4f} by {drop:.4f} nats (allowed {allowed:.4f})"
+            )
+    if exact is not None:
+        for k, v, s in zip(ks, values, stderrs):
+            if v - float(exact) > tolerance * s + 1e-6 * abs(float(exact)):
+                result.violations.append(f"IWAE_{k} = {v:.4f} exceeds the exact log p(x) = {float(exact):.4f}")
+    if result.violations:
+        message = "bound ordering ELBO <= IWAE_k <= log p(x) violated:\n" + "\n".join(result.violations)
+        if strict:
+            raise AssertionError(message)
+        warnings.warn(message, BoundViolationWarning, stacklevel=2)
+    return result

@@ -1,0 +1,258 @@
+"""Observation models p(x|z): each maps the decoder's raw output to a Pyro distribution over
+one whole example (``event_dim = len(data_shape)``) and checks that data lie in its support.
+
+The decoder gives ``params`` of shape ``(..., num_params, *data_shape)``; ``num_params`` is how
+many numbers per data dimension the likelihood consumes (1 for a Bernoulli's logits, 2 for a
+Beta's two concentrations).
+"""
+
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import nn
+from torch.distributions import constraints
+from torch.nn.functional import softplus
+
+from .registry import Registry
+
+__all__ = [
+    "LIKELIHOODS",
+    "Likelihood",
+    "Bernoulli",
+    "ContinuousBernoulli",
+    "Gaussian",
+    "Laplace",
+    "Beta",
+    "Logistic256",
+    "DiscretizedLogistic",
+    "make_likelihood",
+]
+
+LIKELIHOODS = Registry("likelihood")
+
+
+def _raise_first_violation(x, ok, what):
+    """Names the first entry of ``x`` where ``ok`` is False, so users can find it."""
+    bad = ~ok
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        value = float(x[index])
+        count = int(bad.sum())
+        raise ValueError(
+            f"data outside the likelihood's support: {what}; found {value!r} at index {index} "
+            f"({count} of {x.numel()} values break it)"
+        )
+
+
+class Likelihood(nn.Module):
+    """Base class: ``forward(params)`` is p(x|z), ``mean(params)`` is E[x|z]."""
+
+    num_params = 1
+    name = "custom"
+
+    def bind(self, data_shape):
+        """Called once by the VAE with the shape of one example."""
+        self.data_shape = tuple(data_shape)
+        self.event_dim = len(self.data_shape)
+        return self
+
+    def _split(self, params):
+        return params.unbind(-self.event_dim - 1) if self.num_params > 1 else (params.squeeze(-self.event_dim - 1),)
+
+    def forward(self, params):
+        raise NotImplementedError
+
+    def mean(self, params):
+        return self(params).mean
+
+    def check_support(self, x):
+        """Raises ValueError naming the first value of ``x`` outside the support."""
+        _raise_first_violation(x, torch.isfinite(x), "values must be finite")
+
+
+@LIKELIHOODS.register("bernoulli")
+class Bernoulli(Likelihood):
+    """x_d ~ Bernoulli(sigmoid(l_d)), parameterized by logits l: for binary {0, 1} data."""
+
+    def forward(self, params):
+        (logits,) = self._split(params)
+        return dist.Bernoulli(logits=logits).to_event(self.event_dim)
+
+    def mean(self, params):
+        return torch.sigmoid(self._split(params)[0])
+
+    def check_support(self, x):
+        _raise_first_violation(x, (x == 0) | (x == 1), "bernoulli needs binary values in {0, 1} (binarize grey data)")
+
+
+@LIKELIHOODS.register("continuous_bernoulli")
+class ContinuousBernoulli(Likelihood):
+    """x_d ~ CB(lambda_d): C(lambda) lambda^x (1-lambda)^(1-x) on [0, 1], normalizer included."""
+
+    def forward(self, params):
+        (logits,) = self._split(params)
+        return dist.ContinuousBernoulli(logits=logits).to_event(self.event_dim)
+
+    def check_support(self, x):
+        _raise_first_violation(x, (x >= 0) & (x <= 1), "continuous_bernoulli needs values in [0, 1]")
+
+
+class _ScaleParameter(nn.Module):
+    """A positive observation scale: fixed (a number), ``"learned"`` (one scalar) or
+    ``"learned_per_dim"`` (one per data dimension), stored as log sigma."""
+
+    def __init__(self, scale, init_scale):
+        super().__init__()
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            if not scale > 0:
+                raise ValueError(f"scale must be positive; got scale={scale}")
+            self.mode = "fixed"
+            self.register_buffer("log_scale", torch.tensor(math.log(scale)))
+        elif scale in ("learned", "learned_per_dim"):
+            if not init_scale > 0:
+                raise ValueError(f"init_scale must be positive; got init_scale={init_scale}")
+            self.mode = scale
+            self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        else:
+            raise ValueError(f"scale must be a positive number, 'learned' or 'learned_per_dim'; got {scale!r}")
+
+    def bind(self, data_shape):
+        if self.mode == "learned_per_dim" and self.log_scale.dim() == 0:
+            self.log_scale = nn.Parameter(self.log_scale.detach().expand(data_shape).clone())
+
+    def forward(self):
+        return self.log_scale.exp()
+
+
+class _LocationScale(Likelihood):
+    def __init__(self, scale=0.1, init_scale=0.2, mean="identity"):
+        super().__init__()
+        if mean not in ("identity", "sigmoid"):
+            raise ValueError(f"mean must be 'identity' or 'sigmoid'; got {mean!r}")
+        self.scale = _ScaleParameter(scale, init_scale)
+        self.mean_fn = mean
+
+    def bind(self, data_shape):
+        super().bind(data_shape)
+        self.scale.bind(self.data_shape)
+        return self
+
+    def _loc(self, params):
+        (loc,) = self._split(params)
+        return torch.sigmoid(loc) if self.mean_fn == "sigmoid" else loc
+
+    def mean(self, params):
+        return self._loc(params)
+
+
+@LIKELIHOODS.register("gaussian")
+class Gaussian(_LocationScale):
+    """x_d ~ Normal(mu_d(z), sigma), sigma fixed, learned, or learned per dimension."""
+
+    def forward(self, params):
+        loc = self._loc(params)
+        return dist.Normal(loc, self.scale().expand(loc.shape)).to_event(self.event_dim)
+
+
+@LIKELIHOODS.register("laplace")
+class Laplace(_LocationScale):
+    """x_d ~ Laplace(mu_d(z), b): heavier tails than the Gaussian, an L1 reconstruction."""
+
+    def forward(self, params):
+        loc = self._loc(params)
+        return dist.Laplace(loc, self.scale().expand(loc.shape)).to_event(self.event_dim)
+
+
+@LIKELIHOODS.register("beta")
+class Beta(Likelihood):
+    """x_d ~ Beta(a_d(z), b_d(z)) on the open interval (0, 1); a, b = softplus(outputs) + eps."""
+
+    num_params = 2
+
+    def __init__(self, epsilon=1e-3):
+        super().__init__()
+        self.epsilon = float(epsilon)
+
+    def forward(self, params):
+        a, b = self._split(params)
+        return dist.Beta(softplus(a) + self.epsilon, softplus(b) + self.epsilon).to_event(self.event_dim)
+
+    def check_support(self, x):
+        _raise_first_violation(x, (x > 0) & (x < 1), "beta needs values strictly inside (0, 1) (squash 0 and 1 first)")
+
+
+class DiscretizedLogistic(TorchDistribution):
+    """Logistic(loc, scale) integrated over the bin of width 1/255 around x in {0, 1/255, ..., 1};
+    the edge bins take the tails (PixelCNN++, Salimans et al. 2017)."""
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.unit_interval
+    has_rsample = False
+    half_bin = 1.0 / 510.0
+
+    def __init__(self, loc, scale, validate_args=None):
+        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiscretizedLogistic, _instance)
+        new.loc = self.loc.expand(batch_shape)
+        new.scale = self.scale.expand(batch_shape)
+        super(DiscretizedLogistic, new).__init__(torch.Size(batch_shape), validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def mean(self):
+        return self.loc.clamp(0.0, 1.0)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(1e-6, 1 - 1e-6)
+            x = self.loc + self.scale * (torch.log(u) - torch.log1p(-u))
+            return (x.clamp(0.0, 1.0) * 255.0).round() / 255.0
+
+    def log_prob(self, value):
+        inv_scale = self.scale.reciprocal()
+        centered = value - self.loc
+        upper = (centered + self.half_bin) * inv_scale
+        lower = (centered - self.half_bin) * inv_scale
+        log_cdf_upper = upper - softplus(upper)  # log sigmoid(upper): the left edge bin
+        log_survival_lower = -softplus(lower)  # log(1 - sigmoid(lower)): the right edge bin
+        bin_mass = torch.sigmoid(upper) - torch.sigmoid(lower)
+        # Where the bin's mass underflows, its density at the centre times the width is exact to O(width^3).
+        mid = centered * inv_scale
+        log_density_mid = mid - 2.0 * softplus(mid) - torch.log(self.scale) + math.log(2 * self.half_bin)
+        inner = torch.where(bin_mass > 1e-5, torch.log(bin_mass.clamp_min(1e-12)), log_density_mid)
+        return torch.where(value < 0.001, log_cdf_upper, torch.where(value > 0.999, log_survival_lower, inner))
+
+
+@LIKELIHOODS.register("logistic256")
+class Logistic256(Likelihood):
+    """x_d ~ discretized Logistic(mu_d(z), s_d(z)) over 256 levels: 8-bit data, so bits per
+    dimension compare with the image-modelling literature."""
+
+    num_params = 2
+
+    def forward(self, params):
+        loc, log_scale = self._split(params)
+        scale = torch.exp(log_scale.clamp(-7.0, 5.0))
+        return DiscretizedLogistic(loc, scale).to_event(self.event_dim)
+
+    def mean(self, params):
+        return self._split(params)[0].clamp(0.0, 1.0)
+
+    def check_support(self, x):
+        levels = x * 255.0
+        ok = (x >= 0) & (x <= 1) & ((levels - levels.round()).abs() < 1e-3)
+        _raise_first_violation(x, ok, "logistic256 needs 8-bit values k/255 in [0, 1]")
+
+
+def make_likelihood(spec):
+    """A name, a ``{"kind": ...}`` table, or a ``Likelihood`` instance -> a Likelihood."""
+    if isinstance(spec, Likelihood):
+        return spec
+    return LIKELIHOODS.build(spec)

@@ -1,0 +1,119 @@
+"""The VAE as a Pyro model/guide pair.
+
+model:  z ~ p(z),  x ~ p(x | decoder(z))          (the generative model, p_theta)
+guide:  z ~ Normal(mu(x), diag sigma(x)^2)         (the inference network, q_phi)
+"""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+
+from .likelihoods import make_likelihood
+from .networks import build_networks
+from .priors import check_prior_distribution, make_prior
+
+__all__ = ["VAE"]
+
+
+class VAE(PyroModule):
+    """A variational autoencoder whose ``model`` is the decoder and whose ``guide`` is the encoder.
+
+    The weights are ordinary module parameters (``vae.parameters()``), never Pyro's global
+    param store: train with :func:`pyrovae.fit`, or with Pyro's module interface
+    ``Trace_ELBO()(vae.model, vae.guide)`` and any ``torch.optim`` optimizer.
+
+    :param data_shape: shape of one example, e.g. ``(1, 28, 28)`` or ``(784,)``.
+    :param latent_dim: dimension of z, at least 1.
+    :param hidden: hidden layer widths; ``()`` makes encoder and decoder affine.
+    :param likelihood: a name from ``pyrovae.likelihoods.LIKELIHOODS``, a ``{"kind": ...}``
+        table, or a :class:`~pyrovae.likelihoods.Likelihood`.
+    :param prior: a name from ``pyrovae.priors.PRIORS``, a table, a
+        :class:`~pyrovae.priors.Prior`, or a callable returning a Distribution over z.
+    :param network: ``"mlp"`` or ``"conv"``.
+    """
+
+    def __init__(self, data_shape, latent_dim=2, hidden=(400,), likelihood="bernoulli", prior="normal", network="mlp"):
+        super().__init__()
+        if isinstance(data_shape, int):
+            data_shape = (data_shape,)
+        data_shape = tuple(data_shape)
+        if not data_shape or any(not isinstance(s, int) or s < 1 for s in data_shape):
+            raise ValueError(f"data_shape must be a tuple of positive integers; got {data_shape}")
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+            raise ValueError(f"latent_dim must be an integer >= 1; got {latent_dim!r}")
+        if isinstance(hidden, int):
+            hidden = (hidden,)
+        self.data_shape = data_shape
+        self.latent_dim = latent_dim
+        self.likelihood = make_likelihood(likelihood).bind(data_shape)
+        self.encoder, self.decoder = build_networks(network, data_shape, latent_dim, hidden, self.likelihood.num_params)
+        self.prior = make_prior(prior).bind(latent_dim, self)
+        check_prior_distribution(self.prior(), latent_dim)
+        self.config = {
+            "data_shape": list(data_shape),
+            "latent_dim": latent_dim,
+            "hidden": [int(h) for h in hidden],
+            "network": network,
+            "likelihood": dict(getattr(self.likelihood, "spec", {"kind": "custom"})),
+            "prior": dict(getattr(self.prior, "spec", {"kind": "custom"})),
+        }
+
+    @property
+    def data_dim(self):
+        return math.prod(self.data_shape)
+
+    def check_data(self, x):
+        """Raises a ValueError unless ``x`` is a float tensor of shape (N, *data_shape)."""
+        if not torch.is_tensor(x):
+            raise TypeError(f"x must be a torch.Tensor of shape (N, {', '.join(map(str, self.data_shape))}); got {type(x).__name__}")
+        if tuple(x.shape[1:]) != self.data_shape or x.dim() != len(self.data_shape) + 1:
+            raise ValueError(
+                f"x must have shape (N, {', '.join(map(str, self.data_shape))}) for this VAE; got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor; got dtype {x.dtype}")
+        return x
+
+    def model(self, x):
+        """p(x, z) = p(z) p(x | z): z ~ prior, x ~ likelihood(decoder(z)), one ``data`` plate."""
+        self.check_data(x)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    def guide(self, x):
+        """q(z | x) = Normal(mu(x), diag sigma(x)^2), reparameterized."""
+        self.check_data(x)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            loc, scale = self.encoder(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def encode(self, x):
+        """x -> (mu(x), sigma(x)), the posterior mean and standard deviation."""
+        return self.encoder(self.check_data(x))
+
+    def decode(self, z):
+        """z -> E[x | z], the likelihood's mean."""
+        return self.likelihood.mean(self.decoder(z))
+
+    def likelihood_distribution(self, z):
+        """z -> p(x | z) as a Distribution over whole examples."""
+        return self.likelihood(self.decoder(z))
+
+    def prior_distribution(self):
+        """p(z) as a Distribution with event shape (latent_dim,)."""
+        return self.prior()
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """x -> E[x | z = mu(x)]: the decoded posterior mean."""
+        return self.decode(self.encode(x)[0])
+
+    @torch.no_grad()
+    def sample(self, num_samples, mean=True):
+        """Draws z ~ p(z) and returns E[x | z] (``mean=True``) or a draw x ~ p(x | z)."""
+        z = self.prior().sample((num_samples,))
+        return self.decode(z) if mean else self.likelihood_distribution(z).sample()

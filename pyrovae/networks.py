@@ -1,0 +1,146 @@
+"""Encoder and decoder networks: plain ``torch.nn`` modules, no Pyro inside.
+
+An encoder maps ``x`` of shape ``(..., *data_shape)`` to ``(loc, scale)`` of q(z|x),
+each ``(..., latent_dim)``. A decoder maps ``z`` of shape ``(..., latent_dim)`` to the
+likelihood's raw parameters, shape ``(..., num_params, *data_shape)``. Leading batch
+dimensions (particles, examples) pass through unchanged.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "build_networks", "NETWORKS"]
+
+
+def _mlp(sizes, activation):
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+def _scale_from_log(log_scale):
+    # exp of a clamped log keeps sigma in [e^-10, e^10]: a finite, positive scale for Normal.
+    return torch.exp(log_scale.clamp(-10.0, 10.0))
+
+
+class MLPEncoder(nn.Module):
+    """x -> (mu(x), sigma(x)); ``hidden=()`` makes mu and log sigma affine in x."""
+
+    def __init__(self, data_shape, latent_dim, hidden=(400,), activation=nn.ReLU):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        self.latent_dim = latent_dim
+        data_dim = math.prod(self.data_shape)
+        self.body = _mlp([data_dim, *hidden], activation)
+        if hidden:
+            self.body.append(activation())
+        width = hidden[-1] if hidden else data_dim
+        self.loc = nn.Linear(width, latent_dim)
+        self.log_scale = nn.Linear(width, latent_dim)
+
+    def forward(self, x):
+        h = self.body(x.flatten(-len(self.data_shape)))
+        return self.loc(h), _scale_from_log(self.log_scale(h))
+
+
+class MLPDecoder(nn.Module):
+    """z -> likelihood parameters; ``hidden=()`` makes the decoder affine: W z + b."""
+
+    def __init__(self, data_shape, latent_dim, hidden=(400,), num_params=1, activation=nn.ReLU):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        self.num_params = num_params
+        self.net = _mlp([latent_dim, *hidden, num_params * math.prod(self.data_shape)], activation)
+
+    def forward(self, z):
+        out = self.net(z)
+        return out.reshape(*out.shape[:-1], self.num_params, *self.data_shape)
+
+
+def _conv_trunk_shape(height, width):
+    # two stride-2 convolutions with kernel 4 and padding 1 halve each side twice (rounding down).
+    return height // 4, width // 4
+
+
+class ConvEncoder(nn.Module):
+    """Two stride-2 convolutions then an affine map to (mu, log sigma); for (C, H, W) images."""
+
+    def __init__(self, data_shape, latent_dim, hidden=(400,), channels=(32, 64), activation=nn.ReLU):
+        super().__init__()
+        if len(data_shape) != 3:
+            raise ValueError(
+                f"network='conv' needs image data of shape (channels, height, width); got data_shape={tuple(data_shape)}"
+            )
+        c, h, w = data_shape
+        if h < 4 or w < 4:
+            raise ValueError(f"network='conv' needs images of at least 4x4 pixels; got {h}x{w}")
+        self.data_shape = tuple(data_shape)
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, channels[0], 4, stride=2, padding=1),
+            activation(),
+            nn.Conv2d(channels[0], channels[1], 4, stride=2, padding=1),
+            activation(),
+        )
+        hh, ww = _conv_trunk_shape(h, w)
+        width = hidden[-1] if hidden else channels[1] * hh * ww
+        self.fc = nn.Sequential(nn.Linear(channels[1] * hh * ww, width), activation()) if hidden else nn.Identity()
+        self.loc = nn.Linear(width, latent_dim)
+        self.log_scale = nn.Linear(width, latent_dim)
+
+    def forward(self, x):
+        batch = x.shape[: -len(self.data_shape)]
+        h = self.conv(x.reshape(-1, *self.data_shape)).flatten(1)
+        h = self.fc(h).reshape(*batch, -1)
+        return self.loc(h), _scale_from_log(self.log_scale(h))
+
+
+class ConvDecoder(nn.Module):
+    """Affine map from z, then two stride-2 transposed convolutions; cropped to (C, H, W)."""
+
+    def __init__(self, data_shape, latent_dim, hidden=(400,), num_params=1, channels=(64, 32), activation=nn.ReLU):
+        super().__init__()
+        if len(data_shape) != 3:
+            raise ValueError(
+                f"network='conv' needs image data of shape (channels, height, width); got data_shape={tuple(data_shape)}"
+            )
+        c, h, w = data_shape
+        self.data_shape = tuple(data_shape)
+        self.num_params = num_params
+        self.trunk_shape = (channels[0], -(-h // 4), -(-w // 4))
+        trunk_size = math.prod(self.trunk_shape)
+        sizes = [latent_dim, *hidden, trunk_size]
+        self.fc = nn.Sequential(_mlp(sizes, activation), activation())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(channels[0], channels[1], 4, stride=2, padding=1),
+            activation(),
+            nn.ConvTranspose2d(channels[1], num_params * c, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z):
+        batch = z.shape[:-1]
+        h = self.fc(z.reshape(-1, z.shape[-1])).reshape(-1, *self.trunk_shape)
+        c, height, width = self.data_shape
+        out = self.deconv(h)[..., :height, :width]
+        return out.reshape(*batch, self.num_params, c, height, width)
+
+
+NETWORKS = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder)}
+
+
+def build_networks(network, data_shape, latent_dim, hidden, num_params):
+    """Name -> (encoder, decoder) for the given shapes."""
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}; choose one of {sorted(NETWORKS)}")
+    encoder_cls, decoder_cls = NETWORKS[network]
+    hidden = tuple(int(h) for h in hidden)
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"hidden layer sizes must be positive integers; got hidden={hidden}")
+    return (
+        encoder_cls(data_shape, latent_dim, hidden),
+        decoder_cls(data_shape, latent_dim, hidden, num_params=num_params),
+    )

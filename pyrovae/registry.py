@@ -1,0 +1,71 @@
+"""One name -> class table per kind of component (priors, likelihoods), and the one function
+that turns a declarative spec (a name, a ``{"kind": name, ...}`` table, or an object) into one."""
+
+import functools
+import inspect
+
+__all__ = ["Registry"]
+
+
+class Registry:
+    """Maps names to component classes; ``build`` accepts the three spellings a user writes."""
+
+    def __init__(self, what):
+        self.what = what
+        self._classes = {}
+
+    def register(self, name):
+        def decorator(cls):
+            if name in self._classes:
+                raise ValueError(f"a {self.what} named {name!r} is registered already")
+            self._classes[name] = cls
+            cls.name = name
+            init = cls.__init__
+            signature = inspect.signature(init)
+
+            @functools.wraps(init)
+            def recording_init(instance, *args, **kwargs):
+                init(instance, *args, **kwargs)
+                if type(instance) is cls:
+                    bound = signature.bind(instance, *args, **kwargs).arguments
+                    instance.spec = {"kind": name, **{k: v for k, v in list(bound.items())[1:]}}
+
+            cls.__init__ = recording_init
+            return cls
+
+        return decorator
+
+    def names(self):
+        return sorted(self._classes)
+
+    def __contains__(self, name):
+        return name in self._classes
+
+    def __getitem__(self, name):
+        try:
+            return self._classes[name]
+        except KeyError:
+            raise ValueError(f"unknown {self.what} {name!r}; choose one of {self.names()}") from None
+
+    def build(self, spec):
+        """``"name"`` or ``{"kind": "name", **kwargs}`` -> a new instance, kwargs checked against
+        the class's signature so a misspelt argument names the valid ones."""
+        if isinstance(spec, str):
+            kind, kwargs = spec, {}
+        elif isinstance(spec, dict):
+            if "kind" not in spec:
+                raise ValueError(f"a {self.what} table needs a 'kind' key naming one of {self.names()}; got {spec}")
+            kwargs = {k: v for k, v in spec.items() if k != "kind"}
+            kind = spec["kind"]
+        else:
+            raise TypeError(f"a {self.what} must be a name, a {{'kind': ...}} table or an object; got {spec!r}")
+        cls = self[kind]
+        signature = inspect.signature(cls.__init__)  # the wrapped class's own, via functools.wraps
+        try:
+            signature.bind(None, **kwargs)
+        except TypeError as error:
+            allowed = [p for p in signature.parameters if p != "self"]
+            raise ValueError(
+                f"bad arguments {kwargs} for {self.what} {kind!r} ({error}); it takes {allowed or 'no arguments'}"
+            ) from None
+        return cls(**kwargs)
