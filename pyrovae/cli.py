@@ -1,0 +1,141 @@
+"""``pyrovae train | evaluate | plot | report``: flags override ``--config FILE.toml``."""
+
+import argparse
+import json
+import sys
+
+from . import config as cfg
+from . import runs
+
+__all__ = ["main", "build_parser", "config_from_args"]
+
+
+def _hidden(text):
+    text = text.strip()
+    if text in ("", "none", "()"):
+        return []
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated widths like 400 or 512,256 (or 'none'); got {text!r}") from None
+
+
+def _dims(text):
+    try:
+        dims = [int(part) for part in text.split(",")]
+    except ValueError:
+        dims = []
+    if len(dims) != 2:
+        raise argparse.ArgumentTypeError(f"--dims takes two latent indices like 0,1; got {text!r}")
+    return dims
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders as Pyro models and guides.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a VAE into a run folder", argument_default=None)
+    train.add_argument("--config", help="a TOML file; flags override it")
+    train.add_argument("--dataset", help="mnist, fashion-mnist, frey, binarized-mnist, or a .npy/.npz path")
+    train.add_argument("--data-dir", help="the folder holding the dataset's files")
+    train.add_argument("--binarize", choices=["auto", "dynamic", "threshold", "none"])
+    train.add_argument("--latent-dim", type=int)
+    train.add_argument("--hidden", type=_hidden, help="hidden widths, e.g. 400 or 512,256; 'none' for affine")
+    train.add_argument("--network", choices=["mlp", "conv"])
+    train.add_argument("--prior", help="prior name (normal, laplace, student_t, mixture, vamp, flow)")
+    train.add_argument("--prior-arg", action="append", metavar="KEY=VALUE", help="prior argument, repeatable")
+    train.add_argument("--likelihood", help="likelihood name (bernoulli, continuous_bernoulli, gaussian, laplace, beta, logistic256)")
+    train.add_argument("--likelihood-arg", action="append", metavar="KEY=VALUE", help="likelihood argument, repeatable")
+    train.add_argument("--loss", choices=["meanfield", "trace", "iwae"])
+    train.add_argument("--num-particles", type=int)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--beta", type=float, help="KL weight (beta-VAE)")
+    train.add_argument("--warmup-epochs", type=float, help="linear KL warm-up length")
+    train.add_argument("--free-bits", type=float, help="free bits, nats per latent dimension")
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard logs into the run folder")
+    train.add_argument("--no-plots", action="store_true", help="skip the figures at the end")
+    train.add_argument("--out", required=True, help="the run folder")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--no-progress", action="store_true")
+
+    evaluate = sub.add_parser("evaluate", help="importance-sampled log-likelihood and checked bounds")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--num-samples", type=int, default=1000)
+    evaluate.add_argument("--split", default="test", choices=["test", "train", "valid"])
+    evaluate.add_argument("--limit", type=int, help="only the first N examples")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--no-progress", action="store_true")
+
+    plot = sub.add_parser("plot", help="draw figures into the run folder")
+    plot.add_argument("run_dir")
+    plot.add_argument("--kind", default="all", help=f"one of {', '.join(runs.PLOT_KINDS)}, all")
+    plot.add_argument("--dims", type=_dims, help="two latent dimensions for the manifold, e.g. 0,1")
+    plot.add_argument("--pca", action="store_true", help="manifold over the top two principal axes of the encodings")
+    plot.add_argument("--n", type=int, default=20, help="manifold grid size")
+
+    report = sub.add_parser("report", help="write a self-contained report.html")
+    report.add_argument("run_dir")
+    return parser
+
+
+def config_from_args(args):
+    """The run config: the TOML file (or the run's own config when resuming), then the flags."""
+    config = {}
+    if args.config:
+        config = cfg.load_toml(args.config)
+    elif args.resume:
+        config = runs.read_run_config(args.out)
+    flags = {
+        "data": {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": args.binarize},
+        "model": {"latent_dim": args.latent_dim, "hidden": args.hidden, "network": args.network},
+        "train": {k: getattr(args, k) for k in ("loss", "num_particles", "epochs", "batch_size", "lr", "device",
+                                                 "seed", "beta", "warmup_epochs", "free_bits")},
+        "logging": {"tensorboard": args.tensorboard, "plots": False if args.no_plots else None},
+    }
+    for key in ("prior", "likelihood"):
+        kind = getattr(args, key)
+        extra = cfg.parse_assignments(getattr(args, f"{key}_arg"), key)
+        if kind is not None:
+            flags["model"][key] = {"kind": kind, **extra}
+        elif extra:
+            base = config.get("model", {}).get(key, cfg.DEFAULTS["model"][key])
+            flags["model"][key] = {**base, **extra}
+    flags = {section: {k: v for k, v in table.items() if v is not None} for section, table in flags.items()}
+    return cfg.validate(cfg.merge(config, flags))
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            config = config_from_args(args)
+            _, history = runs.train_run(config, args.out, resume=args.resume, progress=not args.no_progress)
+            if history:
+                print(json.dumps(history[-1]))
+            print(f"run folder: {args.out}")
+        elif args.command == "evaluate":
+            result = runs.evaluate_run(args.run_dir, args.num_samples, args.split, args.limit, args.device,
+                                       progress=not args.no_progress, seed=args.seed)
+            shown = {k: v for k, v in result.items() if k != "bounds"}
+            print(json.dumps(shown, indent=2))
+            if result["bound_check"] != "ok":
+                print("bound check VIOLATED:\n" + "\n".join(result["bounds"]["violations"]), file=sys.stderr)
+                return 3
+        elif args.command == "plot":
+            for path in runs.plot_run(args.run_dir, args.kind, dims=args.dims, pca=args.pca, n=args.n):
+                print(path)
+        elif args.command == "report":
+            print(runs.report_run(args.run_dir))
+    except (ValueError, FileNotFoundError, TypeError, FloatingPointError) as error:
+        print(f"pyrovae {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""The pictures of the VAE literature, as matplotlib figures, and the HTML run report."""
+
+import base64
+import html
+import io
+import json
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from . import latent  # noqa: E402
+from .checkpoint import atomic_write  # noqa: E402
+
+__all__ = [
+    "tile",
+    "manifold",
+    "scatter",
+    "reconstructions",
+    "samples",
+    "interpolation",
+    "attributes",
+    "curves",
+    "jensen_gap",
+    "save",
+    "report",
+]
+
+
+def _as_images(vae, x):
+    """(N, *data_shape) -> (N, C, H, W) for display, or None where the data are not images."""
+    shape = vae.data_shape
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return x
+    if len(shape) == 2:
+        return x.unsqueeze(1)
+    return None
+
+
+def _display_range(x):
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0 and hi <= 1:
+        return x
+    return (x - lo) / max(hi - lo, 1e-12)
+
+
+def tile(images, nrow, padding=1):
+    """(N, C, H, W) in [0, 1] -> one (H', W', C) numpy array, ``nrow`` images per row."""
+    grid = make_grid(images.detach().cpu().float().clamp(0, 1), nrow=nrow, padding=padding, pad_value=1.0)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def _show(ax, images, nrow, title=None):
+    picture = tile(images, nrow)
+    ax.imshow(picture if picture.shape[2] == 3 else picture[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+def _figure_for(images_per_row, rows, cell_inches=0.45, extra_height=0.4):
+    return plt.figure(figsize=(max(3.0, images_per_row * cell_inches), rows * cell_inches + extra_height))
+
+
+def _lines(x, rows, cols, title):
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 0.9), squeeze=False, sharey=True)
+    for ax, row in zip(axes.flat, x.detach().cpu().flatten(1)):
+        ax.plot(row.numpy(), lw=0.8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+@torch.no_grad()
+def _decode(vae, z):
+    return vae.decode(z.to(next(vae.parameters()).device)).cpu()
+
+
+@torch.no_grad()
+def manifold(vae, n=20, dims=None, base=None, data=None, title=None):
+    """AEVB Figure 4: decoded means over Phi^-1 of an n x n grid on the unit square. For a latent
+    of more than 2 dimensions give ``dims`` (others held at ``base``) or ``data`` (the plane of
+    its encodings' top two principal axes)."""
+    axes = None
+    if vae.latent_dim > 2 and dims is None and data is not None:
+        axes = latent.principal_axes(latent.encode_mean(vae, data).cpu())
+    z = latent.manifold_latents(vae.latent_dim, n, dims=dims, base=base, axes=axes)
+    decoded = _decode(vae, z.reshape(n * n, -1))
+    images = _as_images(vae, decoded)
+    how = "principal axes 1, 2" if axes is not None else f"dims {tuple(dims) if dims is not None else (0, 1)}"
+    title = title or f"learned manifold ({n}x{n}, z = Phi^-1(grid), {how})"
+    if images is None:
+        if n > 10:
+            warnings.warn(f"non-image data: drawing a {min(n, 10)}x{min(n, 10)} grid of line plots instead of {n}x{n}")
+            return manifold(vae, min(n, 10), dims, base, data, title)
+        return _lines(decoded, n, n, title)
+    h, w = images.shape[-2:]
+    fig = plt.figure(figsize=(min(12, max(4, n * w / 28 * 0.45)), min(12, max(4, n * h / 28 * 0.45)) + 0.3))
+    _show(fig.add_subplot(), _display_range(images), n, title)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def scatter(vae, x, labels=None, title=None, max_points=10000):
+    """Posterior means of ``x`` coloured by label (PCA to 2-D for larger latents)."""
+    x = x[:max_points]
+    z = latent.encode_mean(vae, x).cpu()
+    xlabel, ylabel = "z1", "z2"
+    if z.shape[1] > 2:
+        mean, directions, _ = latent.principal_axes(z)
+        z = (z - mean) @ directions.T
+        xlabel, ylabel = "principal axis 1", "principal axis 2"
+    elif z.shape[1] == 1:
+        z = torch.cat([z, torch.zeros_like(z)], 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    if labels is not None:
+        labels = labels[:max_points].cpu()
+        for value in labels.unique():
+            keep = labels == value
+            ax.scatter(z[keep, 0], z[keep, 1], s=3, alpha=0.6, label=str(int(value)), color=plt.cm.tab10(int(value) % 10))
+        ax.legend(markerscale=4, fontsize=8, loc="upper right", title="label")
+    else:
+        ax.scatter(z[:, 0], z[:, 1], s=3, alpha=0.6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "posterior means of the test set")
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def reconstructions(vae, x, n=10, title=None):
+    """Originals (top row) over their reconstructions E[x | z = mu(x)] (bottom row)."""
+    x = x[:n]
+    recon = vae.reconstruct(x.to(next(vae.parameters()).device)).cpu()
+    images = _as_images(vae, torch.cat([x.cpu(), recon]))
+    if images is None:
+        return _lines(torch.cat([x.cpu(), recon]), 2, len(x), title or "originals (top) and reconstructions (bottom)")
+    fig = _figure_for(len(x), 2, cell_inches=0.8)
+    _show(fig.add_subplot(), _display_range(images), len(x), title or "originals (top) and reconstructions (bottom)")
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def samples(vae, n=100, nrow=10, seed=0, title=None):
+    """E[x | z] for z drawn from the prior (learned priors included)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        z = vae.prior().sample((n,))
+    decoded = _decode(vae, z)
+    images = _as_images(vae, decoded)
+    name = vae.config["prior"].get("kind", "custom")
+    if images is None:
+        return _lines(decoded[: nrow * 2], 2, nrow, title or f"samples from the {name} prior")
+    fig = _figure_for(nrow, -(-n // nrow), cell_inches=0.55)
+    _show(fig.add_subplot(), _display_range(images), nrow, title or f"samples: E[x|z], z ~ {name} prior")
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def interpolation(vae, x, pairs=4, steps=10, title=None):
+    """Decodings along the path between the encodings of example pairs, linear and spherical:
+    for each pair one row of each."""
+    x = x.to(next(vae.parameters()).device)
+    if len(x) < 2 * pairs:
+        raise ValueError(f"interpolation of {pairs} pairs needs {2 * pairs} examples; got {len(x)}")
+    z = latent.encode_mean(vae, x[: 2 * pairs])
+    rows = []
+    for i in range(pairs):
+        for method in ("linear", "slerp"):
+            rows.append(latent.interpolate(z[2 * i], z[2 * i + 1], steps, method))
+    decoded = _decode(vae, torch.cat(rows))
+    images = _as_images(vae, decoded)
+    title = title or "interpolation between encodings: linear and spherical rows, pair by pair"
+    if images is None:
+        return _lines(decoded, 2 * pairs, steps, title)
+    fig = _figure_for(steps, 2 * pairs, cell_inches=0.6)
+    _show(fig.add_subplot(), _display_range(images), steps, title)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def attributes(vae, x, vectors, names, amounts=(-2, -1, 0, 1, 2), examples=3, title=None):
+    """Resynthesis (the notes' Figure 17.13): for each of ``examples`` encodings z, the grid
+    z + a v1 (+ b v2) over ``amounts``; one panel per example."""
+    x = x.to(next(vae.parameters()).device)
+    z = latent.encode_mean(vae, x[:examples])
+    k = len(amounts)
+    fig, axes = plt.subplots(1, examples, figsize=(examples * max(2.5, k * 0.55), max(2.5, (k if len(vectors) == 2 else 1) * 0.55) + 0.8), squeeze=False)
+    for ax, zi in zip(axes[0], z):
+        grid = latent.resynthesis_latents(zi, [v.to(zi.device) for v in vectors], amounts)
+        decoded = _decode(vae, grid.reshape(-1, vae.latent_dim))
+        images = _as_images(vae, decoded)
+        if images is None:
+            raise ValueError("attribute resynthesis is drawn for image data only")
+        _show(ax, _display_range(images), k)
+    label = f"rows: {names[0]}" + (f", columns: {names[1]}" if len(names) > 1 else "")
+    if len(vectors) == 1:
+        label = f"columns: {names[0]}"
+    fig.suptitle(title or f"attribute vectors, amounts {list(amounts)} ({label})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def curves(history, title=None):
+    """ELBO, reconstruction and KL per epoch, train and test, from ``metrics.jsonl`` rows."""
+    if not history:
+        raise ValueError("no epochs in the history: train first")
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    panels = (("ELBO (nats/example)", "eval_elbo", "elbo"), ("reconstruction E_q log p(x|z)", "reconstruction", "reconstruction"), ("KL(q || p)", "kl", "kl"))
+    for ax, (name, train_key, test_key) in zip(axes, panels):
+        if f"train_{train_key}" in history[0]:
+            ax.plot(epochs, [r[f"train_{train_key}"] for r in history], "o-", ms=3, label="train")
+        if f"test_{test_key}" in history[0]:
+            ax.plot(epochs, [r[f"test_{test_key}"] for r in history], "s-", ms=3, label="test")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "training curves", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def jensen_gap(check, title=None):
+    """ELBO and IWAE_k against k (log scale) with Monte Carlo error bars: the bound rising
+    towards log p(x), as in the notes' Figure 17.6."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(check.ks, check.values, yerr=[2 * s for s in check.stderrs], fmt="o-", capsize=3, label="IWAE_k (k = 1: ELBO)")
+    if check.exact is not None:
+        ax.axhline(check.exact, color="k", ls="--", label="exact log p(x)")
+    ax.set_xscale("log")
+    ax.set_xlabel("k (importance samples)")
+    ax.set_ylabel("nats per example")
+    ax.set_title(title or f"Jensen gap log p(x) - ELBO = {check.jensen_gap:.3f} nats", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path, dpi=110):
+    """Writes the figure as PNG atomically and closes it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return Path(path)
+
+
+def report(run_dir, figures, config_text, history, evaluation=None):
+    """One self-contained HTML page: config, metrics table, evaluation numbers, every figure."""
+    run_dir = Path(run_dir)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>pyrovae run {html.escape(run_dir.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "pre{background:#f5f5f5;padding:1em;font-size:12px}img{max-width:100%;border:1px solid #eee}"
+        "figure{margin:1.5em 0}</style></head><body>",
+        f"<h1>pyrovae run <code>{html.escape(str(run_dir))}</code></h1>",
+    ]
+    if evaluation:
+        parts.append("<h2>Evaluation</h2><table>")
+        for key, value in evaluation.items():
+            if not isinstance(value, (list, dict)):
+                parts.append(f"<tr><th>{html.escape(key)}</th><td>{html.escape(_fmt(value))}</td></tr>")
+        parts.append("</table>")
+    if history:
+        keys = [k for k in history[0] if not isinstance(history[0][k], (list, dict))]
+        parts.append("<h2>Metrics per epoch</h2><table><tr>" + "".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr>")
+        for row in history:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(k)))}</td>" for k in keys) + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>Figures</h2>")
+    for name, path in figures:
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(name)}</figcaption></figure>")
+    parts.append(f"<h2>Configuration</h2><pre>{html.escape(config_text)}</pre></body></html>")
+    out = run_dir / "report.html"
+    atomic_write(out, lambda f: f.write("\n".join(parts).encode()))
+    return out
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return json.dumps(value) if not isinstance(value, str) else value
