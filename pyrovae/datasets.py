@@ -254,9 +254,12 @@ def _to_tensor(array, path):
 def load(name, split="train", data_dir=None, download=None):
     """Dataset ``name`` (one of ``NAMES``, or a path to a ``.npy``/``.npz`` file) -> ArrayDataset.
 
-    :param download: ``None`` tries a download when no files are found; ``False`` never does.
+    :param download: ``None`` tries a download when no files are found, unless the environment
+        sets ``PYROVAE_OFFLINE=1``; ``False`` never does.
     """
     name = str(name)
+    if download is None and os.environ.get("PYROVAE_OFFLINE") == "1":
+        download = False
     if name.endswith((".npy", ".npz")):
         return load_array(name, split)
     if name in ("mnist", "fashion-mnist"):

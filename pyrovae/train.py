@@ -188,7 +188,13 @@ def fit(
             if not objective.kl_schedule.is_identity:
                 objective.set_progress(epoch + step / steps)
             optimizer.zero_grad(set_to_none=True)
-            batch_loss = objective(xb)
+            try:
+                batch_loss = objective(xb)
+            except ValueError:
+                # Pyro's argument validation rejects NaN parameters before a loss exists.
+                if all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
+                    raise
+                batch_loss = torch.tensor(float("nan"))
             if not torch.isfinite(batch_loss):
                 kept = f"the last good checkpoint {str(checkpoint_path)!r} is kept" if checkpoint_path else "no checkpoint was written"
                 raise TrainingDiverged(

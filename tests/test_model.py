@@ -1,0 +1,170 @@
+"""The model/guide pair and SVI, against the closed forms of the notes."""
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+
+import pyrovae
+from pyrovae.evaluation import log_weights
+from pyrovae.objectives import IWAE_ELBO
+
+
+def small_vae(**kwargs):
+    options = dict(data_shape=(6, 5), latent_dim=3, hidden=(16,))
+    options.update(kwargs)
+    return pyrovae.VAE(**options)
+
+
+def test_model_and_guide_agree_on_sites_and_shapes():
+    vae = small_vae()
+    x = torch.bernoulli(torch.full((7, 6, 5), 0.5))
+    guide_trace = poutine.trace(vae.guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    guide_sites = {n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
+    model_sites = {n for n, s in model_trace.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
+    assert guide_sites == {"z"} and model_sites == {"z", "x"}
+    assert guide_trace.nodes["z"]["value"].shape == (7, 3)
+    assert guide_trace.nodes["z"]["fn"].event_shape == (3,)
+    assert model_trace.nodes["x"]["fn"].event_shape == (6, 5)
+    assert model_trace.nodes["x"]["fn"].batch_shape == (7,)
+    assert guide_trace.nodes["z"]["fn"].has_rsample
+    assert len(pyro.get_param_store()) == 0  # weights live in the module, not the param store
+
+
+def closed_form_kl(loc, scale):
+    """Notes eq. 17.24: 0.5 (tr Sigma + mu^T mu - D - log det Sigma)."""
+    var = scale**2
+    return 0.5 * (var.sum(-1) + (loc**2).sum(-1) - loc.shape[-1] - var.log().sum(-1))
+
+
+def test_meanfield_kl_is_the_closed_form_and_trace_elbo_agrees_within_monte_carlo_error():
+    vae = small_vae()
+    with torch.no_grad():
+        vae.encoder.log_scale.bias.fill_(-0.7)
+        vae.encoder.loc.bias.fill_(0.8)
+    x = torch.bernoulli(torch.full((5, 6, 5), 0.3))
+    prior_only = poutine.block(vae.model, hide=["x"])  # ELBO of the z site alone is -KL
+    loc, scale = vae.encode(x)
+    expected = closed_form_kl(loc, scale).sum()
+    analytic = TraceMeanField_ELBO().differentiable_loss(prior_only, vae.guide, x)
+    assert torch.allclose(analytic, expected, rtol=1e-5)
+
+    k = 20000
+    lw = log_weights(_PriorOnly(vae), x, k)  # (K, N): log p(z) - log q(z)
+    per_particle = -lw.sum(1)
+    monte_carlo = per_particle.mean()
+    stderr = per_particle.std() / math.sqrt(k)
+    assert abs(monte_carlo - expected) < 4 * stderr
+    mc_trace = Trace_ELBO(num_particles=k, vectorize_particles=True, max_plate_nesting=1).loss(prior_only, vae.guide, x)
+    assert abs(mc_trace - expected.item()) < 4 * stderr
+
+
+class _PriorOnly:
+    """The VAE with its observation hidden, for the KL alone."""
+
+    def __init__(self, vae):
+        self.vae = vae
+        self.model = poutine.block(vae.model, hide=["x"])
+        self.guide = vae.guide
+
+    def check_data(self, x):
+        return self.vae.check_data(x)
+
+
+def test_iwae_objective_equals_renyi_alpha_zero():
+    vae = small_vae()
+    x = torch.bernoulli(torch.full((9, 6, 5), 0.4))
+    pyro.set_rng_seed(3)
+    ours = IWAE_ELBO(num_particles=7).loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(3)
+    renyi = RenyiELBO(alpha=0, num_particles=7, vectorize_particles=True, max_plate_nesting=1).loss(vae.model, vae.guide, x)
+    assert ours == pytest.approx(renyi, rel=1e-5)
+
+
+@pytest.mark.parametrize("loss,particles", [("meanfield", 1), ("trace", 1), ("trace", 3), ("iwae", 4)])
+def test_a_few_svi_steps_raise_the_elbo(loss, particles):
+    torch.manual_seed(0)
+    prototypes = torch.rand(2, 6, 5) > 0.5
+    x = (prototypes[torch.randint(0, 2, (256,))] ^ (torch.rand(256, 6, 5) < 0.05)).float()
+    vae = small_vae()
+    before = pyrovae.evaluation.elbo(vae, x, num_particles=20, seed=1).mean()
+    pyrovae.fit(vae, x, epochs=15, batch_size=64, lr=1e-2, loss=loss, num_particles=particles, progress=False, device="cpu")
+    after = pyrovae.evaluation.elbo(vae, x, num_particles=20, seed=1).mean()
+    assert after > before + 3.0
+
+
+def test_conv_networks_handle_28x28_and_28x20_and_particles():
+    for shape in [(1, 28, 28), (1, 28, 20)]:
+        vae = pyrovae.VAE(shape, latent_dim=4, network="conv", hidden=(32,))
+        x = torch.bernoulli(torch.full((3, *shape), 0.5))
+        loc, scale = vae.encode(x)
+        assert loc.shape == scale.shape == (3, 4)
+        assert vae.decode(torch.randn(5, 3, 4)).shape == (5, 3, *shape)
+        assert log_weights(vae, x, 6).shape == (6, 3)
+
+
+def test_linear_networks_when_hidden_is_empty():
+    vae = pyrovae.VAE((4,), latent_dim=2, hidden=(), likelihood={"kind": "gaussian", "scale": 0.5})
+    linears = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1 and linears[0].weight.shape == (4, 2)
+    z = torch.randn(3, 2)
+    assert torch.allclose(vae.decode(z), z @ linears[0].weight.T + linears[0].bias)
+
+
+def test_helpers_shapes():
+    vae = small_vae()
+    x = torch.bernoulli(torch.full((4, 6, 5), 0.5))
+    assert vae.reconstruct(x).shape == x.shape
+    samples = vae.sample(8)
+    assert samples.shape == (8, 6, 5) and ((samples >= 0) & (samples <= 1)).all()
+    assert set(vae.sample(8, mean=False).unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_latent_dim_below_one_is_refused(bad):
+    with pytest.raises(ValueError, match="latent_dim"):
+        pyrovae.VAE((4,), latent_dim=bad)
+
+
+def test_wrong_data_shape_is_refused():
+    vae = small_vae()
+    with pytest.raises(ValueError, match=r"shape \(N, 6, 5\)"):
+        vae.model(torch.zeros(3, 5, 6))
+
+
+def test_unknown_loss_is_refused():
+    with pytest.raises(ValueError, match="unknown loss 'elbo2'.*meanfield"):
+        pyrovae.fit(small_vae(), torch.zeros(10, 6, 5), epochs=1, loss="elbo2", progress=False)
+
+
+def test_grey_data_with_bernoulli_and_no_binarization_names_the_value():
+    x = torch.full((10, 6, 5), 0.25)
+    with pytest.raises(ValueError, match="bernoulli needs binary.*0.25 at index"):
+        pyrovae.fit(small_vae(), x, epochs=1, binarize="none", progress=False)
+
+
+def test_values_outside_unit_interval_are_refused_for_dynamic_binarization():
+    x = torch.full((10, 6, 5), 0.5)
+    x[3, 2, 1] = 1.7
+    with pytest.raises(ValueError, match=r"\[0, 1\].*1.7.*\(3, 2, 1\)"):
+        pyrovae.fit(small_vae(), x, epochs=1, progress=False)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path):
+    x = torch.bernoulli(torch.full((64, 6, 5), 0.5))
+    vae = small_vae()
+
+    def poison(row, model):
+        with torch.no_grad():
+            model.decoder.net[0].weight.fill_(float("nan"))
+
+    with pytest.raises(FloatingPointError, match="epoch 2, step 1.*last good checkpoint"):
+        pyrovae.fit(vae, x, epochs=3, batch_size=32, progress=False, run_dir=tmp_path, callback=poison)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
