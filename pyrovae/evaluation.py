@@ -57,12 +57,13 @@ def _check_inputs(vae, x, num_samples, what="num_samples"):
 def log_weights(vae, x, num_samples):
     """log w_kn = log p(x_n, z_kn) - log q(z_kn | x_n), z_kn ~ q(z | x_n): shape (K, N)."""
     _check_inputs(vae, x, num_samples)
-    with torch.no_grad(), pyro.plate("particles", num_samples, dim=-2):
-        guide_trace = poutine.trace(vae.guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
-    model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
-    return log_importance_weights(model_trace, guide_trace)
+    with torch.no_grad():
+        with pyro.plate("particles", num_samples, dim=-2):
+            guide_trace = poutine.trace(vae.guide).get_trace(x)
+            model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+        return log_importance_weights(model_trace, guide_trace)
 
 
 def _chunks(vae, num_examples, num_samples, batch_size, chunk_elements):

@@ -1,0 +1,346 @@
+"""Every prior and likelihood against an independent formula (scipy), the declarative seam,
+and the KL weighting."""
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import scipy.integrate
+import scipy.special
+import scipy.stats
+import torch
+from pyro import poutine
+
+import pyrovae
+from pyrovae import evaluation, likelihoods, priors
+from pyrovae.cli import build_parser, config_from_args
+from pyrovae.config import load_toml, validate
+from pyrovae.objectives import ELBOLoss, KLSchedule
+from pyrovae.runs import build_model
+
+PRIOR_NAMES = ["normal", "laplace", "student_t", "mixture", "vamp", "flow"]
+
+
+def prior_vae(name, latent_dim=3, **kwargs):
+    spec = {"kind": name, **kwargs}
+    return pyrovae.VAE((6,), latent_dim=latent_dim, hidden=(16,), prior=spec, likelihood="gaussian")
+
+
+def test_every_name_is_registered():
+    assert priors.PRIORS.names() == sorted(PRIOR_NAMES)
+    assert likelihoods.LIKELIHOODS.names() == sorted(
+        ["bernoulli", "continuous_bernoulli", "gaussian", "laplace", "beta", "logistic256"])
+
+
+@pytest.mark.parametrize("name", PRIOR_NAMES)
+def test_prior_shapes_and_finite_log_prob(name):
+    vae = prior_vae(name)
+    p = vae.prior()
+    z = p.sample((5,))
+    assert z.shape == (5, 3) and p.event_shape == (3,) and p.batch_shape == ()
+    assert torch.isfinite(p.log_prob(z)).all() and p.log_prob(z).shape == (5,)
+    assert vae.sample(4).shape == (4, 6)
+
+
+def independent_prior_log_prob(vae, name, z):
+    zn = z.detach().double().numpy()
+    if name == "normal":
+        return scipy.stats.norm.logpdf(zn).sum(-1)
+    if name == "laplace":
+        return scipy.stats.laplace.logpdf(zn).sum(-1)
+    if name == "student_t":
+        return scipy.stats.t.logpdf(zn, df=3.0).sum(-1)
+    if name == "mixture":
+        pr = vae.prior
+        weights = scipy.special.log_softmax(pr.logits.detach().double().numpy())
+        locs, scales = pr.locs.detach().double().numpy(), pr.log_scales.exp().detach().double().numpy()
+        per = np.stack([scipy.stats.norm.logpdf(zn, locs[k], scales[k]).sum(-1) for k in range(len(weights))], -1)
+        return scipy.special.logsumexp(per + weights, -1)
+    if name == "vamp":
+        loc, scale = vae.encoder(vae.prior.pseudo_inputs)
+        loc, scale = loc.detach().double().numpy(), scale.detach().double().numpy()
+        per = np.stack([scipy.stats.norm.logpdf(zn, loc[k], scale[k]).sum(-1) for k in range(len(loc))], -1)
+        return scipy.special.logsumexp(per, -1) - math.log(len(loc))
+    if name == "flow":
+        # change of variables, the Jacobian by autograd: log p(z) = log N(f^-1(z)) + log|det df^-1/dz|
+        transforms = vae.prior._transforms
+        out = []
+        for zi in z:
+            def inverse(v):
+                for t in reversed(transforms):
+                    v = t.inv(v)
+                return v
+
+            e = inverse(zi)
+            jac = torch.autograd.functional.jacobian(inverse, zi)
+            out.append(scipy.stats.norm.logpdf(e.detach().double().numpy()).sum() + torch.linalg.slogdet(jac.double())[1].item())
+        return np.array(out)
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", PRIOR_NAMES)
+def test_prior_log_prob_agrees_with_an_independent_computation(name):
+    torch.manual_seed(1)
+    vae = prior_vae(name)
+    if name in ("mixture", "flow"):
+        with torch.no_grad():
+            for p in vae.prior.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    z = torch.randn(4, 3) * 1.5
+    ours = vae.prior().log_prob(z).detach().double().numpy()
+    np.testing.assert_allclose(ours, independent_prior_log_prob(vae, name, z), rtol=1e-4, atol=1e-4)
+
+
+def two_cluster_data(n=256, dim=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.stack([torch.linspace(-1, 1, dim), torch.linspace(1, -1, dim)])
+    return centres[torch.randint(0, 2, (n,), generator=g)] + 0.1 * torch.randn(n, dim, generator=g)
+
+
+@pytest.mark.parametrize("name", PRIOR_NAMES)
+def test_a_few_svi_steps_raise_the_elbo_for_every_prior(name):
+    x = two_cluster_data()
+    vae = pyrovae.VAE((6,), latent_dim=2, hidden=(16,), prior=name, likelihood={"kind": "gaussian", "scale": 0.2})
+    before = float(evaluation.elbo(vae, x, num_particles=10, seed=0).mean())
+    with pytest.warns(UserWarning, match="no closed form") if name in ("mixture", "vamp", "flow", "student_t") else _nothing():
+        pyrovae.fit(vae, x, epochs=10, batch_size=64, lr=1e-2, progress=False, device="cpu")
+    after = float(evaluation.elbo(vae, x, num_particles=10, seed=0).mean())
+    assert after > before + 5
+    check = evaluation.check_bounds(vae, x[:20], ks=(1, 10, 100), seed=0)  # traces work for every prior
+    assert check.ok
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+LIKELIHOOD_CASES = {
+    "bernoulli": ({}, lambda g: torch.bernoulli(torch.full((5, 6), 0.5), generator=g)),
+    "continuous_bernoulli": ({}, lambda g: torch.rand(5, 6, generator=g)),
+    "gaussian": ({"scale": 0.3}, lambda g: torch.randn(5, 6, generator=g)),
+    "laplace": ({"scale": 0.3}, lambda g: torch.randn(5, 6, generator=g)),
+    "beta": ({}, lambda g: torch.rand(5, 6, generator=g) * 0.98 + 0.01),
+    "logistic256": ({}, lambda g: torch.randint(0, 256, (5, 6), generator=g) / 255.0),
+}
+
+
+def independent_log_prob(name, params, x):
+    p = params.detach().double().numpy()
+    xn = x.double().numpy()
+    if name == "bernoulli":
+        return scipy.stats.bernoulli.logpmf(xn, scipy.special.expit(p[:, 0])).sum(-1)
+    if name == "continuous_bernoulli":
+        lam = scipy.special.expit(p[:, 0])
+        log_c = -np.log(np.vectorize(lambda l: scipy.integrate.quad(lambda t: l**t * (1 - l) ** (1 - t), 0, 1)[0])(lam))
+        return (log_c + xn * np.log(lam) + (1 - xn) * np.log1p(-lam)).sum(-1)
+    if name == "gaussian":
+        return scipy.stats.norm.logpdf(xn, p[:, 0], 0.3).sum(-1)
+    if name == "laplace":
+        return scipy.stats.laplace.logpdf(xn, p[:, 0], 0.3).sum(-1)
+    if name == "beta":
+        a, b = np.logaddexp(0, p[:, 0]) + 1e-3, np.logaddexp(0, p[:, 1]) + 1e-3
+        return scipy.stats.beta.logpdf(xn, a, b).sum(-1)
+    if name == "logistic256":
+        loc, scale = p[:, 0], np.exp(p[:, 1])
+        upper = np.where(xn > 0.999, np.inf, xn + 1 / 510)
+        lower = np.where(xn < 0.001, -np.inf, xn - 1 / 510)
+        mass = scipy.stats.logistic.cdf(upper, loc, scale) - scipy.stats.logistic.cdf(lower, loc, scale)
+        return np.log(mass).sum(-1)
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", sorted(LIKELIHOOD_CASES))
+def test_likelihood_log_prob_agrees_with_scipy(name):
+    kwargs, make_x = LIKELIHOOD_CASES[name]
+    g = torch.Generator().manual_seed(0)
+    lik = likelihoods.LIKELIHOODS.build({"kind": name, **kwargs}).bind((6,))
+    params = 0.7 * torch.randn(5, lik.num_params, 6, generator=g)
+    x = make_x(g)
+    d = lik(params)
+    assert d.event_shape == (6,) and d.batch_shape == (5,)
+    np.testing.assert_allclose(d.log_prob(x).detach().double().numpy(), independent_log_prob(name, params, x), rtol=1e-4, atol=1e-4)
+    sample = d.sample()
+    assert sample.shape == (5, 6)
+    lik.check_support(sample.clamp(1e-3, 1 - 1e-3) if name == "beta" else sample)
+
+
+def test_continuous_bernoulli_normalizer_integrates_to_one():
+    lik = likelihoods.ContinuousBernoulli().bind((1,))
+    for logit in (-3.0, -0.2, 0.0, 0.01, 2.5):
+        d = lik(torch.tensor([[logit]]))
+        total, _ = scipy.integrate.quad(lambda t: math.exp(d.log_prob(torch.tensor([[t]])).item()), 0, 1)
+        assert total == pytest.approx(1.0, abs=1e-5)
+
+
+def test_discretized_logistic_sums_to_one_over_256_levels():
+    levels = torch.arange(256) / 255.0
+    for loc, scale in ((0.5, 0.1), (0.02, 0.01), (0.99, 0.3), (1.4, 0.05)):
+        d = likelihoods.DiscretizedLogistic(torch.tensor(loc), torch.tensor(scale))
+        assert torch.logsumexp(d.log_prob(levels).double(), 0).exp().item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("bernoulli", 0.5, "binary"),
+        ("continuous_bernoulli", 1.2, r"\[0, 1\]"),
+        ("beta", 1.0, r"strictly inside \(0, 1\)"),
+        ("logistic256", 0.5, "8-bit"),
+        ("gaussian", float("nan"), "finite"),
+    ],
+)
+def test_data_outside_the_support_names_the_value(name, value, message):
+    lik = likelihoods.LIKELIHOODS.build(name).bind((3,))
+    x = torch.full((2, 3), 0.0 if name not in ("beta", "logistic256") else 0.2)
+    if name == "logistic256":
+        x = torch.full((2, 3), 51 / 255)
+    x[1, 2] = value
+    with pytest.raises(ValueError, match=message + r".*index \(1, 2\)"):
+        lik.check_support(x)
+
+
+@pytest.mark.parametrize("name", sorted(LIKELIHOOD_CASES))
+def test_a_few_svi_steps_raise_the_elbo_for_every_likelihood(name):
+    kwargs, make_x = LIKELIHOOD_CASES[name]
+    g = torch.Generator().manual_seed(0)
+    base = torch.cat([make_x(g) for _ in range(40)])[:200]
+    x = torch.cat([base[:100].sort(1).values, base[100:].sort(1, descending=True).values])  # structure to learn
+    vae = pyrovae.VAE((6,), latent_dim=2, hidden=(16,), likelihood={"kind": name, **kwargs})
+    before = float(evaluation.elbo(vae, x, num_particles=10, seed=0).mean())
+    pyrovae.fit(vae, x, epochs=15, batch_size=50, lr=1e-2, progress=False, device="cpu", binarize="none")
+    after = float(evaluation.elbo(vae, x, num_particles=10, seed=0).mean())
+    assert after > before + 0.5
+
+
+@pytest.mark.parametrize("scale", ["learned", "learned_per_dim"])
+def test_learned_gaussian_scales_reach_the_residual_spread(scale):
+    """For fixed mu(z), the sigma that maximizes E_q log N(x; mu(z), sigma) is the RMS residual."""
+    x = two_cluster_data()
+    vae = pyrovae.VAE((6,), latent_dim=2, hidden=(16,), likelihood={"kind": "gaussian", "scale": scale})
+    assert vae.likelihood.scale.log_scale.shape == (() if scale == "learned" else (6,))
+    pyrovae.fit(vae, x, epochs=200, batch_size=64, lr=1e-2, progress=False, device="cpu")
+    with torch.no_grad():
+        loc, sd = vae.encode(x)
+        z = loc + sd * torch.randn(200, *loc.shape)
+        residual = (x - vae.decode(z)) ** 2
+        rms = residual.mean() ** 0.5 if scale == "learned" else residual.mean((0, 1)) ** 0.5
+    assert torch.allclose(vae.likelihood.scale(), rms, rtol=0.25)
+
+
+def test_mixture_prior_beats_normal_on_a_well_separated_mixture():
+    """A linear decoder cannot bend a Gaussian into two clusters; a learned mixture prior can."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-3.0, -3.0], [3.0, 3.0], [-3.0, 3.0]])
+    x = centres[torch.randint(0, 3, (600,), generator=g)] + 0.3 * torch.randn(600, 2, generator=g)
+    scores = {}
+    for name in ("normal", "mixture"):
+        torch.manual_seed(0)
+        vae = pyrovae.VAE((2,), latent_dim=2, hidden=(), prior={"kind": name, **({"components": 3, "init_spread": 2.0} if name == "mixture" else {})},
+                          likelihood={"kind": "gaussian", "scale": "learned"})
+        pyrovae.fit(vae, x, epochs=60, batch_size=100, lr=2e-2, loss="trace", progress=False, device="cpu")
+        scores[name] = float(evaluation.log_likelihood(vae, x[:300], num_samples=500, seed=0).mean())
+    assert scores["mixture"] > scores["normal"] + 0.3, scores
+
+
+def test_meanfield_falls_back_to_monte_carlo_kl_with_a_warning():
+    vae = prior_vae("mixture")
+    with pytest.warns(UserWarning, match="no closed form.*Monte Carlo"):
+        ELBOLoss(vae, "meanfield")
+    with pytest.warns(None if False else UserWarning) as record:
+        import warnings
+
+        warnings.warn("sentinel", UserWarning)
+        ELBOLoss(prior_vae("normal"), "meanfield")
+    assert [str(w.message) for w in record] == ["sentinel"]
+
+
+def test_unknown_names_and_bad_arguments_list_the_choices():
+    with pytest.raises(ValueError, match=r"unknown prior 'gamma'; choose one of \['flow', 'laplace'"):
+        prior_vae("gamma")
+    with pytest.raises(ValueError, match=r"bad arguments \{'componentz': 3\} for prior 'mixture'.*components"):
+        prior_vae("mixture", componentz=3)
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
+        pyrovae.VAE((6,), likelihood="poisson")
+    with pytest.raises(ValueError, match="scale must be a positive number, 'learned' or 'learned_per_dim'"):
+        pyrovae.VAE((6,), likelihood={"kind": "gaussian", "scale": "big"})
+
+
+def test_a_user_prior_in_a_few_lines():
+    # 1. any callable returning a Distribution with event shape (latent_dim,)
+    vae = pyrovae.VAE((6,), latent_dim=2, prior=lambda: dist.Laplace(torch.zeros(2), 0.5 * torch.ones(2)).to_event(1))
+    assert vae.prior().log_prob(torch.zeros(2)).item() == pytest.approx(2 * math.log(1.0))
+    # 2. a registered class: one class, one decorator line
+    if "logistic" not in priors.PRIORS:
+        @priors.PRIORS.register("logistic")
+        class Logistic(priors.Prior):
+            def forward(self):
+                base = dist.Uniform(self._zeros, self._zeros + 1).to_event(1)
+                return dist.TransformedDistribution(base, [dist.transforms.SigmoidTransform().inv])
+    vae = pyrovae.VAE((6,), latent_dim=2, prior="logistic", likelihood="gaussian")
+    x = two_cluster_data()
+    with pytest.warns(UserWarning):
+        pyrovae.fit(vae, x, epochs=2, progress=False, device="cpu")
+    assert torch.isfinite(evaluation.log_likelihood(vae, x[:5], num_samples=20)).all()
+    with pytest.raises(ValueError, match="event_shape"):
+        pyrovae.VAE((6,), latent_dim=2, prior=lambda: dist.Normal(torch.zeros(2), 1.0))
+
+
+def test_toml_cli_and_python_build_the_same_model(tmp_path, binary_npy):
+    toml = tmp_path / "run.toml"
+    toml.write_text(f"""
+[data]
+dataset = "{binary_npy}"
+[model]
+latent_dim = 3
+hidden = [32, 16]
+[model.prior]
+kind = "mixture"
+components = 4
+[model.likelihood]
+kind = "gaussian"
+scale = "learned"
+""")
+    from_toml = validate(load_toml(toml))
+    args = build_parser().parse_args(["train", "--dataset", str(binary_npy), "--latent-dim", "3", "--hidden", "32,16",
+                                      "--prior", "mixture", "--prior-arg", "components=4", "--likelihood", "gaussian",
+                                      "--likelihood-arg", "scale=learned", "--out", str(tmp_path / "r")])
+    from_flags = config_from_args(args)
+    assert from_flags["model"] == from_toml["model"]
+    data = pyrovae.datasets.load(str(binary_npy))
+    a, b = build_model(from_toml, data), build_model(from_flags, data)
+    c = pyrovae.VAE((1, 6, 5), latent_dim=3, hidden=(32, 16), prior=priors.Mixture(4), likelihood=likelihoods.Gaussian(scale="learned"))
+    shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (a, b, c)]
+    assert shapes[0] == shapes[1] == shapes[2]
+    assert a.config == c.config
+
+
+def test_kl_weight_scales_exactly_the_kl_term():
+    vae = prior_vae("normal")
+    x = two_cluster_data(n=20)
+    losses = {}
+    for beta in (1.0, 0.25):
+        pyro.set_rng_seed(0)
+        losses[beta] = ELBOLoss(vae, "meanfield", kl_schedule=KLSchedule(beta=beta))(x)
+    loc, scale = vae.encode(x)
+    kl = torch.distributions.kl_divergence(dist.Normal(loc, scale).to_event(1), vae.prior().expand([20])).sum()
+    assert (losses[1.0] - losses[0.25]).item() == pytest.approx(0.75 * kl.item(), rel=1e-4)
+
+
+def test_warmup_and_free_bits():
+    schedule = KLSchedule(beta=2.0, warmup_epochs=4)
+    assert [schedule.weight(e) for e in (0, 1, 2, 6)] == [0.0, 0.5, 1.0, 2.0]
+    vae = prior_vae("normal")
+    x = two_cluster_data(n=20)
+    pyro.set_rng_seed(0)
+    free = ELBOLoss(vae, "meanfield", kl_schedule=KLSchedule(free_bits=100.0))(x)
+    pyro.set_rng_seed(0)
+    recon_only = ELBOLoss(vae, "meanfield", kl_schedule=KLSchedule(beta=0.0))(x)
+    assert free.item() == pytest.approx(recon_only.item())
+    with pytest.raises(ValueError, match="beta must be >= 0"):
+        KLSchedule(beta=-1)
