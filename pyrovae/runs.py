@@ -181,7 +181,7 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
                 print("attributes skipped: resynthesis is drawn for image data", file=sys.stderr)
                 continue
             vectors, names = _attribute_vectors(vae, grey, labels)
-            fig = plots.attributes(vae, x, vectors, names, amounts=(-2, -1, 0, 1, 2), examples=3)
+            fig = plots.attributes(vae, x, vectors, names, amounts=(-1.5, -0.75, 0, 0.75, 1.5), examples=3)
         else:
             history = _read_history(run_dir)
             fig = plots.curves(history)
