@@ -57,7 +57,9 @@ def _check_inputs(vae, x, num_samples, what="num_samples"):
 def log_weights(vae, x, num_samples):
     """log w_kn = log p(x_n, z_kn) - log q(z_kn | x_n), z_kn ~ q(z | x_n): shape (K, N)."""
     _check_inputs(vae, x, num_samples)
-    with torch.no_grad():
+    vae.likelihood.check_support(x)
+    # checked once here, so Pyro's per-site validation would only repeat it over K copies
+    with torch.no_grad(), pyro.validation_enabled(False):
         with pyro.plate("particles", num_samples, dim=-2):
             guide_trace = poutine.trace(vae.guide).get_trace(x)
             model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)

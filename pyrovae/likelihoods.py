@@ -27,6 +27,7 @@ __all__ = [
     "Beta",
     "Logistic256",
     "DiscretizedLogistic",
+    "BernoulliLogits",
     "make_likelihood",
 ]
 
@@ -72,13 +73,57 @@ class Likelihood(nn.Module):
         _raise_first_violation(x, torch.isfinite(x), "values must be finite")
 
 
+class BernoulliLogits(TorchDistribution):
+    """Independent Bernoulli(sigmoid(l_d)) over a whole example (event_shape = the data shape):
+    log p(x) = sum_d [x_d l_d - softplus(l_d)], the same number as
+    ``Bernoulli(logits=l).to_event(k).log_prob(x)`` in fewer passes over memory."""
+
+    arg_constraints = {"logits": constraints.real}
+    has_rsample = False
+
+    def __init__(self, logits, event_dim, validate_args=None):
+        self.logits = logits
+        self._event_dims = event_dim
+        split = logits.dim() - event_dim
+        super().__init__(logits.shape[:split], logits.shape[split:], validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        return constraints.independent(constraints.boolean, self._event_dims)
+
+    def expand(self, batch_shape, _instance=None):
+        logits = self.logits.expand(torch.Size(batch_shape) + self.event_shape)
+        return BernoulliLogits(logits, self._event_dims, validate_args=False)
+
+    @property
+    def mean(self):
+        return torch.sigmoid(self.logits)
+
+    @property
+    def variance(self):
+        p = torch.sigmoid(self.logits)
+        return p * (1 - p)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            probs = torch.sigmoid(self.logits).expand(self._extended_shape(sample_shape))
+            return torch.bernoulli(probs)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.logits.flatten(-self._event_dims) if self._event_dims else self.logits.unsqueeze(-1)
+        value = value.flatten(-self._event_dims) if self._event_dims else value.unsqueeze(-1)
+        return (logits * value).sum(-1) - softplus(logits).sum(-1)
+
+
 @LIKELIHOODS.register("bernoulli")
 class Bernoulli(Likelihood):
     """x_d ~ Bernoulli(sigmoid(l_d)), parameterized by logits l: for binary {0, 1} data."""
 
     def forward(self, params):
         (logits,) = self._split(params)
-        return dist.Bernoulli(logits=logits).to_event(self.event_dim)
+        return BernoulliLogits(logits, self.event_dim)
 
     def mean(self, params):
         return torch.sigmoid(self._split(params)[0])

@@ -188,8 +188,11 @@ def fit(
             if not objective.kl_schedule.is_identity:
                 objective.set_progress(epoch + step / steps)
             optimizer.zero_grad(set_to_none=True)
+            # Pyro validates the first step (structure, supports); the data were checked up front
+            validate = epoch == start_epoch and step == 0
             try:
-                batch_loss = objective(xb)
+                with pyro.validation_enabled(validate):
+                    batch_loss = objective(xb)
             except ValueError:
                 # Pyro's argument validation rejects NaN parameters before a loss exists.
                 if all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
@@ -207,6 +210,7 @@ def fit(
             if progress and step % 25 == 0:
                 bar.set_postfix(elbo=f"{-float(total) / min(num_train, (step + 1) * batch_size):.2f}")
         bar.close()
+        train_seconds = time.perf_counter() - started
         vae.eval()
         row = {"epoch": epoch + 1, "train_elbo": -float(total) / num_train}
         train_terms = _summarize(vae, train_eval, "train")
@@ -216,6 +220,7 @@ def fit(
         row["kl"] = row.get("test_kl", row.get("train_kl"))
         row["kl_weight"] = objective.kl_weight
         row["seconds"] = time.perf_counter() - started
+        row["train_seconds"] = train_seconds
         vae.train()
         history.append(row)
         if run_dir is not None:

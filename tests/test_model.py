@@ -69,6 +69,7 @@ class _PriorOnly:
 
     def __init__(self, vae):
         self.vae = vae
+        self.likelihood = vae.likelihood
         self.model = poutine.block(vae.model, hide=["x"])
         self.guide = vae.guide
 
@@ -168,3 +169,50 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tmp_pa
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+@pytest.mark.parametrize("loss,particles,prior,weight", [
+    ("meanfield", 1, "normal", 1.0), ("meanfield", 3, "normal", 0.5), ("trace", 1, "normal", 1.0),
+    ("trace", 4, "laplace", 0.3), ("iwae", 5, "normal", 1.0), ("iwae", 1, "mixture", 1.0), ("meanfield", 2, "vamp", 1.0),
+])
+def test_direct_loss_equals_pyros_elbo_in_value_and_gradient(loss, particles, prior, weight):
+    """The training fast path and Pyro's ELBO over traces give the same number from the same draws."""
+    from pyrovae.objectives import ELBOLoss
+
+    vae = small_vae(prior=prior)
+    x = torch.bernoulli(torch.full((11, 6, 5), 0.4))
+    objective = ELBOLoss(vae, loss, particles, direct=False)
+    values, grads = [], []
+    for path in (objective.pyro_loss, objective.direct_loss):
+        vae.zero_grad()
+        pyro.set_rng_seed(7)
+        value = path(x, weight)
+        value.backward()
+        values.append(value.detach())
+        grads.append([p.grad.clone() for p in vae.parameters()])
+    assert torch.allclose(values[0], values[1], rtol=1e-5, atol=1e-4)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_first_step_checks_the_direct_path_and_falls_back_with_a_warning():
+    from pyrovae.objectives import ELBOLoss
+
+    vae = small_vae()
+    x = torch.bernoulli(torch.full((8, 6, 5), 0.4))
+    objective = ELBOLoss(vae, "trace")
+    objective(x)
+    assert objective.verified is True
+
+    class Tempered(pyrovae.VAE):
+        def model(self, x):  # a different model: the direct path no longer describes it
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", self.prior())
+                with poutine.scale(scale=0.5):
+                    pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    tempered = Tempered((6, 5), latent_dim=3, hidden=(16,))
+    objective = ELBOLoss(tempered, "trace")
+    with pytest.warns(UserWarning, match="disagrees with Pyro"):
+        objective(x)
+    assert objective.verified is False

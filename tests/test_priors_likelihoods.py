@@ -329,7 +329,8 @@ def test_kl_weight_scales_exactly_the_kl_term():
         losses[beta] = ELBOLoss(vae, "meanfield", kl_schedule=KLSchedule(beta=beta))(x)
     loc, scale = vae.encode(x)
     kl = torch.distributions.kl_divergence(dist.Normal(loc, scale).to_event(1), vae.prior().expand([20])).sum()
-    assert (losses[1.0] - losses[0.25]).item() == pytest.approx(0.75 * kl.item(), rel=1e-4)
+    # float32 sums of ~100-nat terms: agreement to 1e-3 nats is rounding, a wrong weight is off by O(1)
+    assert (losses[1.0] - losses[0.25]).item() == pytest.approx(0.75 * kl.item(), abs=1e-3)
 
 
 def test_warmup_and_free_bits():

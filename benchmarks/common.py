@@ -1,0 +1,100 @@
+"""Shared pieces of the benchmarks: MNIST in memory, the plain PyTorch VAE they are measured
+against, and the machine's float32 matrix-multiply throughput."""
+
+import math
+import os
+import platform
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import pyro
+import pyrovae
+
+
+def mnist(split):
+    return pyrovae.datasets.load("mnist", split=split).data
+
+
+def matmul_gflops(m=4096, k=400, n=784, repeats=30):
+    """Measured float32 GEMM throughput at the VAE's layer shapes, GFLOP/s."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(5):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+
+
+def machine():
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "pyrovae": pyrovae.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class PlainVAE(nn.Module):
+    """The benchmark's reference: the same MLP VAE written as a plain PyTorch loss."""
+
+    def __init__(self, data_dim=784, hidden=400, latent_dim=50):
+        super().__init__()
+        self.enc = nn.Linear(data_dim, hidden)
+        self.loc = nn.Linear(hidden, latent_dim)
+        self.log_scale = nn.Linear(hidden, latent_dim)
+        self.dec1 = nn.Linear(latent_dim, hidden)
+        self.dec2 = nn.Linear(hidden, data_dim)
+
+    def encode(self, x):
+        h = F.relu(self.enc(x))
+        return self.loc(h), torch.exp(self.log_scale(h).clamp(-10, 10))
+
+    def log_px_given_z(self, logits, x):
+        return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+
+    def loss(self, x, kind="meanfield", particles=1):
+        """Negative ELBO (or IWAE bound) summed over the batch."""
+        x = x.flatten(1)
+        loc, scale = self.encode(x)
+        eps = torch.randn((particles,) + loc.shape)
+        z = loc + scale * eps
+        logits = self.dec2(F.relu(self.dec1(z)))
+        log_px = self.log_px_given_z(logits, x)
+        if kind == "meanfield":
+            kl = 0.5 * (scale**2 + loc**2 - 1 - 2 * torch.log(scale)).sum(-1)
+            return -(log_px.mean(0) - kl).sum()
+        log_pz = -0.5 * (z**2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+        log_qz = (-0.5 * eps**2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_w = log_px + log_pz - log_qz
+        if kind == "trace":
+            return -log_w.mean(0).sum()
+        return -(torch.logsumexp(log_w, 0) - math.log(particles)).sum()  # iwae
+
+
+def plain_epoch(model, optimizer, data, batch_size, kind, particles, seed):
+    """One epoch of the plain loop, same batching and dynamic binarization as pyrovae.fit."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    total = torch.zeros(())
+    start = time.perf_counter()
+    for i in range(0, len(data), batch_size):
+        xb = torch.bernoulli(data[order[i:i + batch_size]])
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.loss(xb, kind, particles)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+    return time.perf_counter() - start, -float(total) / len(data)
+
+
+def vae_flops_per_example(data_dim=784, hidden=400, latent_dim=50, particles=1):
+    """Multiply-adds x 2 of one forward pass (encoder once, decoder per particle)."""
+    encoder = data_dim * hidden + 2 * hidden * latent_dim
+    decoder = latent_dim * hidden + hidden * data_dim
+    return 2 * (encoder + particles * decoder)
