@@ -201,7 +201,7 @@ def fit(
             if not torch.isfinite(batch_loss):
                 kept = f"the last good checkpoint {str(checkpoint_path)!r} is kept" if checkpoint_path else "no checkpoint was written"
                 raise TrainingDiverged(
-                    f"the loss became {float(batch_loss)} at epoch {epoch + 1}, step {step + 1}; {kept}. "
+                    f"the loss became {batch_loss.detach().item()} at epoch {epoch + 1}, step {step + 1}; {kept}. "
                     "Try a smaller lr, or check the data and the likelihood's scale."
                 )
             batch_loss.backward()

@@ -1,0 +1,33 @@
+"""The VAE's model and guide are ordinary Pyro programs: train them with Pyro's ELBO called as a
+module and a plain torch optimizer, the idiom Pyro recommends for nn.Module models, without
+pyrovae.fit.
+
+    PYROVAE_DATA=../shared/data python examples/svi_by_hand.py
+"""
+
+import pyro
+import torch
+from pyro.infer import TraceMeanField_ELBO
+
+import pyrovae
+
+
+def main():
+    pyro.set_rng_seed(0)
+    data = pyrovae.datasets.load("mnist", split="train").data
+    vae = pyrovae.VAE((1, 28, 28), latent_dim=10, hidden=(400,))
+    loss_fn = TraceMeanField_ELBO()(vae.model, vae.guide)  # an nn.Module: loss_fn(x) = -ELBO
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    for step in range(1, 1001):
+        x = torch.bernoulli(data[torch.randint(0, len(data), (128,))])  # dynamic binarization
+        optimizer.zero_grad()
+        loss = loss_fn(x)
+        loss.backward()
+        optimizer.step()
+        if step % 200 == 0:
+            print(f"step {step}: ELBO {-loss.item() / len(x):.2f} nats per image")
+    print(f"parameters in Pyro's global param store: {len(pyro.get_param_store())} (they live in the module)")
+
+
+if __name__ == "__main__":
+    main()
