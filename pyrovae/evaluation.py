@@ -110,6 +110,33 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
+def _release_freed_memory():
+    """Hands freed heap memory back to the OS between batches. glibc raises its mmap threshold
+    after the first large frees, so chunk-sized tensors then come from the heap, and its
+    fragments would otherwise grow the resident size with every batch (3 GB for the MNIST test
+    set at K = 1000, 0.8 GB with this)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # glibc only; musl has none
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _load_libc()
+
+
 def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=False, seed=None,
                    chunk_elements=DEFAULT_CHUNK_ELEMENTS, progress=False):
     """Importance-sampled log p(x_n) ~ logsumexp_k log w_kn - log K, per example, in nats.
@@ -141,6 +168,7 @@ def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=Fals
             # mean(w^2) / mean(w)^2 = exp(lse2 - 2 lse1 + log K) >= 1
             ratio = torch.exp(lse2 - 2 * lse1 + math.log(num_samples))
             stderrs.append(((ratio - 1).clamp_min(0) / num_samples).sqrt())
+            _release_freed_memory()
     estimate = torch.cat(estimates).to(x.dtype)
     return (estimate, torch.cat(stderrs).to(x.dtype)) if return_stderr else estimate
 
