@@ -155,13 +155,13 @@ def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=Fals
         for start in range(0, len(x), batch):
             xb = x[start:start + batch]
             posterior = vae.encoder(xb) if direct else None
-            blocks = []
+            # one buffer for the batch's weights: small tensors kept alive between the chunks'
+            # large temporaries would fragment the heap
+            lw = torch.empty(num_samples, len(xb), dtype=torch.float64, device=x.device)
             for done in range(0, num_samples, sample_chunk):
                 k = min(sample_chunk, num_samples - done)
-                lw = direct_log_weights(vae, xb, k, posterior) if direct else log_weights(vae, xb, k)
-                blocks.append(lw.double())
+                lw[done:done + k] = direct_log_weights(vae, xb, k, posterior) if direct else log_weights(vae, xb, k)
                 bar.update(k * len(xb))
-            lw = torch.cat(blocks)
             lse1 = torch.logsumexp(lw, 0)
             lse2 = torch.logsumexp(2 * lw, 0)
             estimates.append(lse1 - math.log(num_samples))
