@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 
 from . import config as cfg
@@ -115,12 +116,14 @@ def main(argv=None):
         if args.command == "train":
             config = config_from_args(args)
             _, history = runs.train_run(config, args.out, resume=args.resume, progress=not args.no_progress)
-            if history:
+            if history and os.environ.get("RANK", "0") == "0":
                 print(json.dumps(history[-1]))
-            print(f"run folder: {args.out}")
+                print(f"run folder: {args.out}")
         elif args.command == "evaluate":
             result = runs.evaluate_run(args.run_dir, args.num_samples, args.split, args.limit, args.device,
                                        progress=not args.no_progress, seed=args.seed)
+            if result is None:  # a torchrun rank other than 0: rank 0 prints and writes
+                return 0
             shown = {k: v for k, v in result.items() if k != "bounds"}
             print(json.dumps(shown, indent=2))
             if result["bound_check"] != "ok":

@@ -138,12 +138,14 @@ _LIBC = _load_libc()
 
 
 def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=False, seed=None,
-                   chunk_elements=DEFAULT_CHUNK_ELEMENTS, progress=False):
+                   chunk_elements=DEFAULT_CHUNK_ELEMENTS, progress=False, example_offset=0):
     """Importance-sampled log p(x_n) ~ logsumexp_k log w_kn - log K, per example, in nats.
 
     Chunked over examples (``batch_size``) and samples so memory stays bounded whatever K is.
     With ``return_stderr`` also gives the delta-method standard error of the estimate,
-    sqrt((mean w^2 / (mean w)^2 - 1) / K), from the same weights.
+    sqrt((mean w^2 / (mean w)^2 - 1) / K), from the same weights. With a ``seed`` each batch of
+    examples draws from ``seed + example_offset + its first index``, so a dataset split into
+    pieces (``example_offset`` = each piece's start, on a batch boundary) gives the same numbers.
     """
     _check_inputs(vae, x, num_samples)
     vae.likelihood.check_support(x)
@@ -153,6 +155,8 @@ def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=Fals
     with _seeded(seed, x.device), _progress(len(x) * num_samples, "log p(x)", progress) as bar, \
             torch.no_grad(), pyro.validation_enabled(False):
         for start in range(0, len(x), batch):
+            if seed is not None:
+                torch.manual_seed(seed + example_offset + start)
             xb = x[start:start + batch]
             posterior = vae.encoder(xb) if direct else None
             # one buffer for the batch's weights: small tensors kept alive between the chunks'

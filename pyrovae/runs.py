@@ -3,6 +3,7 @@ The command-line tool is a thin layer over these functions."""
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import torch
 from . import checkpoint as ckpt
 from . import config as cfg
 from . import datasets, latent, plots
-from .evaluation import check_bounds, elbo, log_likelihood
+from .evaluation import check_bounds, elbo
 from .model import VAE
-from .train import _fixed_binarization, fit, prepare_data, resolve_device
+from . import distributed
+from .train import _fixed_binarization, distributed_run, fit, prepare_data, resolve_device
 
 __all__ = ["train_run", "evaluate_run", "plot_run", "report_run", "PLOT_KINDS", "read_run_config"]
 
@@ -61,14 +63,17 @@ def train_run(config, out, resume=False, progress=True):
     config = cfg.validate(config)
     train = load_split(config, "train")
     test = _load_test(config)
+    torch.manual_seed(config["train"]["seed"])  # the initial weights follow the run's seed
     vae = build_model(config, train)
     t = config["train"]
     # check everything that can fail before the run folder gets its first file
     prepare_data(vae, train.data, config["data"]["binarize"], "train")
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_text(out / ckpt.CONFIG, cfg.dumps(config))
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes files
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(out / ckpt.CONFIG, cfg.dumps(config))
     callback = None
-    if config["logging"]["tensorboard"]:
+    if config["logging"]["tensorboard"] and is_main:
         from .tensorboard import TensorBoardLogger
 
         callback = TensorBoardLogger(out, test.data[:64] if test is not None else train.data[:64])
@@ -79,12 +84,16 @@ def train_run(config, out, resume=False, progress=True):
         warmup_epochs=t["warmup_epochs"], free_bits=t["free_bits"], run_dir=out, resume=resume,
         progress=progress, train_config=config, callback=callback,
     )
-    if config["logging"]["plots"]:
+    if callback is not None:
+        callback.close()
+    if config["logging"]["plots"] and is_main:
         plot_run(out, "standard", vae=vae, config=config)
     return vae, history
 
 
 def _evaluation_data(config, vae, split, limit, device):
+    """The split's examples as training saw them, and the dataset (its ``split`` says which
+    split it really is: a one-split array file evaluates on ``train``)."""
     dataset = load_split(config, split) if split != "test" else (_load_test(config) or load_split(config, "train"))
     x = dataset.data if limit is None else dataset.data[:limit]
     x, binarize = prepare_data(vae, x, config["data"]["binarize"], split)
@@ -99,11 +108,15 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
         raise ValueError(f"--num-samples must be an integer >= 1; got {num_samples!r}")
     if split not in ("test", "train", "valid"):
         raise ValueError(f"--split must be 'test', 'train' or 'valid'; got {split!r}")
-    device = resolve_device(device)
+    context = distributed.setup(device) if distributed_run() else distributed.single_process(resolve_device(device))
+    device = context.device
     config = read_run_config(run_dir)
     vae = ckpt.load(run_dir, device=device)
-    x, _ = _evaluation_data(config, vae, split, limit, device)
-    ll, se = log_likelihood(vae, x, num_samples=num_samples, return_stderr=True, seed=seed, progress=progress)
+    x, dataset = _evaluation_data(config, vae, split, limit, device)
+    split = dataset.split
+    ll, se = distributed.log_likelihood(context, vae, x, num_samples, seed=seed, progress=progress)
+    if not context.is_main:
+        return None
     elbo_values = elbo(vae, x, num_particles=10, seed=seed + 1)
     ks = ks or sorted({1, 10, 100, num_samples} | ({1000} if num_samples >= 1000 else set()))
     subset = x[: min(len(x), 500)]

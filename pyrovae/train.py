@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed
 from .datasets import binarize as binarize_data
 from .evaluation import elbo_terms
 from .likelihoods import Bernoulli
@@ -24,6 +25,13 @@ TRAIN_EVAL_EXAMPLES = 10000
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+def distributed_run():
+    """Whether this process is one of several started by torchrun (WORLD_SIZE > 1)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def resolve_device(device):
@@ -81,11 +89,16 @@ def _fixed_binarization(data, binarize, seed):
     return binarize_data(data, "dynamic", generator=torch.Generator(device=data.device).manual_seed(seed))
 
 
-def _summarize(vae, x, prefix):
+def _summarize(vae, x, prefix, context):
+    """Dataset means of the ELBO's terms; under torch.distributed each rank takes every
+    world_size-th example and the sums are reduced."""
     if x is None or len(x) == 0:
         return {}
-    terms = elbo_terms(vae, x)
-    return {f"{prefix}_{key}": float(value.double().mean()) for key, value in terms.items()}
+    terms = elbo_terms(vae, context.shard(x))
+    keys = sorted(terms)
+    sums = torch.stack([terms[key].double().sum() for key in keys])
+    sums = distributed.all_reduce_sum(context, sums) / len(x)
+    return {f"{prefix}_{key}": float(value) for key, value in zip(keys, sums)}
 
 
 def _rng_state():
@@ -143,12 +156,18 @@ def fit(
             raise ValueError(f"{name} must be a {'non-negative' if name == 'epochs' else 'positive'} integer; got {value!r}")
     if not float(lr) > 0:
         raise ValueError(f"lr must be positive; got lr={lr}")
-    device = resolve_device(device)
-    train_x, _ = as_tensor(train, "train")
-    test_x = as_tensor(test, "test")[0] if test is not None else None
-    train_x, binarize = prepare_data(vae, train_x.float(), binarize, "train")
-    if test_x is not None:
-        test_x, _ = prepare_data(vae, test_x.float(), binarize, "test")
+    context = distributed.setup(device) if distributed_run() else distributed.single_process(resolve_device(device))
+    device = context.device
+    failure = None
+    try:
+        train_x, _ = as_tensor(train, "train")
+        test_x = as_tensor(test, "test")[0] if test is not None else None
+        train_x, binarize = prepare_data(vae, train_x.float(), binarize, "train")
+        if test_x is not None:
+            test_x, _ = prepare_data(vae, test_x.float(), binarize, "test")
+    except (ValueError, TypeError) as error:
+        failure = error
+    distributed.agree(context, failure)  # a bad shard stops every rank, not just its own
 
     pyro.set_rng_seed(seed)
     vae.to(device).train()
@@ -157,6 +176,11 @@ def fit(
     train_eval = _fixed_binarization(train_x[:TRAIN_EVAL_EXAMPLES], binarize, seed + 2)
 
     objective = ELBOLoss(vae, loss, num_particles, KLSchedule(beta, warmup_epochs, free_bits))
+    step_loss = objective
+    if context.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_loss = DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr, foreach=True)
     history, start_epoch = [], 0
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -175,14 +199,20 @@ def fit(
         _set_rng_state(state["rng"])
 
     num_train = len(train_x)
+    # every rank needs examples in every global batch: a last batch smaller than that is dropped
     steps = math.ceil(num_train / batch_size)
+    if context.enabled and num_train - (steps - 1) * batch_size < context.world_size:
+        steps -= 1
+    progress = progress and context.is_main
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         order = torch.randperm(num_train, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).to(device)
+        if context.enabled:  # the same shuffle everywhere, independent noise on each rank
+            torch.manual_seed(seed * 100003 + epoch * 1009 + context.rank + 1)
         total = torch.zeros((), device=device, dtype=torch.float64)
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for step in bar:
-            xb = train_x[order[step * batch_size:(step + 1) * batch_size]]
+            xb = train_x[context.shard(order[step * batch_size:(step + 1) * batch_size])]
             if binarize == "dynamic":
                 xb = torch.bernoulli(xb)
             if not objective.kl_schedule.is_identity:
@@ -192,7 +222,7 @@ def fit(
             validate = epoch == start_epoch and step == 0
             try:
                 with pyro.validation_enabled(validate):
-                    batch_loss = objective(xb)
+                    batch_loss = step_loss(xb)
             except ValueError:
                 # Pyro's argument validation rejects NaN parameters before a loss exists.
                 if all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
@@ -204,7 +234,12 @@ def fit(
                     f"the loss became {batch_loss.detach().item()} at epoch {epoch + 1}, step {step + 1}; {kept}. "
                     "Try a smaller lr, or check the data and the likelihood's scale."
                 )
-            batch_loss.backward()
+            # a rank's loss covers 1/world_size of the global batch: scaled as a plate of the global
+            # batch size would scale it, DDP's gradient average is the gradient of the global sum
+            (batch_loss * context.world_size if context.enabled else batch_loss).backward()
+            if step == steps - 1:  # the last step's gradient norm, for the logs
+                grad_norm = torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(p.grad) for p in vae.parameters() if p.grad is not None]))
             optimizer.step()
             total += batch_loss.detach()
             if progress and step % 25 == 0:
@@ -212,18 +247,21 @@ def fit(
         bar.close()
         train_seconds = time.perf_counter() - started
         vae.eval()
-        row = {"epoch": epoch + 1, "train_elbo": -float(total) / num_train}
-        train_terms = _summarize(vae, train_eval, "train")
+        seen = min(num_train, steps * batch_size)
+        row = {"epoch": epoch + 1, "train_elbo": -float(distributed.all_reduce_sum(context, total)) / seen}
+        train_terms = _summarize(vae, train_eval, "train", context)
         train_terms["train_eval_elbo"] = train_terms.pop("train_elbo")
         row.update(train_terms)
-        row.update(_summarize(vae, test_eval, "test"))
+        row.update(_summarize(vae, test_eval, "test", context))
         row["kl"] = row.get("test_kl", row.get("train_kl"))
         row["kl_weight"] = objective.kl_weight
+        row["lr"] = optimizer.param_groups[0]["lr"]
+        row["grad_norm"] = float(grad_norm) if steps else float("nan")
         row["seconds"] = time.perf_counter() - started
         row["train_seconds"] = train_seconds
         vae.train()
         history.append(row)
-        if run_dir is not None:
+        if run_dir is not None and context.is_main:
             ckpt.save_checkpoint(checkpoint_path, {
                 "model_config": vae.config,
                 "train_config": train_config or {},
@@ -236,7 +274,8 @@ def fit(
             ckpt.write_metrics(run_dir, history)
         if progress:
             tqdm.write(_format_row(row))
-        if callback is not None:
+        row["world_size"] = context.world_size
+        if callback is not None and context.is_main:
             callback(row, vae)
     vae.eval()
     return history

@@ -1,0 +1,65 @@
+"""``VAEModule``: the same VAE, model, guide and ELBO as a Lightning ``LightningModule``, for
+users who bring their own Trainer (several GPUs, mixed precision, their loggers).
+
+    import lightning as L
+    module = pyrovae.lightning.VAEModule(pyrovae.VAE((1, 28, 28), latent_dim=2), loss="meanfield")
+    L.Trainer(max_epochs=10, accelerator="auto", devices="auto").fit(module, train_loader, test_loader)
+
+Needs the optional extra: ``pip install pyrovae[lightning]``.
+"""
+
+import torch
+
+try:
+    import lightning as L
+except ImportError as error:  # pragma: no cover
+    raise ImportError("pyrovae.lightning needs Lightning: pip install 'pyrovae[lightning]'") from error
+
+from .evaluation import elbo_terms
+from .objectives import ELBOLoss, KLSchedule
+
+__all__ = ["VAEModule"]
+
+
+def _examples(batch):
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+class VAEModule(L.LightningModule):
+    """Minimizes -ELBO per example with Pyro's ELBO (``loss`` as in :func:`pyrovae.fit`).
+
+    :param binarize: ``"dynamic"`` resamples grey pixels as Bernoulli draws each step (for a
+        Bernoulli likelihood on MNIST-like data), ``"none"`` uses the batches as they come.
+    """
+
+    def __init__(self, vae, loss="meanfield", num_particles=1, lr=1e-3, beta=1.0, warmup_epochs=0.0,
+                 free_bits=0.0, binarize="none"):
+        super().__init__()
+        if binarize not in ("dynamic", "none"):
+            raise ValueError(f"binarize must be 'dynamic' or 'none'; got {binarize!r}")
+        self.vae = vae
+        self.objective = ELBOLoss(vae, loss, num_particles, KLSchedule(beta, warmup_epochs, free_bits))
+        self.lr = lr
+        self.binarize = binarize
+        self.save_hyperparameters(ignore=["vae"])
+
+    def _prepare(self, batch):
+        x = _examples(batch).float()
+        return torch.bernoulli(x) if self.binarize == "dynamic" else x
+
+    def training_step(self, batch, batch_idx):
+        x = self._prepare(batch)
+        if not self.objective.kl_schedule.is_identity and self.trainer is not None and self.trainer.num_training_batches:
+            self.objective.set_progress(self.current_epoch + batch_idx / self.trainer.num_training_batches)
+        loss = self.objective(x) / len(x)
+        self.log("train_elbo", -loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x = self._prepare(batch)
+        terms = elbo_terms(self.vae, x)
+        for key, value in terms.items():
+            self.log(f"val_{key}", value.mean(), on_epoch=True, batch_size=len(x), sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.vae.parameters(), lr=self.lr)
