@@ -201,7 +201,7 @@ class ELBOLoss(nn.Module):
         self.verified = bool(torch.allclose(loss.detach(), reference.detach(), rtol=1e-4, atol=1e-3))
         if not self.verified:
             warnings.warn(
-                f"the direct VAE loss ({float(loss):.6g}) disagrees with Pyro's {self.loss_name} ELBO "
+                f"the direct VAE loss ({loss.item():.6g}) disagrees with Pyro's {self.loss_name} ELBO "
                 f"({float(reference):.6g}) on the same draws; training on Pyro's path",
                 stacklevel=3,
             )
