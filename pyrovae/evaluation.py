@@ -179,24 +179,27 @@ def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=Fals
 
 def _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements):
     """IWAE_k per example and replicate, shape (R, N)."""
+    vae.likelihood.check_support(x)
+    weights = direct_log_weights if direct_path_agrees(vae, x[:4]) else log_weights
     batch, sample_chunk = _chunks(vae, len(x), k * num_replicates, batch_size, chunk_elements)
     replicates_per_chunk = max(1, sample_chunk // k)
     rows = []
-    for start in range(0, len(x), batch):
-        xb = x[start:start + batch]
-        parts = []
-        for done in range(0, num_replicates, replicates_per_chunk):
-            r = min(replicates_per_chunk, num_replicates - done)
-            if r * k <= sample_chunk:
-                lw = log_weights(vae, xb, r * k).double().reshape(r, k, len(xb))
-                parts.append(torch.logsumexp(lw, 1) - math.log(k))
-            else:  # one replicate needs more samples than a chunk holds: stream over its samples
-                for _ in range(r):
+    with torch.no_grad(), pyro.validation_enabled(False):
+        for start in range(0, len(x), batch):
+            xb = x[start:start + batch]
+            parts = []
+            for done in range(0, num_replicates, replicates_per_chunk):
+                r = min(replicates_per_chunk, num_replicates - done)
+                if r * k <= sample_chunk:
+                    lw = weights(vae, xb, r * k).double().reshape(r, k, len(xb))
+                    parts.append(torch.logsumexp(lw, 1) - math.log(k))
+                else:  # one replicate needs more samples than a chunk holds: stream over its samples
                     lse = torch.full((len(xb),), -math.inf, dtype=torch.float64, device=x.device)
                     for taken in range(0, k, sample_chunk):
-                        lse = torch.logaddexp(lse, torch.logsumexp(log_weights(vae, xb, min(sample_chunk, k - taken)).double(), 0))
+                        lw = weights(vae, xb, min(sample_chunk, k - taken)).double()
+                        lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
                     parts.append((lse - math.log(k)).unsqueeze(0))
-        rows.append(torch.cat(parts, 0))
+            rows.append(torch.cat(parts, 0))
     return torch.cat(rows, 1)
 
 

@@ -259,6 +259,7 @@ def fit(
         row["grad_norm"] = float(grad_norm) if steps else float("nan")
         row["seconds"] = time.perf_counter() - started
         row["train_seconds"] = train_seconds
+        row["world_size"] = context.world_size
         vae.train()
         history.append(row)
         if run_dir is not None and context.is_main:
@@ -274,7 +275,6 @@ def fit(
             ckpt.write_metrics(run_dir, history)
         if progress:
             tqdm.write(_format_row(row))
-        row["world_size"] = context.world_size
         if callback is not None and context.is_main:
             callback(row, vae)
     vae.eval()
