@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import Independent, Normal, kl_divergence
 
 from .objectives import log_importance_weights
@@ -62,8 +63,8 @@ def log_weights(vae, x, num_samples):
     # checked once here, so Pyro's per-site validation would only repeat it over K copies
     with torch.no_grad(), pyro.validation_enabled(False):
         with pyro.plate("particles", num_samples, dim=-2):
-            guide_trace = poutine.trace(vae.guide).get_trace(x)
-            model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+            guide_trace = prune_subsample_sites(poutine.trace(vae.guide).get_trace(x))
+            model_trace = prune_subsample_sites(poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x))
         model_trace.compute_log_prob()
         guide_trace.compute_log_prob()
         return log_importance_weights(model_trace, guide_trace)

@@ -202,7 +202,7 @@ class ELBOLoss(nn.Module):
         if not self.verified:
             warnings.warn(
                 f"the direct VAE loss ({loss.item():.6g}) disagrees with Pyro's {self.loss_name} ELBO "
-                f"({float(reference):.6g}) on the same draws; training on Pyro's path",
+                f"({reference.item():.6g}) on the same draws; training on Pyro's path",
                 stacklevel=3,
             )
             return reference

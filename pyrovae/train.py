@@ -137,6 +137,7 @@ def fit(
     progress=True,
     train_config=None,
     callback=None,
+    direct=True,
 ):
     """Trains ``vae`` by maximizing the ELBO with SVI; returns the per-epoch history.
 
@@ -150,6 +151,9 @@ def fit(
         ``"dynamic"``, ``"threshold"`` or ``"none"``.
     :param run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` are written (atomically) each
         epoch; ``resume=True`` continues from its checkpoint exactly where it stopped.
+    :param direct: after checking on the first step that it equals Pyro's ELBO on the same
+        draws, compute the loss from the VAE's parts (see :class:`~pyrovae.objectives.ELBOLoss`);
+        ``False`` runs Pyro's ELBO over traces at every step (about 4% slower on a CPU).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
@@ -175,7 +179,7 @@ def fit(
     test_eval = None if test_x is None else _fixed_binarization(test_x.to(device), binarize, seed + 1)
     train_eval = _fixed_binarization(train_x[:TRAIN_EVAL_EXAMPLES], binarize, seed + 2)
 
-    objective = ELBOLoss(vae, loss, num_particles, KLSchedule(beta, warmup_epochs, free_bits))
+    objective = ELBOLoss(vae, loss, num_particles, KLSchedule(beta, warmup_epochs, free_bits), direct=direct)
     step_loss = objective
     if context.enabled:
         from torch.nn.parallel import DistributedDataParallel

@@ -219,3 +219,17 @@ def test_the_first_step_checks_the_direct_path_and_falls_back_with_a_warning():
     with pytest.warns(UserWarning, match="disagrees with Pyro"):
         objective(x)
     assert objective.verified is False
+
+
+@pytest.mark.parametrize("loss,particles", [("meanfield", 1), ("trace", 2), ("iwae", 3)])
+def test_fit_on_pyros_path_and_on_the_direct_path_reach_the_same_parameters(loss, particles):
+    x = torch.bernoulli(torch.full((96, 6, 5), 0.4))
+    states = []
+    for direct in (True, False):
+        torch.manual_seed(0)
+        vae = small_vae()
+        pyrovae.fit(vae, x, epochs=2, batch_size=32, lr=1e-2, loss=loss, num_particles=particles, progress=False,
+                    device="cpu", direct=direct)
+        states.append(vae.state_dict())
+    for name in states[0]:
+        assert torch.allclose(states[0][name], states[1][name], atol=1e-4, rtol=1e-4), name
