@@ -159,3 +159,12 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("L"))
     assert pixels.shape[0] >= 1000 and pixels.std() > 10  # something was drawn, not a blank page
+
+
+@pytest.mark.parametrize("prior", ["normal", "laplace", "student_t", "mixture", "vamp", "flow"])
+def test_samples_figure_for_every_prior(prior):
+    vae = pyrovae.VAE((1, 6, 5), latent_dim=2, hidden=(8,), prior=prior)
+    fig = plots.samples(vae, n=20, nrow=5)
+    picture = fig.axes[0].images[0].get_array()
+    assert picture.shape[:2] == (4 * 7 + 1, 5 * 6 + 1)
+    assert "samples" in fig.axes[0].get_title()

@@ -1,6 +1,7 @@
 """fit's run folder: checkpoints, exact resume, the CLI, and the bad inputs it must name."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -144,3 +145,10 @@ def test_shared_data_loaders(shared_data, monkeypatch):
     assert frey.data.shape == (1965, 1, 28, 20)
     static = pyrovae.datasets.load("binarized-mnist", split="test")
     assert static.data.shape == (10000, 1, 28, 28) and static.is_binary
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_debians_folder(monkeypatch):
+    monkeypatch.delenv("PYROVAE_DATA", raising=False)
+    test = pyrovae.datasets.load("fashion-mnist", split="test", download=False)
+    assert test.data.shape == (10000, 1, 28, 28) and int(test.targets.max()) == 9
