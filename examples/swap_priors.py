@@ -37,7 +37,7 @@ def main():
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*no closed form.*")  # said once in the table below
-            history = pyrovae.fit(vae, train, epochs=args.epochs, loss="trace", progress=False, seed=0)
+            pyrovae.fit(vae, train, epochs=args.epochs, loss="trace", progress=False, seed=0)
         seconds = time.perf_counter() - start
         elbo = pyrovae.elbo(vae, x, num_particles=10, seed=1).mean().item()
         ll, se = pyrovae.log_likelihood(vae, x, num_samples=args.num_samples, return_stderr=True, seed=0)
@@ -45,7 +45,7 @@ def main():
         print(f"{name}: done in {seconds:.0f} s", flush=True)
     print(f"\nMNIST, 784-400-{args.latent_dim} MLP, Bernoulli likelihood, loss='trace' (Monte Carlo KL for every prior), "
           f"{args.epochs} epochs; {len(x)} test images, K={args.num_samples}")
-    print(f"| prior | test ELBO | test log p(x) (IS) | MC error | train seconds |\n| --- | --- | --- | --- | --- |")
+    print("| prior | test ELBO | test log p(x) (IS) | MC error | train seconds |\n| --- | --- | --- | --- | --- |")
     for name, elbo, ll, se, seconds in rows:
         print(f"| {name} | {elbo:.2f} | {ll:.2f} | {se:.3f} | {seconds:.0f} |")
 

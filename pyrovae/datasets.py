@@ -80,7 +80,7 @@ def _not_found(name, paths, wanted, download_error=None):
     message = f"dataset {name!r}: no folder holds {wanted}. Looked in:\n{places}"
     if download_error is not None:
         message += f"\nand the download into {paths[-1]} failed: {download_error}"
-    message += f"\nPut the files in one of these folders, or pass --data-dir (data_dir=...)."
+    message += "\nPut the files in one of these folders, or pass --data-dir (data_dir=...)."
     return FileNotFoundError(message)
 
 

@@ -129,10 +129,9 @@ def _load_libc():
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # glibc only; musl has none
-        return libc
-    except (OSError, AttributeError):
+    except OSError:
         return None
+    return libc if hasattr(libc, "malloc_trim") else None  # glibc only; musl has none
 
 
 _LIBC = _load_libc()

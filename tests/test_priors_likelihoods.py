@@ -2,6 +2,7 @@
 and the KL weighting."""
 
 import math
+import warnings
 
 import numpy as np
 import pyro
@@ -11,7 +12,6 @@ import scipy.integrate
 import scipy.special
 import scipy.stats
 import torch
-from pyro import poutine
 
 import pyrovae
 from pyrovae import evaluation, likelihoods, priors
@@ -174,7 +174,7 @@ def test_continuous_bernoulli_normalizer_integrates_to_one():
     lik = likelihoods.ContinuousBernoulli().bind((1,))
     for logit in (-3.0, -0.2, 0.0, 0.01, 2.5):
         d = lik(torch.tensor([[logit]]))
-        total, _ = scipy.integrate.quad(lambda t: math.exp(d.log_prob(torch.tensor([[t]])).item()), 0, 1)
+        total, _ = scipy.integrate.quad(lambda t, d=d: math.exp(d.log_prob(torch.tensor([[t]])).item()), 0, 1)
         assert total == pytest.approx(1.0, abs=1e-5)
 
 
@@ -252,12 +252,10 @@ def test_meanfield_falls_back_to_monte_carlo_kl_with_a_warning():
     vae = prior_vae("mixture")
     with pytest.warns(UserWarning, match="no closed form.*Monte Carlo"):
         ELBOLoss(vae, "meanfield")
-    with pytest.warns(None if False else UserWarning) as record:
-        import warnings
-
-        warnings.warn("sentinel", UserWarning)
-        ELBOLoss(prior_vae("normal"), "meanfield")
-    assert [str(w.message) for w in record] == ["sentinel"]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        ELBOLoss(prior_vae("normal"), "meanfield")  # a closed form exists: nothing to say
+    assert record == []
 
 
 def test_unknown_names_and_bad_arguments_list_the_choices():

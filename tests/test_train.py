@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import pyrovae
-from pyrovae import checkpoint as ckpt
 from pyrovae.cli import main
 
 
