@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .validation import require_finite
+
 __all__ = ["ArrayDataset", "load", "load_array", "search_paths", "NAMES", "binarize"]
 
 NAMES = ("mnist", "fashion-mnist", "frey", "binarized-mnist")
@@ -242,10 +244,7 @@ def _to_tensor(array, path):
         raise ValueError(f"{str(path)!r}: expected numbers; got dtype {array.dtype}")
     scale = 255.0 if array.dtype == np.uint8 else 1.0
     data = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32) / scale)
-    bad = ~torch.isfinite(data)
-    if bool(bad.any()):
-        index = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{str(path)!r}: {int(bad.sum())} values are NaN or infinite, the first at index {index}")
+    require_finite(data, repr(str(path)))
     if data.dim() == 3:
         data = data.unsqueeze(1)
     return data

@@ -16,6 +16,7 @@ from torch.distributions import constraints
 from torch.nn.functional import softplus
 
 from .registry import Registry
+from .validation import require
 
 __all__ = [
     "LIKELIHOODS",
@@ -35,16 +36,7 @@ LIKELIHOODS = Registry("likelihood")
 
 
 def _raise_first_violation(x, ok, what):
-    """Names the first entry of ``x`` where ``ok`` is False, so users can find it."""
-    bad = ~ok
-    if bool(bad.any()):
-        index = tuple(int(i) for i in bad.nonzero()[0])
-        value = float(x[index])
-        count = int(bad.sum())
-        raise ValueError(
-            f"data outside the likelihood's support: {what}; found {value!r} at index {index} "
-            f"({count} of {x.numel()} values break it)"
-        )
+    require(x, ok, f"data outside the likelihood's support: {what}")
 
 
 class Likelihood(nn.Module):

@@ -17,6 +17,7 @@ from .datasets import binarize as binarize_data
 from .evaluation import elbo_terms
 from .likelihoods import Bernoulli
 from .objectives import ELBOLoss, KLSchedule
+from .validation import require, require_finite
 
 __all__ = ["fit", "as_tensor", "resolve_device", "prepare_data", "TrainingDiverged"]
 
@@ -63,19 +64,14 @@ def as_tensor(data, what="train"):
 def prepare_data(vae, data, binarize, what):
     """Checks shape, finiteness and support once, up front; resolves the binarization."""
     vae.check_data(data)
-    bad = ~torch.isfinite(data)
-    if bool(bad.any()):
-        raise ValueError(f"{what} data: {int(bad.sum())} values are NaN or infinite, the first at index {tuple(int(i) for i in bad.nonzero()[0])}")
+    require_finite(data, f"{what} data")
     binary = bool(((data == 0) | (data == 1)).all())
     if binarize == "auto":
         binarize = "dynamic" if isinstance(vae.likelihood, Bernoulli) and not binary else "none"
     if binarize not in ("dynamic", "threshold", "none"):
         raise ValueError(f"unknown binarize {binarize!r}; choose 'auto', 'dynamic', 'threshold' or 'none'")
     if binarize == "dynamic":
-        outside = (data < 0) | (data > 1)
-        if bool(outside.any()):
-            index = tuple(int(i) for i in outside.nonzero()[0])
-            raise ValueError(f"{what} data: dynamic binarization needs values in [0, 1]; found {float(data[index])} at index {index}")
+        require(data, (data >= 0) & (data <= 1), f"{what} data: dynamic binarization needs values in [0, 1]")
     else:
         if binarize == "threshold":
             data = binarize_data(data, "threshold")

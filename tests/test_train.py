@@ -131,7 +131,7 @@ def test_array_files_of_wrong_rank_or_with_nan_are_refused(tmp_path):
     bad = np.zeros((4, 3), dtype=np.float32)
     bad[2, 1] = np.nan
     np.save(tmp_path / "nan.npy", bad)
-    with pytest.raises(ValueError, match=r"NaN or infinite, the first at index \(2, 1\)"):
+    with pytest.raises(ValueError, match=r"NaN or infinite; found nan at index \(2, 1\)"):
         pyrovae.datasets.load(str(tmp_path / "nan.npy"))
 
 
