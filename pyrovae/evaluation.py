@@ -15,9 +15,9 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Independent
 
-from .objectives import log_importance_weights
+from .objectives import kl_or_estimate, log_importance_weights, sample_latents
 
 __all__ = [
     "log_weights",
@@ -75,11 +75,8 @@ def direct_log_weights(vae, x, num_samples, posterior=None):
     the VAE's parts (encoder, prior, decoder, likelihood) without Pyro's trace bookkeeping.
     ``posterior=(loc, scale)`` reuses an encoding of ``x``."""
     with torch.no_grad():
-        loc, scale = posterior if posterior is not None else vae.encoder(x)
-        q = Normal(loc, scale).expand((num_samples,) + loc.shape)
-        z = q.sample()
-        log_px = vae.likelihood(vae.decoder(z)).log_prob(x)
-        return log_px + vae.prior().log_prob(z) - q.log_prob(z).sum(-1)
+        q, z, log_px, prior = sample_latents(vae, x, num_samples, posterior)
+        return log_px + prior.log_prob(z) - q.log_prob(z).sum(-1)
 
 
 def direct_path_agrees(vae, x, num_samples=3, seed=12345):
@@ -231,17 +228,11 @@ def elbo_terms(vae, x, batch_size=1000):
     vae.check_data(x)
     recon, kl = [], []
     with torch.no_grad():
-        prior = vae.prior()
         for start in range(0, len(x), batch_size):
             xb = x[start:start + batch_size]
-            loc, scale = vae.encoder(xb)
-            q = Independent(Normal(loc, scale), 1)
-            z = q.rsample()
-            recon.append(vae.likelihood_distribution(z).log_prob(xb))
-            try:
-                kl.append(kl_divergence(q, prior.expand(q.batch_shape)))
-            except NotImplementedError:
-                kl.append(q.log_prob(z) - prior.log_prob(z))
+            q, z, log_px, prior = sample_latents(vae, xb)
+            recon.append(log_px)
+            kl.append(kl_or_estimate(Independent(q, 1), prior, z))
     recon, kl = torch.cat(recon), torch.cat(kl)
     return {"reconstruction": recon, "kl": kl, "elbo": recon - kl}
 

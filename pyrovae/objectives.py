@@ -17,7 +17,8 @@ from torch import nn
 
 from .priors import has_analytic_kl
 
-__all__ = ["LOSSES", "IWAE_ELBO", "ScaleLatent", "KLSchedule", "ELBOLoss", "make_elbo", "log_importance_weights"]
+__all__ = ["LOSSES", "IWAE_ELBO", "ScaleLatent", "KLSchedule", "ELBOLoss", "make_elbo", "log_importance_weights",
+           "sample_latents", "kl_or_estimate"]
 
 LOSSES = ("meanfield", "trace", "iwae")
 
@@ -34,6 +35,28 @@ def log_importance_weights(model_trace, guide_trace):
                     log_p = log_p * site["scale"]
                 log_w = log_w + sign * log_p
     return log_w
+
+
+def sample_latents(vae, x, num_particles=None, posterior=None):
+    """z = mu(x) + sigma(x) eps, eps ~ N(0, I), with ``num_particles`` draws on the left, as the
+    guide draws them; returns (q(z|x) as a Normal over coordinates, z, log p(x|z), p(z))."""
+    loc, scale = posterior if posterior is not None else vae.encoder(vae.check_data(x))
+    q = torch.distributions.Normal(loc, scale)
+    if num_particles is not None:
+        q = q.expand((num_particles,) + loc.shape)
+    z = q.rsample()
+    return q, z, vae.likelihood(vae.decoder(z)).log_prob(x), vae.prior()
+
+
+def kl_or_estimate(q, prior, z=None):
+    """KL(q(z|x) || p(z)) per example: the closed form where torch registers one, else the
+    one-sample estimate log q(z|x) - log p(z) at ``z`` (drawn from q when not given; the closed
+    form draws nothing). ``q`` has event shape (latent_dim,)."""
+    try:
+        return torch.distributions.kl_divergence(q, prior.expand(q.batch_shape))
+    except NotImplementedError:
+        z = q.sample() if z is None else z
+        return q.log_prob(z) - prior.log_prob(z)
 
 
 class IWAE_ELBO(Trace_ELBO):
@@ -157,12 +180,7 @@ class ELBOLoss(nn.Module):
         with torch.no_grad():
             loc, scale = self.vae.encoder(x)
             q = torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
-            prior = self.vae.prior()
-            try:
-                return torch.distributions.kl_divergence(q, prior).mean()
-            except NotImplementedError:
-                z = q.sample()
-                return (q.log_prob(z) - prior.log_prob(z)).mean()
+            return kl_or_estimate(q, self.vae.prior()).mean()
 
     def pyro_loss(self, x, weight=1.0):
         """-ELBO by Pyro's estimator over traces of ``vae.model`` and ``vae.guide``."""
@@ -174,15 +192,9 @@ class ELBOLoss(nn.Module):
     def direct_loss(self, x, weight=1.0):
         """The same estimator and the same random draws as :meth:`pyro_loss`, computed from the
         VAE's parts: z = mu + sigma * eps, log w = log p(x|z) + w_KL (log p(z) - log q(z|x))."""
-        vae, k = self.vae, self.num_particles
+        k = self.num_particles
         vectorized = k > 1 or self.loss_name == "iwae"
-        loc, scale = vae.encoder(vae.check_data(x))
-        q = torch.distributions.Normal(loc, scale)
-        if vectorized:
-            q = q.expand((k,) + loc.shape)
-        z = q.rsample()
-        prior = vae.prior()
-        log_px = vae.likelihood(vae.decoder(z)).log_prob(x)
+        q, z, log_px, prior = sample_latents(self.vae, x, k if vectorized else None)
         if self.loss_name == "meanfield" and self.analytic_kl:
             q_event = torch.distributions.Independent(q, 1)
             latent_term = -torch.distributions.kl_divergence(q_event, prior.expand(q_event.batch_shape))
