@@ -29,6 +29,7 @@ __all__ = [
     "Logistic256",
     "DiscretizedLogistic",
     "BernoulliLogits",
+    "CallableLikelihood",
     "make_likelihood",
 ]
 
@@ -288,8 +289,45 @@ class Logistic256(Likelihood):
         _raise_first_violation(x, ok, "logistic256 needs 8-bit values k/255 in [0, 1]")
 
 
+class CallableLikelihood(Likelihood):
+    """Wraps a user's function ``params -> Distribution`` (one decoder output per data dimension,
+    ``params`` of shape (..., *data_shape)); the distribution's event shape must be the data shape."""
+
+    def __init__(self, fn):
+        super().__init__()
+        if isinstance(fn, nn.Module):
+            self.fn = fn
+        else:
+            self.__dict__["fn"] = fn
+        self.spec = {"kind": "custom", "callable": getattr(fn, "__qualname__", type(fn).__name__)}
+
+    def bind(self, data_shape):
+        super().bind(data_shape)
+        probe = self.fn(torch.zeros(2, *self.data_shape))
+        if not isinstance(probe, torch.distributions.Distribution) or tuple(probe.event_shape) != self.data_shape:
+            raise ValueError(
+                f"a likelihood function must return a Distribution with event_shape {self.data_shape} "
+                f"(use .to_event({self.event_dim})); got {type(probe).__name__} with event_shape "
+                f"{tuple(getattr(probe, 'event_shape', ()))}"
+            )
+        self._support = probe.support
+        return self
+
+    def forward(self, params):
+        return self.fn(self._split(params)[0])
+
+    def check_support(self, x):
+        super().check_support(x)
+        support = self._support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        _raise_first_violation(x, support.check(x), f"values must lie in {support}")
+
+
 def make_likelihood(spec):
-    """A name, a ``{"kind": ...}`` table, or a ``Likelihood`` instance -> a Likelihood."""
+    """A name, a ``{"kind": ...}`` table, a ``Likelihood``, or a function ``params -> Distribution``."""
     if isinstance(spec, Likelihood):
         return spec
+    if callable(spec) and not isinstance(spec, (str, dict)):
+        return CallableLikelihood(spec)
     return LIKELIHOODS.build(spec)

@@ -343,3 +343,18 @@ def test_warmup_and_free_bits():
     assert free.item() == pytest.approx(recon_only.item())
     with pytest.raises(ValueError, match="beta must be >= 0"):
         KLSchedule(beta=-1)
+
+
+def test_a_user_likelihood_function():
+    lik = lambda params: dist.Gamma(torch.nn.functional.softplus(params) + 0.1, 2.0).to_event(1)  # noqa: E731
+    vae = pyrovae.VAE((6,), latent_dim=2, hidden=(16,), likelihood=lik)
+    x = two_cluster_data().abs() + 0.05
+    before = float(evaluation.elbo(vae, x, num_particles=10, seed=0).mean())
+    pyrovae.fit(vae, x, epochs=10, batch_size=64, lr=1e-2, progress=False, device="cpu")
+    assert float(evaluation.elbo(vae, x, num_particles=10, seed=0).mean()) > before
+    bad = x.clone()
+    bad[4, 2] = -1.0
+    with pytest.raises(ValueError, match=r"GreaterThan.*-1.0 at index \(4, 2\)"):
+        pyrovae.fit(vae, bad, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"event_shape \(6,\)"):
+        pyrovae.VAE((6,), likelihood=lambda p: dist.Normal(p, 1.0))
