@@ -56,6 +56,12 @@ def _check_inputs(vae, x, num_samples, what="num_samples"):
     vae.check_data(x)
 
 
+def _to_vae_device(vae, x):
+    """Data on the VAE's device (a CPU tensor given to a VAE trained on CUDA just works)."""
+    parameter = next(vae.parameters(), None)
+    return x if parameter is None else x.to(parameter.device)
+
+
 def log_weights(vae, x, num_samples):
     """log w_kn = log p(x_n, z_kn) - log q(z_kn | x_n), z_kn ~ q(z | x_n): shape (K, N)."""
     _check_inputs(vae, x, num_samples)
@@ -145,6 +151,7 @@ def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=Fals
     pieces (``example_offset`` = each piece's start, on a batch boundary) gives the same numbers.
     """
     _check_inputs(vae, x, num_samples)
+    x = _to_vae_device(vae, x)
     vae.likelihood.check_support(x)
     direct = direct_path_agrees(vae, x[:4])
     batch, sample_chunk = _chunks(vae, len(x), num_samples, batch_size, chunk_elements)
@@ -206,6 +213,7 @@ def iwae_bound(vae, x, k, num_replicates=1, batch_size=None, return_stderr=False
     the stderr (``num_replicates >= 2``) is the Monte Carlo error of that average."""
     _check_inputs(vae, x, k, "k")
     _check_inputs(vae, x, num_replicates, "num_replicates")
+    x = _to_vae_device(vae, x)
     with _seeded(seed, x.device):
         values = _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements)
     mean = values.mean(0).to(x.dtype)
@@ -226,6 +234,7 @@ def elbo_terms(vae, x, batch_size=1000):
     """Per example: ``reconstruction`` E_q log p(x|z) (one sample), ``kl`` KL(q(z|x) || p(z))
     (closed form where one is registered, else one-sample Monte Carlo), ``elbo`` their difference."""
     vae.check_data(x)
+    x = _to_vae_device(vae, x)
     recon, kl = [], []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
@@ -299,6 +308,7 @@ def check_bounds(vae, x, ks=(1, 10, 100, 1000), samples_per_k=None, exact=None, 
     errors (or a bound above ``exact``, the true mean log p(x) where known) is a violation:
     it is warned about with :class:`BoundViolationWarning`, or raised with ``strict=True``.
     """
+    x = _to_vae_device(vae, x)
     ks = sorted({int(k) for k in ks} | {1})
     if ks[0] < 1:
         raise ValueError(f"every k must be >= 1; got ks={ks}")
