@@ -15,7 +15,7 @@ from torch import nn
 from torch.distributions import constraints
 from torch.nn.functional import softplus
 
-from .registry import Registry
+from .registry import Registry, hold_callable
 from .validation import require
 
 __all__ = [
@@ -295,11 +295,7 @@ class CallableLikelihood(Likelihood):
 
     def __init__(self, fn):
         super().__init__()
-        if isinstance(fn, nn.Module):
-            self.fn = fn
-        else:
-            self.__dict__["fn"] = fn
-        self.spec = {"kind": "custom", "callable": getattr(fn, "__qualname__", type(fn).__name__)}
+        hold_callable(self, fn)
 
     def bind(self, data_shape):
         super().bind(data_shape)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.distributions import kl_divergence
 
-from .registry import Registry
+from .registry import Registry, hold_callable
 
 __all__ = [
     "PRIORS",
@@ -183,11 +183,7 @@ class CallablePrior(Prior):
 
     def __init__(self, fn):
         super().__init__()
-        if isinstance(fn, nn.Module):
-            self.fn = fn
-        else:
-            self.__dict__["fn"] = fn
-        self.spec = {"kind": "custom", "callable": getattr(fn, "__qualname__", type(fn).__name__)}
+        hold_callable(self, fn)
 
     def forward(self):
         return self.fn()

@@ -4,7 +4,7 @@ that turns a declarative spec (a name, a ``{"kind": name, ...}`` table, or an ob
 import functools
 import inspect
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "hold_callable"]
 
 
 class Registry:
@@ -69,3 +69,15 @@ class Registry:
                 f"bad arguments {kwargs} for {self.what} {kind!r} ({error}); it takes {allowed or 'no arguments'}"
             ) from None
         return cls(**kwargs)
+
+
+def hold_callable(owner, fn):
+    """Keeps a user's callable on a module as ``owner.fn``: registered as a submodule when it is
+    one (its parameters then train), a plain attribute otherwise; records a "custom" spec."""
+    import torch
+
+    if isinstance(fn, torch.nn.Module):
+        owner.fn = fn
+    else:
+        owner.__dict__["fn"] = fn
+    owner.spec = {"kind": "custom", "callable": getattr(fn, "__qualname__", type(fn).__name__)}
