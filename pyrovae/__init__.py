@@ -6,11 +6,12 @@
 >>> log_px = pyrovae.log_likelihood(vae, x, num_samples=1000)
 """
 
-from . import datasets, exact, likelihoods, priors
+from . import datasets, exact, infer, likelihoods, priors
 from .checkpoint import load
 from .evaluation import check_bounds, elbo, iwae_bound, log_likelihood
 from .model import VAE
-from .objectives import ELBOLoss, IWAE_ELBO, KLSchedule, make_elbo
+from .infer import IWAE_ELBO, VAE_ELBO, log_weight_parts, make_elbo
+from .objectives import ELBOLoss, KLSchedule
 from .train import fit
 
 __version__ = "0.1.0"
@@ -27,8 +28,11 @@ __all__ = [
     "likelihoods",
     "priors",
     "exact",
+    "infer",
     "ELBOLoss",
     "IWAE_ELBO",
+    "VAE_ELBO",
+    "log_weight_parts",
     "KLSchedule",
     "make_elbo",
 ]

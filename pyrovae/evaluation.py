@@ -1,5 +1,6 @@
-"""Per-example bounds and estimates of log p(x), all from Pyro traces (guide trace, model
-replayed on it), so they hold for every prior and likelihood, built-in or plugged in.
+"""Per-example bounds and estimates of log p(x), all from the per-example log weights of
+:func:`pyrovae.infer.log_weight_parts` (the VAE's fast path where its structure allows, Pyro's
+traces otherwise), so they hold for every prior, likelihood and user model.
 
 - ``elbo``:           E_q[log p(x, z) - log q(z|x)]                        <= log p(x)
 - ``iwae_bound``:     E[log (1/k) sum_j p(x, z_j) / q(z_j|x)], z_j ~ q      (non-decreasing in k)
@@ -13,11 +14,8 @@ from dataclasses import dataclass, field
 
 import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
-from torch.distributions import Independent
 
-from .objectives import kl_or_estimate, log_importance_weights, sample_latents
+from .infer.weights import log_weight_parts
 
 __all__ = [
     "log_weights",
@@ -68,35 +66,13 @@ def log_weights(vae, x, num_samples):
     vae.likelihood.check_support(x)
     # checked once here, so Pyro's per-site validation would only repeat it over K copies
     with torch.no_grad(), pyro.validation_enabled(False):
-        with pyro.plate("particles", num_samples, dim=-2):
-            guide_trace = prune_subsample_sites(poutine.trace(vae.guide).get_trace(x))
-            model_trace = prune_subsample_sites(poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x))
-        model_trace.compute_log_prob()
-        guide_trace.compute_log_prob()
-        return log_importance_weights(model_trace, guide_trace)
-
-
-def direct_log_weights(vae, x, num_samples, posterior=None):
-    """The same log weights as :func:`log_weights`, from the same random draws, computed from
-    the VAE's parts (encoder, prior, decoder, likelihood) without Pyro's trace bookkeeping.
-    ``posterior=(loc, scale)`` reuses an encoding of ``x``."""
-    with torch.no_grad():
-        q, z, log_px, prior = sample_latents(vae, x, num_samples, posterior)
-        return log_px + prior.log_prob(z) - q.log_prob(z).sum(-1)
-
-
-def direct_path_agrees(vae, x, num_samples=3, seed=12345):
-    """Whether :func:`direct_log_weights` reproduces Pyro's trace-based weights on ``x``
-    (a subclass with its own model or guide is caught here and evaluated through traces)."""
-    with _seeded(seed, x.device):
-        reference = log_weights(vae, x, num_samples)
-    with _seeded(seed, x.device), pyro.validation_enabled(False):
-        direct = direct_log_weights(vae, x, num_samples)
-    agrees = direct.shape == reference.shape and bool(torch.allclose(direct, reference, rtol=1e-4, atol=1e-3))
-    if not agrees:
-        warnings.warn("the direct log weights disagree with Pyro's traces for this VAE; evaluating through traces",
-                      stacklevel=3)
-    return agrees
+        log_w = log_weight_parts(vae.model, vae.guide, x, num_particles=num_samples).log_weights
+    if tuple(log_w.shape) != (num_samples, len(x)):
+        raise ValueError(
+            f"per-example log weights need every sample site of the model inside its 'data' plate; "
+            f"got weights of shape {tuple(log_w.shape)} for {num_samples} samples of {len(x)} examples"
+        )
+    return log_w
 
 
 def _chunks(vae, num_examples, num_samples, batch_size, chunk_elements):
@@ -153,7 +129,6 @@ def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=Fals
     _check_inputs(vae, x, num_samples)
     x = _to_vae_device(vae, x)
     vae.likelihood.check_support(x)
-    direct = direct_path_agrees(vae, x[:4])
     batch, sample_chunk = _chunks(vae, len(x), num_samples, batch_size, chunk_elements)
     estimates, stderrs = [], []
     with _seeded(seed, x.device), _progress(len(x) * num_samples, "log p(x)", progress) as bar, \
@@ -162,13 +137,12 @@ def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=Fals
             if seed is not None:
                 torch.manual_seed(seed + example_offset + start)
             xb = x[start:start + batch]
-            posterior = vae.encoder(xb) if direct else None
             # one buffer for the batch's weights: small tensors kept alive between the chunks'
             # large temporaries would fragment the heap
             lw = torch.empty(num_samples, len(xb), dtype=torch.float64, device=x.device)
             for done in range(0, num_samples, sample_chunk):
                 k = min(sample_chunk, num_samples - done)
-                lw[done:done + k] = direct_log_weights(vae, xb, k, posterior) if direct else log_weights(vae, xb, k)
+                lw[done:done + k] = log_weights(vae, xb, k)
                 bar.update(k * len(xb))
             lse1 = torch.logsumexp(lw, 0)
             lse2 = torch.logsumexp(2 * lw, 0)
@@ -184,7 +158,7 @@ def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=Fals
 def _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements):
     """IWAE_k per example and replicate, shape (R, N)."""
     vae.likelihood.check_support(x)
-    weights = direct_log_weights if direct_path_agrees(vae, x[:4]) else log_weights
+    weights = log_weights
     batch, sample_chunk = _chunks(vae, len(x), k * num_replicates, batch_size, chunk_elements)
     replicates_per_chunk = max(1, sample_chunk // k)
     rows = []
@@ -231,17 +205,17 @@ def elbo(vae, x, num_particles=1, batch_size=None, return_stderr=False, seed=Non
 
 
 def elbo_terms(vae, x, batch_size=1000):
-    """Per example: ``reconstruction`` E_q log p(x|z) (one sample), ``kl`` KL(q(z|x) || p(z))
-    (closed form where one is registered, else one-sample Monte Carlo), ``elbo`` their difference."""
+    """Per example, from one draw z ~ q(z|x): ``reconstruction`` log p(x|z) (every observed site),
+    ``kl`` KL(q(z|x) || p(z)) (closed form where the sites have one, else log q - log p at z),
+    and ``elbo`` their difference."""
     vae.check_data(x)
     x = _to_vae_device(vae, x)
     recon, kl = [], []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            xb = x[start:start + batch_size]
-            q, z, log_px, prior = sample_latents(vae, xb)
-            recon.append(log_px)
-            kl.append(kl_or_estimate(Independent(q, 1), prior, z))
+            parts = log_weight_parts(vae.model, vae.guide, x[start:start + batch_size], analytic_kl=True)
+            recon.append(parts.observed)
+            kl.append(parts.kl)
     recon, kl = torch.cat(recon), torch.cat(kl)
     return {"reconstruction": recon, "kl": kl, "elbo": recon - kl}
 

@@ -49,7 +49,7 @@ class VAEModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x = self._prepare(batch)
-        if not self.objective.kl_schedule.is_identity and self.trainer is not None and self.trainer.num_training_batches:
+        if not self.objective.kl_schedule.is_constant and self.trainer is not None and self.trainer.num_training_batches:
             self.objective.set_progress(self.current_epoch + batch_idx / self.trainer.num_training_batches)
         loss = self.objective(x) / len(x)
         self.log("train_elbo", -loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)

@@ -10,6 +10,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
+from pyro.params import param_with_module_name
 
 from .likelihoods import make_likelihood
 from .networks import build_networks
@@ -21,9 +22,11 @@ __all__ = ["VAE"]
 class VAE(PyroModule):
     """A variational autoencoder whose ``model`` is the decoder and whose ``guide`` is the encoder.
 
-    The weights are ordinary module parameters (``vae.parameters()``), never Pyro's global
-    param store: train with :func:`pyrovae.fit`, or with Pyro's module interface
-    ``Trace_ELBO()(vae.model, vae.guide)`` and any ``torch.optim`` optimizer.
+    The weights are module parameters (``vae.parameters()``). ``model`` and ``guide`` register
+    them with Pyro (``pyro.module``, as Pyro's own VAE example does), so both of Pyro's
+    interfaces train the VAE: the classic ``SVI(vae.model, vae.guide, pyro.optim.Adam(...),
+    Trace_ELBO())``, and the module interface ``Trace_ELBO()(vae.model, vae.guide)`` with any
+    ``torch.optim`` optimizer over ``vae.parameters()``; :func:`pyrovae.fit` uses the latter.
 
     :param data_shape: shape of one example, e.g. ``(1, 28, 28)`` or ``(784,)``.
     :param latent_dim: dimension of z, at least 1.
@@ -33,10 +36,15 @@ class VAE(PyroModule):
     :param prior: a name from ``pyrovae.priors.PRIORS``, a table, a
         :class:`~pyrovae.priors.Prior`, or a callable returning a Distribution over z.
     :param network: ``"mlp"`` or ``"conv"``.
+    :param name: the prefix of the parameters' names in Pyro's param store.
     """
 
-    def __init__(self, data_shape, latent_dim=2, hidden=(400,), likelihood="bernoulli", prior="normal", network="mlp"):
+    def __init__(self, data_shape, latent_dim=2, hidden=(400,), likelihood="bernoulli", prior="normal", network="mlp",
+                 name="vae"):
         super().__init__()
+        if not isinstance(name, str) or not name or "$$$" in name:
+            raise ValueError(f"name must be a non-empty string without '$$$'; got {name!r}")
+        self.param_prefix = name
         if isinstance(data_shape, int):
             data_shape = (data_shape,)
         data_shape = tuple(data_shape)
@@ -77,9 +85,23 @@ class VAE(PyroModule):
             raise ValueError(f"x must be a floating-point tensor; got dtype {x.dtype}")
         return x
 
+    def register_with_pyro(self):
+        """``pyro.module(name, self)``: every parameter becomes a ``param`` site, which is how
+        ``SVI`` with a ``pyro.optim`` optimizer finds what to train. An entry of the same name that
+        another module left in the param store (a VAE built earlier in the process) is replaced
+        first: the module's own parameters are always the ones trained."""
+        store = pyro.get_param_store()
+        held = dict(store.named_parameters())
+        for name, parameter in self.named_parameters():
+            full_name = param_with_module_name(self.param_prefix, name)
+            if full_name in held and held[full_name] is not parameter:
+                del store[full_name]
+        pyro.module(self.param_prefix, self)
+
     def model(self, x):
         """p(x, z) = p(z) p(x | z): z ~ prior, x ~ likelihood(decoder(z)), one ``data`` plate."""
         self.check_data(x)
+        self.register_with_pyro()
         with pyro.plate("data", x.shape[0], dim=-1):
             z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
@@ -87,6 +109,7 @@ class VAE(PyroModule):
     def guide(self, x):
         """q(z | x) = Normal(mu(x), diag sigma(x)^2), reparameterized."""
         self.check_data(x)
+        self.register_with_pyro()
         with pyro.plate("data", x.shape[0], dim=-1):
             loc, scale = self.encoder(x)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
@@ -102,10 +125,6 @@ class VAE(PyroModule):
     def likelihood_distribution(self, z):
         """z -> p(x | z) as a Distribution over whole examples."""
         return self.likelihood(self.decoder(z))
-
-    def prior_distribution(self):
-        """p(z) as a Distribution with event shape (latent_dim,)."""
-        return self.prior()
 
     @torch.no_grad()
     def reconstruct(self, x):

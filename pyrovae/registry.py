@@ -35,6 +35,10 @@ class Registry:
 
         return decorator
 
+    def holds(self, cls):
+        """Whether ``cls`` is one of the registered classes."""
+        return any(cls is registered for registered in self._classes.values())
+
     def names(self):
         return sorted(self._classes)
 

@@ -133,7 +133,8 @@ def fit(
     progress=True,
     train_config=None,
     callback=None,
-    direct=True,
+    estimator="standard",
+    fast_path=True,
 ):
     """Trains ``vae`` by maximizing the ELBO with SVI; returns the per-epoch history.
 
@@ -147,9 +148,10 @@ def fit(
         ``"dynamic"``, ``"threshold"`` or ``"none"``.
     :param run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` are written (atomically) each
         epoch; ``resume=True`` continues from its checkpoint exactly where it stopped.
-    :param direct: after checking on the first step that it equals Pyro's ELBO on the same
-        draws, compute the loss from the VAE's parts (see :class:`~pyrovae.objectives.ELBOLoss`);
-        ``False`` runs Pyro's ELBO over traces at every step (about 4% slower on a CPU).
+    :param estimator: the gradient estimator: ``"standard"``, ``"stl"`` (``trace``, ``iwae``) or
+        ``"dreg"`` (``iwae``); see :mod:`pyrovae.infer.elbo`.
+    :param fast_path: compute the package VAE's loss from its parts where its structure allows
+        (see :mod:`pyrovae.infer.fast_path`); ``False`` runs Pyro's traces at every step.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
@@ -175,7 +177,7 @@ def fit(
     test_eval = None if test_x is None else _fixed_binarization(test_x.to(device), binarize, seed + 1)
     train_eval = _fixed_binarization(train_x[:TRAIN_EVAL_EXAMPLES], binarize, seed + 2)
 
-    objective = ELBOLoss(vae, loss, num_particles, KLSchedule(beta, warmup_epochs, free_bits), direct=direct)
+    objective = ELBOLoss(vae, loss, num_particles, KLSchedule(beta, warmup_epochs, free_bits), estimator, fast_path)
     step_loss = objective
     if context.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -215,7 +217,7 @@ def fit(
             xb = train_x[context.shard(order[step * batch_size:(step + 1) * batch_size])]
             if binarize == "dynamic":
                 xb = torch.bernoulli(xb)
-            if not objective.kl_schedule.is_identity:
+            if not objective.kl_schedule.is_constant:
                 objective.set_progress(epoch + step / steps)
             optimizer.zero_grad(set_to_none=True)
             # Pyro validates the first step (structure, supports); the data were checked up front

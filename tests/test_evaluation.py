@@ -164,36 +164,3 @@ def test_cli_evaluate_writes_evaluation_json(tmp_path, binary_npy):
     assert result["bound_check"] == "ok" and result["num_examples"] == 50
     assert result["log_likelihood"] >= result["elbo"] - 1e-3
     assert (out / "jensen_gap.png").stat().st_size > 0
-
-
-@pytest.mark.parametrize("prior,likelihood", [("normal", "bernoulli"), ("mixture", "gaussian"), ("flow", "laplace"),
-                                              ("vamp", "continuous_bernoulli"), ("student_t", "logistic256")])
-def test_direct_log_weights_equal_the_trace_weights(prior, likelihood):
-    torch.manual_seed(0)
-    vae = pyrovae.VAE((6,), latent_dim=3, hidden=(8,), prior=prior, likelihood=likelihood)
-    x = torch.randint(0, 2, (7, 6)).float() if likelihood == "bernoulli" else torch.randint(1, 255, (7, 6)) / 255.0
-    torch.manual_seed(3)
-    reference = evaluation.log_weights(vae, x, 9)
-    torch.manual_seed(3)
-    direct = evaluation.direct_log_weights(vae, x, 9)
-    assert torch.allclose(direct, reference, rtol=1e-5, atol=1e-4)
-    assert evaluation.direct_path_agrees(vae, x)
-
-
-def test_a_vae_with_its_own_model_is_evaluated_through_traces():
-    import pyro
-    from pyro import poutine
-
-    class Tempered(pyrovae.VAE):
-        def model(self, x):
-            with pyro.plate("data", x.shape[0], dim=-1):
-                z = pyro.sample("z", self.prior())
-                with poutine.scale(scale=0.5):
-                    pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
-
-    vae = Tempered((6,), latent_dim=2, hidden=(8,), likelihood="gaussian")
-    x = torch.randn(5, 6)
-    with pytest.warns(UserWarning, match="evaluating through traces"):
-        estimate = evaluation.log_likelihood(vae, x, num_samples=200, seed=0)
-    torch.manual_seed(0)
-    assert torch.isfinite(estimate).all()

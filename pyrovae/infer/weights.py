@@ -1,0 +1,199 @@
+"""The one definition behind every number: per-example log importance weights from Pyro traces.
+
+For a model p(x, z) and a guide q(z | x), one draw z ~ q gives
+
+    log w = log p(x, z) - log q(z | x) = [sum over observed sites log p] + [sum over latent sites
+            log p - sum over guide sites log q],
+
+each site's ``log_prob`` taken from Pyro's trace, where it already carries the site's scale and
+mask (``poutine.scale``, subsampling), so every scale is applied exactly once, as Pyro's own
+ELBOs apply it. Plates common to every site (the ``"data"`` plate) are kept, every other plate
+dimension is summed, as :class:`pyro.infer.RenyiELBO` does; so the weights are per example, with
+the particles (``num_particles``) on the left. Every objective (:mod:`pyrovae.infer.elbo`) and
+every estimate (:mod:`pyrovae.evaluation`) is computed from :class:`WeightParts`.
+
+:func:`log_weight_parts` takes the fast path of :mod:`pyrovae.infer.fast_path` where the model and
+guide are the package's own VAE (decided by structure, never by comparing numbers), and Pyro's
+traces otherwise; tests hold the two equal in value and gradient.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pyro
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.infer.enum import get_importance_trace
+from pyro.infer.util import get_dependent_plate_dims, torch_sum
+from torch.distributions import Independent, kl_divergence
+
+__all__ = ["WeightParts", "log_weight_parts", "trace_weight_parts", "ESTIMATORS", "detach_distribution",
+           "PARTICLE_PLATE"]
+
+ESTIMATORS = ("standard", "stl", "dreg")
+PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's own ELBOs give the particle plate
+
+
+@dataclass
+class WeightParts:
+    """The terms of log w per draw and example, each of shape ``(K, N)`` with particles
+    (``(N,)`` without).
+
+    :ivar observed: sum over observed sites of log p(x | z): the reconstruction term.
+    :ivar latent: sum over latent sites of log p(z) - log q(z | x); under ``estimator="stl"`` or
+        ``"dreg"`` log q is evaluated with the guide's parameters stopped (same value, the score
+        term's gradient removed).
+    :ivar kl: KL(q(z | x) || p(z)) summed over latent sites, in closed form for each site that
+        has one and ``log q - log p`` at the drawn z for the others (``None`` unless asked for).
+    :ivar kl_per_dim: per latent site, ``(kl, weight)``: the KL per latent coordinate, shape
+        ``(K, N, d)``, and each example's scale, shape ``(K, N)``, for free bits (``None`` unless
+        asked for).
+    :ivar latent_values: the guide's reparameterized draws, for estimators that reweight the
+        gradient flowing through z (DReG).
+    """
+
+    observed: torch.Tensor
+    latent: torch.Tensor
+    kl: Optional[torch.Tensor] = None
+    kl_per_dim: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None
+    latent_values: List[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """log w = log p(x, z) - log q(z | x)."""
+        return self.observed + self.latent
+
+
+def detach_distribution(d):
+    """The same distribution with its parameters cut from the graph: log q(z) of it keeps the
+    gradient through z (the path term) and drops the one through q's parameters (the score term)."""
+    if isinstance(d, Independent):
+        return Independent(detach_distribution(d.base_dist), d.reinterpreted_batch_ndims)
+    params = {name: d.__dict__[name].detach() for name in d.arg_constraints if name in d.__dict__}
+    try:
+        return type(d)(**params, validate_args=False)
+    except TypeError as error:
+        raise ValueError(
+            f"estimator 'stl'/'dreg' needs a guide distribution that can be rebuilt from its parameters; "
+            f"{type(d).__name__} cannot ({error})"
+        ) from None
+
+
+def _per_dim(d):
+    """The factor over latent coordinates of a distribution with event shape (d,), or None where
+    it does not factorize (a mixture, a flow)."""
+    if isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1 and d.base_dist.event_shape == ():
+        return d.base_dist
+    return None
+
+
+def _check_guide_site(name, site, estimator):
+    if not site["fn"].has_rsample:
+        raise ValueError(
+            f"guide site {name!r} ({type(site['fn']).__name__}) is not reparameterized; pyrovae's ELBOs and "
+            f"estimators need z = g(eps, x) (use Pyro's TraceGraph_ELBO or TraceEnum_ELBO for discrete sites)"
+        )
+
+
+def trace_weight_parts(model, guide, args=(), kwargs=None, num_particles=None, max_plate_nesting=1,
+                       analytic_kl=False, per_dim=False, estimator="standard"):
+    """:class:`WeightParts` from one guide trace and the model replayed on it, through Pyro's own
+    ``get_importance_trace`` (with its model/guide checks when validation is on). ``num_particles``
+    draws are vectorized on a plate at dim ``-(max_plate_nesting + 1)``; ``None`` draws once with no
+    particle dimension."""
+    kwargs = kwargs or {}
+    if num_particles is not None:
+        plate = pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1))
+        model, guide = plate(model), plate(guide)
+        max_plate_nesting += 1  # the particle plate is one more
+    model_trace, guide_trace = get_importance_trace("flat", max_plate_nesting, model, guide, args, kwargs)
+    sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+
+    def reduce(value):
+        return torch_sum(value, sum_dims) if torch.is_tensor(value) else value
+
+    observed, latent, kl, kl_per_dim, latent_values = 0.0, 0.0, 0.0, {}, []
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"]:
+            observed = observed + reduce(site["log_prob"])
+            continue
+        latent = latent + reduce(site["log_prob"])
+        guide_site = guide_trace.nodes.get(name)
+        if guide_site is None:
+            raise ValueError(f"latent site {name!r} of the model has no site in the guide")
+        if analytic_kl:
+            try:
+                site_kl = scale_and_mask(kl_divergence(guide_site["fn"], site["fn"]), guide_site["scale"], guide_site["mask"])
+            except NotImplementedError:
+                site_kl = guide_site["log_prob"] - site["log_prob"]
+            kl = kl + reduce(site_kl)
+        if per_dim:
+            kl_per_dim[name] = _site_kl_per_dim(name, site, guide_site, analytic_kl)
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        _check_guide_site(name, site, estimator)
+        log_q = site["log_prob"]
+        if estimator != "standard":
+            log_q = scale_and_mask(detach_distribution(site["fn"]).log_prob(site["value"]), site["scale"], site["mask"])
+            latent_values.append(site["value"])
+        latent = latent - reduce(log_q)
+    like = observed if torch.is_tensor(observed) else latent
+    return WeightParts(
+        observed=_as_tensor(observed, like),
+        latent=_as_tensor(latent, like),
+        kl=_as_tensor(kl, like) if analytic_kl else None,
+        kl_per_dim=kl_per_dim if per_dim else None,
+        latent_values=latent_values,
+    )
+
+
+def _as_tensor(value, like):
+    if torch.is_tensor(value):
+        return value
+    return torch.full_like(like, float(value)) if torch.is_tensor(like) else torch.tensor(float(value))
+
+
+def _site_kl_per_dim(name, model_site, guide_site, analytic):
+    p, q = _per_dim(model_site["fn"]), _per_dim(guide_site["fn"])
+    if p is None or q is None:
+        which = "prior" if p is None else "guide"
+        raise ValueError(
+            f"free bits per latent dimension need p(z) and q(z|x) that factorize over the coordinates of z; "
+            f"the {which} at site {name!r} ({type((model_site if p is None else guide_site)['fn']).__name__}) does "
+            f"not (use a normal, laplace or student_t prior, or free_bits=0)"
+        )
+    try:
+        if not analytic:
+            raise NotImplementedError
+        per_dim = kl_divergence(q, p)
+    except NotImplementedError:
+        z = guide_site["value"]
+        per_dim = q.log_prob(z) - p.log_prob(z)
+    return _scaled_per_dim(per_dim, guide_site["scale"], guide_site["mask"])
+
+
+def _scaled_per_dim(per_dim, scale, mask):
+    """(the per-coordinate KL with the site's scale and mask applied, and the same scale and mask
+    over the site's examples: the weight of the free-bits threshold)."""
+    examples = scale_and_mask(torch.ones_like(per_dim[..., 0]), scale, mask)
+    return per_dim * examples.unsqueeze(-1), examples
+
+
+def log_weight_parts(model: Callable, guide: Callable, *args, num_particles: Optional[int] = None,
+                     max_plate_nesting: int = 1, analytic_kl: bool = False, per_dim: bool = False,
+                     estimator: str = "standard", **kwargs) -> WeightParts:
+    """:class:`WeightParts` of ``model`` and ``guide`` at ``args``: by the package VAE's fast path
+    where :func:`~pyrovae.infer.fast_path.fast_vae` recognizes the pair, else by Pyro's traces."""
+    from .fast_path import fast_vae, vae_weight_parts
+
+    vae = fast_vae(model, guide)
+    if vae is not None and len(args) == 1 and not kwargs:
+        return vae_weight_parts(vae, args[0], num_particles=num_particles, analytic_kl=analytic_kl,
+                                per_dim=per_dim, estimator=estimator)
+    return trace_weight_parts(model, guide, args, kwargs, num_particles=num_particles,
+                              max_plate_nesting=max_plate_nesting, analytic_kl=analytic_kl, per_dim=per_dim,
+                              estimator=estimator)
+
