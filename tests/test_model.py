@@ -1,7 +1,6 @@
 """The model/guide pair and SVI, against the closed forms of the notes."""
 
 import math
-import warnings
 
 import pyro
 import pytest

@@ -14,7 +14,6 @@ other pair takes the trace path. ``tests/test_inference_core.py`` holds the two 
 value and gradient for every prior, likelihood, loss, particle count, KL weight and estimator.
 """
 
-import torch
 from pyro.poutine.runtime import _PYRO_STACK
 from torch.distributions import Independent, Normal, kl_divergence
 
