@@ -49,6 +49,8 @@ def build_parser():
     train.add_argument("--likelihood-arg", action="append", metavar="KEY=VALUE", help="likelihood argument, repeatable")
     train.add_argument("--loss", choices=["meanfield", "trace", "iwae"])
     train.add_argument("--num-particles", type=int)
+    train.add_argument("--estimator", choices=["standard", "stl", "dreg"],
+                       help="gradient estimator: stl (trace, iwae), dreg (iwae)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
@@ -94,7 +96,7 @@ def config_from_args(args):
     flags = {
         "data": {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": args.binarize},
         "model": {"latent_dim": args.latent_dim, "hidden": args.hidden, "network": args.network},
-        "train": {k: getattr(args, k) for k in ("loss", "num_particles", "epochs", "batch_size", "lr", "device",
+        "train": {k: getattr(args, k) for k in ("loss", "num_particles", "estimator", "epochs", "batch_size", "lr", "device",
                                                  "seed", "beta", "warmup_epochs", "free_bits")},
         "logging": {"tensorboard": args.tensorboard, "plots": False if args.no_plots else None},
     }

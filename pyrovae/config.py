@@ -5,7 +5,7 @@ command-line flags or Python keyword arguments.
     [model]            latent_dim, hidden, network
     [model.prior]      kind = "normal", ...           (see pyrovae.priors.PRIORS)
     [model.likelihood] kind = "bernoulli", ...        (see pyrovae.likelihoods.LIKELIHOODS)
-    [train]            loss, num_particles, epochs, batch_size, lr, device, seed,
+    [train]            loss, num_particles, estimator, epochs, batch_size, lr, device, seed,
                        beta, warmup_epochs, free_bits
     [logging]          tensorboard, plots
 """
@@ -33,6 +33,7 @@ DEFAULTS = {
     "train": {
         "loss": "meanfield",
         "num_particles": 1,
+        "estimator": "standard",
         "epochs": 10,
         "batch_size": 128,
         "lr": 1e-3,
@@ -64,6 +65,7 @@ _TYPES = {
     ("model", "likelihood"): dict,
     ("train", "loss"): str,
     ("train", "num_particles"): int,
+    ("train", "estimator"): str,
     ("train", "epochs"): int,
     ("train", "batch_size"): int,
     ("train", "lr"): float,

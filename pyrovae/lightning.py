@@ -33,12 +33,12 @@ class VAEModule(L.LightningModule):
     """
 
     def __init__(self, vae, loss="meanfield", num_particles=1, lr=1e-3, beta=1.0, warmup_epochs=0.0,
-                 free_bits=0.0, binarize="none"):
+                 free_bits=0.0, binarize="none", estimator="standard"):
         super().__init__()
         if binarize not in ("dynamic", "none"):
             raise ValueError(f"binarize must be 'dynamic' or 'none'; got {binarize!r}")
         self.vae = vae
-        self.objective = ELBOLoss(vae, loss, num_particles, KLSchedule(beta, warmup_epochs, free_bits))
+        self.objective = ELBOLoss(vae, loss, num_particles, KLSchedule(beta, warmup_epochs, free_bits), estimator)
         self.lr = lr
         self.binarize = binarize
         self.save_hyperparameters(ignore=["vae"])

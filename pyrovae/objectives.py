@@ -6,9 +6,23 @@ import warnings
 from torch import nn
 
 from .infer.elbo import IWAE_ELBO, LOSSES, VAE_ELBO, make_elbo
+from .infer.fast_path import fast_vae
+from .infer.weights import _per_dim
 from .priors import has_analytic_kl
 
-__all__ = ["LOSSES", "IWAE_ELBO", "VAE_ELBO", "KLSchedule", "ELBOLoss", "make_elbo"]
+__all__ = ["LOSSES", "IWAE_ELBO", "VAE_ELBO", "KLSchedule", "ELBOLoss", "make_elbo", "check_training_options"]
+
+
+def check_training_options(vae, loss, num_particles, estimator, free_bits):
+    """Raises the ValueError a bad combination would raise mid-run, before anything is written:
+    an estimator that does not apply to the loss, free bits under IWAE or with a prior that does
+    not factorize over the latent coordinates (checked where the VAE's own model says so)."""
+    make_elbo(loss, num_particles, estimator, free_bits=free_bits)
+    if free_bits and fast_vae(vae.model, vae.guide) is not None and _per_dim(vae.prior()) is None:
+        raise ValueError(
+            "free bits per latent dimension need a prior that factorizes over the coordinates of z; "
+            f"the {vae.config['prior']['kind']!r} prior does not (use normal, laplace or student_t, or free_bits=0)"
+        )
 
 
 class KLSchedule:

@@ -13,6 +13,7 @@ from . import checkpoint as ckpt
 from . import config as cfg
 from . import datasets, latent, plots
 from .evaluation import check_bounds, elbo
+from .objectives import check_training_options
 from .model import VAE
 from . import distributed
 from .train import _fixed_binarization, distributed_run, fit, prepare_data, resolve_device
@@ -67,6 +68,7 @@ def train_run(config, out, resume=False, progress=True):
     vae = build_model(config, train)
     t = config["train"]
     # check everything that can fail before the run folder gets its first file
+    check_training_options(vae, t["loss"], t["num_particles"], t["estimator"], t["free_bits"])
     prepare_data(vae, train.data, config["data"]["binarize"], "train")
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes files
     if is_main:
@@ -79,7 +81,7 @@ def train_run(config, out, resume=False, progress=True):
         callback = TensorBoardLogger(out, test.data[:64] if test is not None else train.data[:64])
     history = fit(
         vae, train, test,
-        epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"], loss=t["loss"], num_particles=t["num_particles"],
+        epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"], loss=t["loss"], num_particles=t["num_particles"], estimator=t["estimator"],
         device=t["device"], seed=t["seed"], binarize=config["data"]["binarize"], beta=t["beta"],
         warmup_epochs=t["warmup_epochs"], free_bits=t["free_bits"], run_dir=out, resume=resume,
         progress=progress, train_config=config, callback=callback,

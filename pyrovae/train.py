@@ -16,7 +16,7 @@ from . import distributed
 from .datasets import binarize as binarize_data
 from .evaluation import elbo_terms
 from .likelihoods import Bernoulli
-from .objectives import ELBOLoss, KLSchedule
+from .objectives import ELBOLoss, KLSchedule, check_training_options
 from .validation import require, require_finite
 
 __all__ = ["fit", "as_tensor", "resolve_device", "prepare_data", "TrainingDiverged"]
@@ -158,6 +158,7 @@ def fit(
             raise ValueError(f"{name} must be a {'non-negative' if name == 'epochs' else 'positive'} integer; got {value!r}")
     if not float(lr) > 0:
         raise ValueError(f"lr must be positive; got lr={lr}")
+    check_training_options(vae, loss, num_particles, estimator, free_bits)
     context = distributed.setup(device) if distributed_run() else distributed.single_process(resolve_device(device))
     device = context.device
     failure = None

@@ -99,6 +99,9 @@ def test_python_m_pyrovae_runs(tmp_path):
         (["--prior", "gamma"], "unknown prior 'gamma'; choose one of"),
         (["--likelihood", "poisson"], "unknown likelihood 'poisson'; choose one of"),
         (["--prior", "mixture", "--prior-arg", "componentz=3"], "bad arguments .* it takes"),
+        (["--loss", "meanfield", "--estimator", "dreg"], "estimator 'dreg' does not apply to loss 'meanfield'.*dreg with iwae"),
+        (["--loss", "iwae", "--free-bits", "0.5"], "free bits act on the ELBO's KL term"),
+        (["--prior", "mixture", "--free-bits", "0.5"], "'mixture' prior does not"),
     ],
 )
 def test_cli_bad_inputs_give_clear_errors_and_no_run_folder(tmp_path, binary_npy, capsys, args, message):
@@ -110,7 +113,7 @@ def test_cli_bad_inputs_give_clear_errors_and_no_run_folder(tmp_path, binary_npy
         code = exit_.code
     assert code == 2
     assert pytest.importorskip("re").search(message, capsys.readouterr().err)
-    assert not (out / "checkpoint.pt").exists()
+    assert not out.exists()
 
 
 def test_missing_data_folder_lists_the_places_looked_in(tmp_path, monkeypatch, capsys):
