@@ -93,6 +93,17 @@ def plain_epoch(model, optimizer, data, batch_size, kind, particles, seed):
     return time.perf_counter() - start, -float(total) / len(data)
 
 
+@torch.no_grad()
+def plain_evaluation(model, data, examples=10000, seed=1):
+    """What fit reports at an epoch's end: the ELBO's terms on (up to) 10000 training examples."""
+    x = torch.bernoulli(data[:examples], generator=torch.Generator().manual_seed(seed)).flatten(1)
+    loc, scale = model.encode(x)
+    z = loc + scale * torch.randn_like(loc)
+    log_px = model.log_px_given_z(model.dec2(F.relu(model.dec1(z))), x)
+    kl = 0.5 * (scale**2 + loc**2 - 1 - 2 * torch.log(scale)).sum(-1)
+    return float((log_px - kl).mean())
+
+
 def vae_flops_per_example(data_dim=784, hidden=400, latent_dim=50, particles=1):
     """Multiply-adds x 2 of one forward pass (encoder once, decoder per particle)."""
     encoder = data_dim * hidden + 2 * hidden * latent_dim

@@ -13,7 +13,7 @@ import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import nn
 from torch.distributions import constraints
-from torch.nn.functional import softplus
+from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 
 from .registry import Registry, hold_callable
 from .validation import require
@@ -69,7 +69,7 @@ class Likelihood(nn.Module):
 class BernoulliLogits(TorchDistribution):
     """Independent Bernoulli(sigmoid(l_d)) over a whole example (event_shape = the data shape):
     log p(x) = sum_d [x_d l_d - softplus(l_d)], the same number as
-    ``Bernoulli(logits=l).to_event(k).log_prob(x)`` in fewer passes over memory."""
+    ``Bernoulli(logits=l).to_event(k).log_prob(x)`` in one fused pass over memory."""
 
     arg_constraints = {"logits": constraints.real}
     has_rsample = False
@@ -105,9 +105,10 @@ class BernoulliLogits(TorchDistribution):
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        logits = self.logits.flatten(-self._event_dims) if self._event_dims else self.logits.unsqueeze(-1)
-        value = value.flatten(-self._event_dims) if self._event_dims else value.unsqueeze(-1)
-        return (logits * value).sum(-1) - softplus(logits).sum(-1)
+        logits, value = torch.broadcast_tensors(self.logits, value)
+        # one fused kernel each way: -BCE(l, x) = x l - softplus(l), exactly, for any x
+        log_p = -binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return log_p.flatten(-self._event_dims).sum(-1) if self._event_dims else log_p
 
 
 @LIKELIHOODS.register("bernoulli")

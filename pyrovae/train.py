@@ -1,6 +1,7 @@
 """``fit``: stochastic variational inference over in-memory data, with Pyro's ELBOs called as
 modules and a plain ``torch.optim`` optimizer over the VAE's parameters."""
 
+import contextlib
 import math
 import random
 import time
@@ -62,21 +63,35 @@ def as_tensor(data, what="train"):
 
 
 def prepare_data(vae, data, binarize, what):
-    """Checks shape, finiteness and support once, up front; resolves the binarization."""
+    """Checks shape, finiteness and support once, up front; resolves the binarization. The range
+    comes from one pass (``aminmax``, NaN propagating); the slower element-wise checks run only
+    to name the first bad value."""
     vae.check_data(data)
-    require_finite(data, f"{what} data")
-    binary = bool(((data == 0) | (data == 1)).all())
+    if data.numel() == 0:
+        raise ValueError(f"{what} data is empty")
+    low, high = (float(v) for v in torch.aminmax(data))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        require_finite(data, f"{what} data")
     if binarize == "auto":
-        binarize = "dynamic" if isinstance(vae.likelihood, Bernoulli) and not binary else "none"
+        binarize = "dynamic" if isinstance(vae.likelihood, Bernoulli) and not _is_binary(data) else "none"
     if binarize not in ("dynamic", "threshold", "none"):
         raise ValueError(f"unknown binarize {binarize!r}; choose 'auto', 'dynamic', 'threshold' or 'none'")
     if binarize == "dynamic":
-        require(data, (data >= 0) & (data <= 1), f"{what} data: dynamic binarization needs values in [0, 1]")
+        if low < 0 or high > 1:
+            require(data, (data >= 0) & (data <= 1), f"{what} data: dynamic binarization needs values in [0, 1]")
     else:
         if binarize == "threshold":
             data = binarize_data(data, "threshold")
         vae.likelihood.check_support(data)
     return data, binarize
+
+
+def _is_binary(data):
+    # grey data shows itself in the first examples; the full scan runs only for data that may be binary
+    head = data[:100]
+    if not bool(((head == 0) | (head == 1)).all()):
+        return False
+    return bool(((data == 0) | (data == 1)).all())
 
 
 def _fixed_binarization(data, binarize, seed):
@@ -214,6 +229,8 @@ def fit(
             torch.manual_seed(seed * 100003 + epoch * 1009 + context.rank + 1)
         total = torch.zeros((), device=device, dtype=torch.float64)
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        epoch_validation = pyro.validation_enabled(False)
+        epoch_validation.__enter__()  # left below, after the loop, by the same object
         for step in bar:
             xb = train_x[context.shard(order[step * batch_size:(step + 1) * batch_size])]
             if binarize == "dynamic":
@@ -224,7 +241,7 @@ def fit(
             # Pyro validates the first step (structure, supports); the data were checked up front
             validate = epoch == start_epoch and step == 0
             try:
-                with pyro.validation_enabled(validate):
+                with pyro.validation_enabled(True) if validate else contextlib.nullcontext():
                     batch_loss = step_loss(xb)
             except ValueError:
                 # Pyro's argument validation rejects NaN parameters before a loss exists.
@@ -248,6 +265,7 @@ def fit(
             if progress and step % 25 == 0:
                 bar.set_postfix(elbo=f"{-float(total) / min(num_train, (step + 1) * batch_size):.2f}")
         bar.close()
+        epoch_validation.__exit__(None, None, None)
         train_seconds = time.perf_counter() - started
         vae.eval()
         seen = min(num_train, steps * batch_size)

@@ -104,8 +104,11 @@ class VAE_ELBO(ELBO):
         k = self.num_particles
         if self.free_bits > 0:
             return -parts.observed.sum() / k + self.kl_weight * self._free_bits_kl(parts, k)
-        latent = -parts.kl if self.loss_name == "meanfield" else parts.latent
-        return -(parts.observed + self.kl_weight * latent).sum() / k
+        if self.loss_name == "meanfield":
+            log_w = parts.observed - (parts.kl if self.kl_weight == 1.0 else self.kl_weight * parts.kl)
+        else:
+            log_w = parts.observed + (parts.latent if self.kl_weight == 1.0 else self.kl_weight * parts.latent)
+        return -log_w.sum() if k == 1 else -log_w.sum() / k
 
     def _free_bits_kl(self, parts, k):
         """sum over sites and coordinates j of max(lambda n, sum_batch KL_j), n the examples' total
@@ -117,7 +120,7 @@ class VAE_ELBO(ELBO):
         return total
 
     def _iwae_loss(self, parts):
-        log_w = parts.observed + self.kl_weight * parts.latent
+        log_w = parts.observed + (parts.latent if self.kl_weight == 1.0 else self.kl_weight * parts.latent)
         value = -(torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
         if self.estimator != "dreg" or not torch.is_grad_enabled():
             return value

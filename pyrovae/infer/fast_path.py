@@ -14,9 +14,13 @@ other pair takes the trace path. ``tests/test_inference_core.py`` holds the two 
 value and gradient for every prior, likelihood, loss, particle count, KL weight and estimator.
 """
 
+import torch
 from pyro.poutine.runtime import _PYRO_STACK
 from torch.distributions import Independent, Normal, kl_divergence
 
+from ..likelihoods import LIKELIHOODS
+from ..model import VAE
+from ..priors import PRIORS, StandardNormal
 from .weights import WeightParts, _per_dim, _scaled_per_dim
 
 __all__ = ["fast_vae", "vae_weight_parts"]
@@ -25,10 +29,6 @@ __all__ = ["fast_vae", "vae_weight_parts"]
 def fast_vae(model, guide):
     """The :class:`~pyrovae.VAE` behind ``model`` and ``guide`` where the fast path computes
     exactly what their traces define, else ``None``."""
-    from ..likelihoods import LIKELIHOODS
-    from ..model import VAE
-    from ..priors import PRIORS
-
     vae = getattr(model, "__self__", None)
     if not isinstance(vae, VAE) or getattr(guide, "__self__", None) is not vae or _PYRO_STACK:
         return None
@@ -41,26 +41,44 @@ def fast_vae(model, guide):
     return vae
 
 
+def _kl_to_centred_normal(loc, scale, prior_scale):
+    """KL(Normal(mu, diag sigma^2) || Normal(0, s^2 I)) = 1/2 sum_j (r_j + mu_j^2 / s^2 - 1 - log r_j),
+    r_j = sigma_j^2 / s^2: torch's closed form in fewer operations (each costs a CPU step time)."""
+    if prior_scale == 1.0:
+        ratio, mean_term = scale.pow(2), loc.pow(2)
+    else:
+        ratio, mean_term = (scale / prior_scale).pow(2), (loc / prior_scale).pow(2)
+    return 0.5 * (ratio + mean_term - 1 - ratio.log()).sum(-1)
+
+
 def vae_weight_parts(vae, x, num_particles=None, analytic_kl=False, per_dim=False, estimator="standard"):
-    """:class:`WeightParts` of ``vae.model``/``vae.guide`` at ``x`` from the VAE's parts."""
+    """:class:`WeightParts` of ``vae.model``/``vae.guide`` at ``x`` from the VAE's parts; terms no
+    objective asked for are left to be computed on first read."""
     vae.check_data(x)
     loc, scale = vae.encoder(x)
+    # z = mu + sigma eps with eps drawn as Normal.rsample draws it under the guide's plates
+    shape = loc.shape if num_particles is None else (num_particles,) + loc.shape
+    z = loc + torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_() * scale
     q = Normal(loc, scale)
-    if num_particles is not None:
-        q = q.expand((num_particles,) + loc.shape)
-    z = q.rsample()
     prior = vae.prior()
     observed = vae.likelihood(vae.decoder(z)).log_prob(x)
-    q_for_latent = Normal(loc.detach(), scale.detach()) if estimator != "standard" else q
-    log_q = q.log_prob(z).sum(-1)
-    latent = prior.log_prob(z) - (q_for_latent.log_prob(z).sum(-1) if estimator != "standard" else log_q)
+
+    def latent():
+        q_for_latent = Normal(loc.detach(), scale.detach()) if estimator != "standard" else q
+        return prior.log_prob(z) - q_for_latent.log_prob(z).sum(-1)
+
     kl = None
     if analytic_kl:
-        q_event = Independent(Normal(loc, scale), 1)
-        try:
-            kl = kl_divergence(q_event, prior.expand(q_event.batch_shape)).expand(latent.shape)
-        except NotImplementedError:
-            kl = log_q - prior.log_prob(z)
+        if isinstance(vae.prior, StandardNormal):
+            kl = _kl_to_centred_normal(loc, scale, vae.prior.scale)
+        else:
+            q_event = Independent(q, 1)
+            try:
+                kl = kl_divergence(q_event, prior.expand(q_event.batch_shape))
+            except NotImplementedError:
+                kl = q.log_prob(z).sum(-1) - prior.log_prob(z)
+        if kl.shape != observed.shape:
+            kl = kl.expand(observed.shape)
     kl_per_dim = None
     if per_dim:
         base = _per_dim(prior)

@@ -17,7 +17,6 @@ guide are the package's own VAE (decided by structure, never by comparing number
 traces otherwise; tests hold the two equal in value and gradient.
 """
 
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import pyro
@@ -34,7 +33,6 @@ ESTIMATORS = ("standard", "stl", "dreg")
 PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's own ELBOs give the particle plate
 
 
-@dataclass
 class WeightParts:
     """The terms of log w per draw and example, each of shape ``(K, N)`` with particles
     (``(N,)`` without).
@@ -42,7 +40,8 @@ class WeightParts:
     :ivar observed: sum over observed sites of log p(x | z): the reconstruction term.
     :ivar latent: sum over latent sites of log p(z) - log q(z | x); under ``estimator="stl"`` or
         ``"dreg"`` log q is evaluated with the guide's parameters stopped (same value, the score
-        term's gradient removed).
+        term's gradient removed). It may be given as a function, computed when first read (the
+        fast path skips it where a closed-form KL is all an objective reads).
     :ivar kl: KL(q(z | x) || p(z)) summed over latent sites, in closed form for each site that
         has one and ``log q - log p`` at the drawn z for the others (``None`` unless asked for).
     :ivar kl_per_dim: per latent site, ``(kl, weight)``: the KL per latent coordinate, shape
@@ -52,11 +51,20 @@ class WeightParts:
         gradient flowing through z (DReG).
     """
 
-    observed: torch.Tensor
-    latent: torch.Tensor
-    kl: Optional[torch.Tensor] = None
-    kl_per_dim: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None
-    latent_values: List[torch.Tensor] = field(default_factory=list)
+    def __init__(self, observed: torch.Tensor, latent, kl: Optional[torch.Tensor] = None,
+                 kl_per_dim: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None,
+                 latent_values: Optional[List[torch.Tensor]] = None):
+        self.observed = observed
+        self._latent = latent
+        self.kl = kl
+        self.kl_per_dim = kl_per_dim
+        self.latent_values = latent_values or []
+
+    @property
+    def latent(self) -> torch.Tensor:
+        if callable(self._latent):
+            self._latent = self._latent()
+        return self._latent
 
     @property
     def log_weights(self) -> torch.Tensor:
