@@ -7,7 +7,7 @@
 """
 
 from . import datasets, exact, infer, likelihoods, priors
-from .checkpoint import load
+from .run_folder import load
 from .evaluation import check_bounds, elbo, iwae_bound, log_likelihood
 from .model import VAE
 from .infer import IWAE_ELBO, VAE_ELBO, log_weight_parts, make_elbo

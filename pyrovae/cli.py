@@ -2,11 +2,11 @@
 
 import argparse
 import json
-import os
 import sys
+from dataclasses import fields
 
 from . import config as cfg
-from . import runs
+from . import distributed, runs
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -37,29 +37,7 @@ def build_parser():
 
     train = sub.add_parser("train", help="train a VAE into a run folder", argument_default=None)
     train.add_argument("--config", help="a TOML file; flags override it")
-    train.add_argument("--dataset", help="mnist, fashion-mnist, frey, binarized-mnist, or a .npy/.npz path")
-    train.add_argument("--data-dir", help="the folder holding the dataset's files")
-    train.add_argument("--binarize", choices=["auto", "dynamic", "threshold", "none"])
-    train.add_argument("--latent-dim", type=int)
-    train.add_argument("--hidden", type=_hidden, help="hidden widths, e.g. 400 or 512,256; 'none' for affine")
-    train.add_argument("--network", choices=["mlp", "conv"])
-    train.add_argument("--prior", help="prior name (normal, laplace, student_t, mixture, vamp, flow)")
-    train.add_argument("--prior-arg", action="append", metavar="KEY=VALUE", help="prior argument, repeatable")
-    train.add_argument("--likelihood", help="likelihood name (bernoulli, continuous_bernoulli, gaussian, laplace, beta, logistic256)")
-    train.add_argument("--likelihood-arg", action="append", metavar="KEY=VALUE", help="likelihood argument, repeatable")
-    train.add_argument("--loss", choices=["meanfield", "trace", "iwae"])
-    train.add_argument("--num-particles", type=int)
-    train.add_argument("--estimator", choices=["standard", "stl", "dreg"],
-                       help="gradient estimator: stl (trace, iwae), dreg (iwae)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--beta", type=float, help="KL weight (beta-VAE)")
-    train.add_argument("--warmup-epochs", type=float, help="linear KL warm-up length")
-    train.add_argument("--free-bits", type=float, help="free bits, nats per latent dimension")
-    train.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--tensorboard", action="store_true", default=None, help="write TensorBoard logs into the run folder")
+    add_config_flags(train)
     train.add_argument("--no-plots", action="store_true", help="skip the figures at the end")
     train.add_argument("--out", required=True, help="the run folder")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -86,6 +64,33 @@ def build_parser():
     return parser
 
 
+def _flag(f):
+    return "--" + f.name.replace("_", "-")
+
+
+def add_config_flags(parser):
+    """One flag per option of the config schema (:mod:`pyrovae.config`), its help and choices
+    taken from there; ``--prior``/``--likelihood`` name a kind, ``--prior-arg KEY=VALUE`` its
+    arguments."""
+    for section, cls in cfg.SECTIONS.items():
+        group = parser.add_argument_group(f"[{section}]")
+        for f in fields(cls):
+            meta = f.metadata
+            if not meta["flag"]:
+                continue
+            if f.name in ("prior", "likelihood"):
+                group.add_argument(_flag(f), help=meta["help"])
+                group.add_argument(_flag(f) + "-arg", action="append", metavar="KEY=VALUE",
+                                   help=f"{f.name} argument, repeatable")
+            elif f.name == "hidden":
+                group.add_argument(_flag(f), type=_hidden, help=meta["help"])
+            elif f.type is bool:
+                group.add_argument(_flag(f), action="store_true", default=None, help=meta["help"])
+            else:
+                kind = cfg._expected_type(f.type)
+                group.add_argument(_flag(f), type=kind, choices=meta["choices"], help=meta["help"])
+
+
 def config_from_args(args):
     """The run config: the TOML file (or the run's own config when resuming), then the flags."""
     config = {}
@@ -93,20 +98,20 @@ def config_from_args(args):
         config = cfg.load_toml(args.config)
     elif args.resume:
         config = runs.read_run_config(args.out)
-    flags = {
-        "data": {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": args.binarize},
-        "model": {"latent_dim": args.latent_dim, "hidden": args.hidden, "network": args.network},
-        "train": {k: getattr(args, k) for k in ("loss", "num_particles", "estimator", "epochs", "batch_size", "lr", "device",
-                                                 "seed", "beta", "warmup_epochs", "free_bits")},
-        "logging": {"tensorboard": args.tensorboard, "plots": False if args.no_plots else None},
-    }
+    flags = {}
+    for section, cls in cfg.SECTIONS.items():
+        table = flags.setdefault(section, {})
+        for f in fields(cls):
+            if f.metadata["flag"] and f.name not in ("prior", "likelihood"):
+                table[f.name] = getattr(args, f.name)
+    flags["logging"]["plots"] = False if args.no_plots else None
     for key in ("prior", "likelihood"):
         kind = getattr(args, key)
         extra = cfg.parse_assignments(getattr(args, f"{key}_arg"), key)
         if kind is not None:
             flags["model"][key] = {"kind": kind, **extra}
         elif extra:
-            base = config.get("model", {}).get(key, cfg.DEFAULTS["model"][key])
+            base = config.get("model", {}).get(key, cfg.default_config()["model"][key])
             flags["model"][key] = {**base, **extra}
     flags = {section: {k: v for k, v in table.items() if v is not None} for section, table in flags.items()}
     return cfg.validate(cfg.merge(config, flags))
@@ -118,7 +123,7 @@ def main(argv=None):
         if args.command == "train":
             config = config_from_args(args)
             _, history = runs.train_run(config, args.out, resume=args.resume, progress=not args.no_progress)
-            if history and os.environ.get("RANK", "0") == "0":
+            if history and distributed.process_context(config["train"]["device"]).is_main:
                 print(json.dumps(history[-1]))
                 print(f"run folder: {args.out}")
         elif args.command == "evaluate":

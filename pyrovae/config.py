@@ -1,50 +1,84 @@
-"""The run configuration: one nested table, the same whether it comes from a TOML file,
-command-line flags or Python keyword arguments.
+"""The options of a run, defined once: dataclasses from which the TOML reader and writer, the
+command-line flags (with their help), :func:`pyrovae.fit`'s keywords and the Lightning module's
+arguments are all derived. A TOML file has one table a dataclass:
 
-    [data]             dataset, data_dir, binarize
-    [model]            latent_dim, hidden, network
-    [model.prior]      kind = "normal", ...           (see pyrovae.priors.PRIORS)
-    [model.likelihood] kind = "bernoulli", ...        (see pyrovae.likelihoods.LIKELIHOODS)
-    [train]            loss, num_particles, estimator, epochs, batch_size, lr, device, seed,
-                       beta, warmup_epochs, free_bits
-    [logging]          tensorboard, plots
+    [data]             DataConfig       dataset, data_dir, binarize, valid_fraction
+    [model]            ModelConfig      latent_dim, hidden, network, [model.prior], [model.likelihood]
+    [train]            TrainConfig      loss, num_particles, estimator, epochs, batch_size, lr, ...
+    [logging]          LoggingConfig    tensorboard, plots
+
+A key that is not an option is an error that names the nearest option.
 """
 
 import copy
+import difflib
 import sys
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DEFAULTS", "default_config", "load_toml", "merge", "validate", "dumps", "parse_value", "DATASET_LIKELIHOODS"]
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "LoggingConfig", "SECTIONS", "default_config", "load_toml",
+           "merge", "validate", "dumps", "parse_value", "parse_assignments", "resolve_likelihood",
+           "DATASET_LIKELIHOODS", "nearest", "train_options"]
 
-DEFAULTS = {
-    "data": {"dataset": "mnist", "binarize": "auto"},
-    "model": {
-        "latent_dim": 2,
-        "hidden": [400],
-        "network": "mlp",
-        "prior": {"kind": "normal"},
-        "likelihood": {"kind": "auto"},
-    },
-    "train": {
-        "loss": "meanfield",
-        "num_particles": 1,
-        "estimator": "standard",
-        "epochs": 10,
-        "batch_size": 128,
-        "lr": 1e-3,
-        "device": "auto",
-        "seed": 0,
-        "beta": 1.0,
-        "warmup_epochs": 0.0,
-        "free_bits": 0.0,
-    },
-    "logging": {"tensorboard": False, "plots": True},
-}
+
+def option(default, help, choices=None, flag=True, minimum=None, positive=False):
+    """A dataclass field with the help text, choices and range its flag and its checks use:
+    ``minimum`` (the value must be >= it) or ``positive`` (> 0)."""
+    kwargs = {"default_factory": (lambda: copy.deepcopy(default))} if isinstance(default, (list, dict)) else {"default": default}
+    return field(metadata={"help": help, "choices": choices, "flag": flag, "minimum": minimum, "positive": positive},
+                 **kwargs)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = option("mnist", "mnist, fashion-mnist, frey, binarized-mnist, or a .npy/.npz path")
+    data_dir: Optional[str] = option(None, "the folder holding the dataset's files")
+    binarize: str = option("auto", "auto: dynamic for grey data under a Bernoulli likelihood",
+                           choices=("auto", "dynamic", "threshold", "none"))
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = option(2, "dimension of z", minimum=1)
+    hidden: List[int] = option([400], "hidden widths, e.g. 400 or 512,256; 'none' for affine networks")
+    network: str = option("mlp", "encoder and decoder networks", choices=("mlp", "conv"))
+    prior: Dict[str, Any] = option({"kind": "normal"}, "prior name (normal, laplace, student_t, mixture, vamp, flow)")
+    likelihood: Dict[str, Any] = option({"kind": "auto"}, "likelihood name (bernoulli, continuous_bernoulli, "
+                                        "gaussian, laplace, beta, logistic256)")
+
+
+@dataclass
+class TrainConfig:
+    """The keywords of :func:`pyrovae.fit` (and of :class:`pyrovae.lightning.VAEModule`)."""
+
+    loss: str = option("meanfield", "meanfield (closed-form KL), trace (Monte Carlo KL) or iwae",
+                       choices=("meanfield", "trace", "iwae"))
+    num_particles: int = option(1, "K: draws of z per example", minimum=1)
+    estimator: str = option("standard", "gradient estimator: stl (trace, iwae), dreg (iwae)",
+                            choices=("standard", "stl", "dreg"))
+    epochs: int = option(10, "passes over the training data", minimum=0)
+    batch_size: int = option(128, "examples per step", minimum=1)
+    lr: float = option(1e-3, "Adam's learning rate", positive=True)
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    seed: int = option(0, "seeds the weights, the shuffles and torch's global generator (the draws of z)")
+    beta: float = option(1.0, "KL weight (beta-VAE)", minimum=0)
+    warmup_epochs: float = option(0.0, "linear KL warm-up length, in epochs", minimum=0)
+    free_bits: float = option(0.0, "free bits, nats per latent dimension", minimum=0)
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = option(False, "write TensorBoard logs into the run folder")
+    plots: bool = option(True, "draw the figures at the end", flag=False)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "logging": LoggingConfig}
 
 # The likelihood a dataset gets when the config says "auto".
 DATASET_LIKELIHOODS = {
@@ -54,33 +88,31 @@ DATASET_LIKELIHOODS = {
     "frey": {"kind": "gaussian", "scale": "learned", "mean": "sigmoid"},
 }
 
-_TYPES = {
-    ("data", "dataset"): str,
-    ("data", "data_dir"): str,
-    ("data", "binarize"): str,
-    ("model", "latent_dim"): int,
-    ("model", "hidden"): list,
-    ("model", "network"): str,
-    ("model", "prior"): dict,
-    ("model", "likelihood"): dict,
-    ("train", "loss"): str,
-    ("train", "num_particles"): int,
-    ("train", "estimator"): str,
-    ("train", "epochs"): int,
-    ("train", "batch_size"): int,
-    ("train", "lr"): float,
-    ("train", "device"): str,
-    ("train", "seed"): int,
-    ("train", "beta"): float,
-    ("train", "warmup_epochs"): float,
-    ("train", "free_bits"): float,
-    ("logging", "tensorboard"): bool,
-    ("logging", "plots"): bool,
-}
+
+def _default(f):
+    return f.default_factory() if f.default is MISSING else f.default
 
 
 def default_config():
-    return copy.deepcopy(DEFAULTS)
+    return {section: {f.name: _default(f) for f in fields(cls)} for section, cls in SECTIONS.items()}
+
+
+def nearest(word, choices):
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def train_options(options):
+    """``fit``'s keywords checked against :class:`TrainConfig`: a dict with every option."""
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = [key for key in options if key not in known]
+    if unknown:
+        key = unknown[0]
+        raise TypeError(f"unknown training option {key!r}{nearest(key, known)}; the options are {sorted(known)}")
+    table = {name: _default(f) for name, f in known.items()}
+    table.update(options)
+    return _check_table("train", table)
 
 
 def load_toml(path):
@@ -92,6 +124,8 @@ def load_toml(path):
             return tomllib.load(file)
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text: {error}") from None
 
 
 def merge(base, override):
@@ -109,28 +143,64 @@ def merge(base, override):
     return out
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+               dict: "a table"}
+
+
+def _expected_type(annotation):
+    origin = getattr(annotation, "__origin__", None)
+    if origin is not None and type(None) in getattr(annotation, "__args__", ()):  # Optional[X]
+        return _expected_type(annotation.__args__[0])
+    return {List[int]: list, Dict[str, Any]: dict}.get(annotation, origin or annotation)
+
+
+def _check_table(section, table):
+    known = {f.name: f for f in fields(SECTIONS[section])}
+    for key, value in table.items():
+        if key not in known:
+            raise ValueError(f"unknown key {key!r} in [{section}]{nearest(key, known)}; known keys: {sorted(known)}")
+        f = known[key]
+        expected = _expected_type(f.type)
+        if value is None and f.default is None:
+            continue
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            table[key] = value = float(value)
+        if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
+            raise ValueError(f"[{section}] {key} must be {_TYPE_NAMES.get(expected, expected.__name__)}; got {value!r}")
+        if expected is list and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"[{section}] {key} must be a list of integers; got {value!r}")
+        minimum, positive = f.metadata.get("minimum"), f.metadata.get("positive")
+        if expected in (int, float) and not value == value:
+            raise ValueError(f"[{section}] {key} must be a number; got {value!r}")
+        if minimum is not None and not value >= minimum:
+            raise ValueError(f"[{section}] {key} must be >= {minimum}; got {value!r}")
+        if positive and not value > 0:
+            raise ValueError(f"[{section}] {key} must be positive; got {value!r}")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"[{section}] {key} must be one of {list(choices)}; got {value!r}{nearest(str(value), choices)}")
+    return table
+
+
 def validate(config):
-    """Checks section names, keys and types; returns the config with defaults filled in."""
+    """Checks sections, keys, types and choices; returns the config with defaults filled in."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a config must be a table of sections; got {type(config).__name__}")
+    for section, table in config.items():
+        if section not in SECTIONS:
+            raise ValueError(f"unknown config section [{section}]{nearest(section, SECTIONS)}; sections are {sorted(SECTIONS)}")
+        if not isinstance(table, dict):
+            raise ValueError(f"[{section}] must be a table; got {table!r}")
     config = merge(default_config(), config)
     for section, table in config.items():
-        if section not in DEFAULTS:
-            raise ValueError(f"unknown config section [{section}]; sections are {sorted(DEFAULTS)}")
-        for key, value in table.items():
-            expected = _TYPES.get((section, key))
-            if expected is None:
-                known = sorted(k for s, k in _TYPES if s == section)
-                raise ValueError(f"unknown key {key!r} in [{section}]; known keys: {known}")
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                table[key] = value = float(value)
-            if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-                raise ValueError(f"[{section}] {key} must be a {expected.__name__}; got {value!r}")
+        _check_table(section, table)
     for key in ("prior", "likelihood"):
         if "kind" not in config["model"][key]:
             raise ValueError(f"[model.{key}] needs a 'kind'")
     return config
 
 
-def resolve_likelihood(config, data_is_binary_or_unit):
+def resolve_likelihood(config, data_in_unit_interval):
     """Replaces likelihood kind "auto" by the dataset's usual choice."""
     spec = config["model"]["likelihood"]
     if spec.get("kind") != "auto":
@@ -138,7 +208,7 @@ def resolve_likelihood(config, data_is_binary_or_unit):
     dataset = config["data"]["dataset"]
     if dataset in DATASET_LIKELIHOODS:
         return dict(DATASET_LIKELIHOODS[dataset])
-    return {"kind": "bernoulli"} if data_is_binary_or_unit else {"kind": "gaussian", "scale": 1.0}
+    return {"kind": "bernoulli"} if data_in_unit_interval else {"kind": "gaussian", "scale": 1.0}
 
 
 def parse_value(text):

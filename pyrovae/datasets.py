@@ -7,6 +7,7 @@ as they are; otherwise the dataset is downloaded into the cache, and where that 
 error lists every place looked in.
 """
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -15,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .validation import require_finite
+from .validation import require, require_finite
 
-__all__ = ["ArrayDataset", "load", "load_array", "search_paths", "NAMES", "binarize"]
+__all__ = ["ArrayDataset", "load", "load_array", "search_paths", "NAMES", "binarize", "as_tensor", "prepare",
+           "fixed_binarization", "BINARIZATIONS"]
 
 NAMES = ("mnist", "fashion-mnist", "frey", "binarized-mnist")
-SPLITS = ("train", "test", "valid", "all")
+BINARIZATIONS = ("auto", "dynamic", "threshold", "none")
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -277,3 +279,65 @@ def binarize(data, mode, generator=None):
     if mode == "threshold":
         return (data > 0.5).to(data.dtype)
     raise ValueError(f"unknown binarization {mode!r}; choose 'dynamic', 'threshold' or 'none'")
+
+
+def as_tensor(data, what="train"):
+    """A tensor, an :class:`ArrayDataset`, a NumPy array, or a torchvision-style dataset of
+    ``(x, label)`` -> ``(x as a float tensor, labels or None)``."""
+    if torch.is_tensor(data):
+        return data.float() if not data.is_floating_point() else data, None
+    if hasattr(data, "data") and torch.is_tensor(data.data) and data.data.is_floating_point():
+        return data.data, getattr(data, "targets", None)
+    if isinstance(data, np.ndarray):
+        return torch.from_numpy(np.asarray(data, dtype=np.float32)), None
+    try:
+        items = [data[i] for i in range(len(data))]
+    except TypeError:
+        raise TypeError(f"{what} must be a tensor or an indexable dataset; got {type(data).__name__}") from None
+    xs = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
+    labels = [item[1] for item in items] if items and isinstance(items[0], (tuple, list)) else None
+    return torch.stack([torch.as_tensor(x) for x in xs]).float(), (torch.as_tensor(labels) if labels else None)
+
+
+def _is_binary(data):
+    # grey data shows itself in the first examples; the full scan runs only for data that may be binary
+    head = data[:100]
+    if not bool(((head == 0) | (head == 1)).all()):
+        return False
+    return bool(((data == 0) | (data == 1)).all())
+
+
+def prepare(vae, data, binarization, what):
+    """Checks ``data`` for ``vae`` once, up front (shape, emptiness, finiteness, the likelihood's
+    support) and resolves ``binarization``: ``"auto"`` is ``"dynamic"`` for grey data under a
+    Bernoulli likelihood, else ``"none"``. Returns (the data, threshold-binarized where asked,
+    the binarization). The range comes from one pass (``aminmax``, NaN propagating); the
+    element-wise checks run only to name the first bad value."""
+    from .likelihoods import Bernoulli
+
+    vae.check_data(data)
+    if data.numel() == 0:
+        raise ValueError(f"{what} data is empty")
+    low, high = (float(v) for v in torch.aminmax(data))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        require_finite(data, f"{what} data")
+    if binarization not in BINARIZATIONS:
+        raise ValueError(f"unknown binarize {binarization!r}; choose one of {list(BINARIZATIONS)}")
+    if binarization == "auto":
+        binarization = "dynamic" if isinstance(vae.likelihood, Bernoulli) and not _is_binary(data) else "none"
+    if binarization == "dynamic":
+        if low < 0 or high > 1:
+            require(data, (data >= 0) & (data <= 1), f"{what} data: dynamic binarization needs values in [0, 1]")
+    else:
+        if binarization == "threshold":
+            data = binarize(data, "threshold")
+        vae.likelihood.check_support(data)
+    return data, binarization
+
+
+def fixed_binarization(data, binarization, seed):
+    """One fixed Bernoulli draw of grey ``data`` under dynamic binarization (what a run's
+    per-epoch metrics and evaluation measure, the same draw every time), else ``data``."""
+    if binarization != "dynamic":
+        return data
+    return binarize(data, "dynamic", generator=torch.Generator(device=data.device).manual_seed(seed))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["Context", "setup", "single_process", "all_reduce_sum", "agree", "gather_rows", "log_likelihood"]
+__all__ = ["Context", "process_context", "resolve_device", "all_reduce_sum", "agree", "log_likelihood"]
 
 DEFAULT_TIMEOUT_SECONDS = 300
 
@@ -40,22 +40,31 @@ class Context:
         return indices[self.rank::self.world_size]
 
 
-def single_process(device):
-    return Context(0, 1, device)
+def resolve_device(device):
+    """``"auto"`` (or None) -> CUDA where available, else the CPU; a CUDA device asked for where
+    there is none is a clear error."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {device!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use device='cpu'")
+    return device
 
 
-def setup(device="auto", timeout_seconds=None):
-    """A Context from the environment ``torchrun`` sets (``RANK``, ``WORLD_SIZE``,
-    ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``), initializing the process group once;
-    ``Context(0, 1, device)`` outside torchrun."""
-    from .train import resolve_device
-
+def process_context(device="auto", timeout_seconds=None):
+    """This process's :class:`Context`, the one place that answers "one process or several?":
+    from the environment ``torchrun`` sets (``WORLD_SIZE > 1``: ``RANK``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``/``MASTER_PORT``), initializing the process group once; otherwise a single
+    process on ``device``."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    resolved = resolve_device(device)
     if world_size <= 1:
-        return single_process(resolve_device(device))
+        return Context(0, 1, resolved)
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    resolved = resolve_device(device)
     if resolved.type == "cuda":
         resolved = torch.device("cuda", local_rank)
         torch.cuda.set_device(resolved)
@@ -90,15 +99,6 @@ def agree(context, error):
         if error is not None:
             raise error
         raise RuntimeError("stopping: " + "; ".join(f"rank {rank} failed: {message}" for rank, message in failed))
-
-
-def gather_rows(context, tensor):
-    """Concatenates each rank's rows in rank order (tensors may differ in length)."""
-    if not context.enabled:
-        return tensor
-    pieces = [None] * context.world_size
-    dist.all_gather_object(pieces, tensor.cpu())
-    return torch.cat(pieces).to(tensor.device)
 
 
 def log_likelihood(context, vae, x, num_samples, batch_size=1000, seed=0, progress=False):

@@ -16,6 +16,7 @@ import pyro
 import torch
 
 from .infer.weights import log_weight_parts
+from .validation import require_positive_int
 
 __all__ = [
     "log_weights",
@@ -49,15 +50,13 @@ def _seeded(seed, device):
 
 
 def _check_inputs(vae, x, num_samples, what="num_samples"):
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"{what} must be an integer >= 1; got {num_samples!r}")
+    require_positive_int(num_samples, what)
     vae.check_data(x)
 
 
 def _to_vae_device(vae, x):
     """Data on the VAE's device (a CPU tensor given to a VAE trained on CUDA just works)."""
-    parameter = next(vae.parameters(), None)
-    return x if parameter is None else x.to(parameter.device)
+    return x.to(vae.device)
 
 
 def log_weights(vae, x, num_samples):

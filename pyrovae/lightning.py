@@ -16,7 +16,8 @@ except ImportError as error:  # pragma: no cover
     raise ImportError("pyrovae.lightning needs Lightning: pip install 'pyrovae[lightning]'") from error
 
 from .evaluation import elbo_terms
-from .objectives import ELBOLoss, KLSchedule
+from .config import train_options
+from .objectives import ELBOLoss, KLSchedule, check_training_options
 
 __all__ = ["VAEModule"]
 
@@ -26,20 +27,27 @@ def _examples(batch):
 
 
 class VAEModule(L.LightningModule):
-    """Minimizes -ELBO per example with Pyro's ELBO (``loss`` as in :func:`pyrovae.fit`).
+    """Minimizes -objective per example with the VAE's Pyro ELBO.
+
+    ``options`` are the training options of :func:`pyrovae.fit` (:class:`~pyrovae.config.TrainConfig`:
+    ``loss``, ``num_particles``, ``estimator``, ``lr``, ``beta``, ``warmup_epochs``, ``free_bits``);
+    the Trainer's own (``epochs``, ``batch_size``, ``device``, ``seed``) belong to Lightning here.
 
     :param binarize: ``"dynamic"`` resamples grey pixels as Bernoulli draws each step (for a
         Bernoulli likelihood on MNIST-like data), ``"none"`` uses the batches as they come.
     """
 
-    def __init__(self, vae, loss="meanfield", num_particles=1, lr=1e-3, beta=1.0, warmup_epochs=0.0,
-                 free_bits=0.0, binarize="none", estimator="standard"):
+    def __init__(self, vae, binarize="none", **options):
         super().__init__()
         if binarize not in ("dynamic", "none"):
             raise ValueError(f"binarize must be 'dynamic' or 'none'; got {binarize!r}")
         self.vae = vae
-        self.objective = ELBOLoss(vae, loss, num_particles, KLSchedule(beta, warmup_epochs, free_bits), estimator)
-        self.lr = lr
+        self.options = train_options(options)
+        o = self.options
+        check_training_options(vae, o["loss"], o["num_particles"], o["estimator"], o["free_bits"])
+        schedule = KLSchedule(o["beta"], o["warmup_epochs"], o["free_bits"])
+        self.objective = ELBOLoss(vae, o["loss"], o["num_particles"], schedule, o["estimator"])
+        self.lr = o["lr"]
         self.binarize = binarize
         self.save_hyperparameters(ignore=["vae"])
 
@@ -52,7 +60,7 @@ class VAEModule(L.LightningModule):
         if not self.objective.kl_schedule.is_constant and self.trainer is not None and self.trainer.num_training_batches:
             self.objective.set_progress(self.current_epoch + batch_idx / self.trainer.num_training_batches)
         loss = self.objective(x) / len(x)
-        self.log("train_elbo", -loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
+        self.log("train_objective", -loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -15,6 +15,7 @@ from pyro.params import param_with_module_name
 from .likelihoods import make_likelihood
 from .networks import build_networks
 from .priors import check_prior_distribution, make_prior
+from .validation import require_positive_int
 
 __all__ = ["VAE"]
 
@@ -50,8 +51,7 @@ class VAE(PyroModule):
         data_shape = tuple(data_shape)
         if not data_shape or any(not isinstance(s, int) or s < 1 for s in data_shape):
             raise ValueError(f"data_shape must be a tuple of positive integers; got {data_shape}")
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be an integer >= 1; got {latent_dim!r}")
+        require_positive_int(latent_dim, "latent_dim")
         if isinstance(hidden, int):
             hidden = (hidden,)
         self.data_shape = data_shape
@@ -68,6 +68,12 @@ class VAE(PyroModule):
             "likelihood": dict(getattr(self.likelihood, "spec", {"kind": "custom"})),
             "prior": dict(getattr(self.prior, "spec", {"kind": "custom"})),
         }
+
+    @property
+    def device(self) -> torch.device:
+        """Where the VAE's parameters are (the CPU for a VAE without any)."""
+        parameter = next(self.parameters(), None)
+        return torch.device("cpu") if parameter is None else parameter.device
 
     @property
     def data_dim(self):

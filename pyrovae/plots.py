@@ -1,4 +1,8 @@
-"""The pictures of the VAE literature, as matplotlib figures, and the HTML run report."""
+"""The pictures of the VAE literature, as matplotlib figures, and the HTML run report.
+
+Figures are made with matplotlib's object-oriented ``Figure`` API, which needs no backend: the
+library never sets one (``pyplot`` and its global state are left to the user). Show a figure in a
+notebook by returning it, or save it with :func:`save`."""
 
 import base64
 import html
@@ -7,15 +11,13 @@ import json
 import warnings
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
-
-from . import latent  # noqa: E402
-from .checkpoint import atomic_write  # noqa: E402
+from . import latent
+from .run_folder import atomic_write
 
 __all__ = [
     "tile",
@@ -64,11 +66,12 @@ def _show(ax, images, nrow, title=None):
 
 
 def _figure_for(images_per_row, rows, cell_inches=0.45, extra_height=0.4):
-    return plt.figure(figsize=(max(3.0, images_per_row * cell_inches), rows * cell_inches + extra_height))
+    return Figure(figsize=(max(3.0, images_per_row * cell_inches), rows * cell_inches + extra_height))
 
 
 def _lines(x, rows, cols, title):
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 0.9), squeeze=False, sharey=True)
+    fig = Figure(figsize=(cols * 1.2, rows * 0.9))
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
     for ax, row in zip(axes.flat, x.detach().cpu().flatten(1)):
         ax.plot(row.numpy(), lw=0.8)
         ax.set_xticks([])
@@ -79,7 +82,7 @@ def _lines(x, rows, cols, title):
 
 @torch.no_grad()
 def _decode(vae, z):
-    return vae.decode(z.to(next(vae.parameters()).device)).cpu()
+    return vae.decode(z.to(vae.device)).cpu()
 
 
 @torch.no_grad()
@@ -101,7 +104,7 @@ def manifold(vae, n=20, dims=None, base=None, data=None, title=None):
             return manifold(vae, min(n, 10), dims, base, data, title)
         return _lines(decoded, n, n, title)
     h, w = images.shape[-2:]
-    fig = plt.figure(figsize=(min(12, max(4, n * w / 28 * 0.45)), min(12, max(4, n * h / 28 * 0.45)) + 0.3))
+    fig = Figure(figsize=(min(12, max(4, n * w / 28 * 0.45)), min(12, max(4, n * h / 28 * 0.45)) + 0.3))
     _show(fig.add_subplot(), _display_range(images), n, title)
     fig.tight_layout()
     return fig
@@ -119,12 +122,13 @@ def scatter(vae, x, labels=None, title=None, max_points=10000):
         xlabel, ylabel = "principal axis 1", "principal axis 2"
     elif z.shape[1] == 1:
         z = torch.cat([z, torch.zeros_like(z)], 1)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig = Figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
     if labels is not None:
         labels = labels[:max_points].cpu()
         for value in labels.unique():
             keep = labels == value
-            ax.scatter(z[keep, 0], z[keep, 1], s=3, alpha=0.6, label=str(int(value)), color=plt.cm.tab10(int(value) % 10))
+            ax.scatter(z[keep, 0], z[keep, 1], s=3, alpha=0.6, label=str(int(value)), color=colormaps["tab10"](int(value) % 10))
         ax.legend(markerscale=4, fontsize=8, loc="upper right", title="label")
     else:
         ax.scatter(z[:, 0], z[:, 1], s=3, alpha=0.6)
@@ -139,7 +143,7 @@ def scatter(vae, x, labels=None, title=None, max_points=10000):
 def reconstructions(vae, x, n=10, title=None):
     """Originals (top row) over their reconstructions E[x | z = mu(x)] (bottom row)."""
     x = x[:n]
-    recon = vae.reconstruct(x.to(next(vae.parameters()).device)).cpu()
+    recon = vae.reconstruct(x.to(vae.device)).cpu()
     images = _as_images(vae, torch.cat([x.cpu(), recon]))
     if images is None:
         return _lines(torch.cat([x.cpu(), recon]), 2, len(x), title or "originals (top) and reconstructions (bottom)")
@@ -170,7 +174,7 @@ def samples(vae, n=100, nrow=10, seed=0, title=None):
 def interpolation(vae, x, pairs=4, steps=10, title=None):
     """Decodings along the path between the encodings of example pairs, linear and spherical:
     for each pair one row of each."""
-    x = x.to(next(vae.parameters()).device)
+    x = x.to(vae.device)
     if len(x) < 2 * pairs:
         raise ValueError(f"interpolation of {pairs} pairs needs {2 * pairs} examples; got {len(x)}")
     z = latent.encode_mean(vae, x[: 2 * pairs])
@@ -193,10 +197,11 @@ def interpolation(vae, x, pairs=4, steps=10, title=None):
 def attributes(vae, x, vectors, names, amounts=(-2, -1, 0, 1, 2), examples=3, title=None):
     """Resynthesis (the notes' Figure 17.13): for each of ``examples`` encodings z, the grid
     z + a v1 (+ b v2) over ``amounts``; one panel per example."""
-    x = x.to(next(vae.parameters()).device)
+    x = x.to(vae.device)
     z = latent.encode_mean(vae, x[:examples])
     k = len(amounts)
-    fig, axes = plt.subplots(1, examples, figsize=(examples * max(2.5, k * 0.55), max(2.5, (k if len(vectors) == 2 else 1) * 0.55) + 0.8), squeeze=False)
+    fig = Figure(figsize=(examples * max(2.5, k * 0.55), max(2.5, (k if len(vectors) == 2 else 1) * 0.55) + 0.8))
+    axes = fig.subplots(1, examples, squeeze=False)
     for ax, zi in zip(axes[0], z):
         grid = latent.resynthesis_latents(zi, [v.to(zi.device) for v in vectors], amounts)
         decoded = _decode(vae, grid.reshape(-1, vae.latent_dim))
@@ -217,8 +222,9 @@ def curves(history, title=None):
     if not history:
         raise ValueError("no epochs in the history: train first")
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    panels = (("ELBO (nats/example)", "eval_elbo", "elbo"), ("reconstruction E_q log p(x|z)", "reconstruction", "reconstruction"), ("KL(q || p)", "kl", "kl"))
+    fig = Figure(figsize=(12, 3.4))
+    axes = fig.subplots(1, 3)
+    panels = (("ELBO (nats/example)", "elbo", "elbo"), ("reconstruction E_q log p(x|z)", "reconstruction", "reconstruction"), ("KL(q || p)", "kl", "kl"))
     for ax, (name, train_key, test_key) in zip(axes, panels):
         if f"train_{train_key}" in history[0]:
             ax.plot(epochs, [r[f"train_{train_key}"] for r in history], "o-", ms=3, label="train")
@@ -236,7 +242,8 @@ def curves(history, title=None):
 def jensen_gap(check, title=None):
     """ELBO and IWAE_k against k (log scale) with Monte Carlo error bars: the bound rising
     towards log p(x), as in the notes' Figure 17.6."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.errorbar(check.ks, check.values, yerr=[2 * s for s in check.stderrs], fmt="o-", capsize=3, label="IWAE_k (k = 1: ELBO)")
     if check.exact is not None:
         ax.axhline(check.exact, color="k", ls="--", label="exact log p(x)")
@@ -251,10 +258,9 @@ def jensen_gap(check, title=None):
 
 
 def save(fig, path, dpi=110):
-    """Writes the figure as PNG atomically and closes it."""
+    """Writes the figure as PNG atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
     return Path(path)
 

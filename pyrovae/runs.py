@@ -1,38 +1,36 @@
-"""A run folder end to end: config -> data -> VAE -> fit -> figures -> evaluation -> report.
-The command-line tool is a thin layer over these functions."""
+"""A run end to end: config -> data -> VAE -> fit -> figures -> evaluation -> report, each
+step reading and writing one :class:`~pyrovae.run_folder.RunFolder`. The command-line tool is a
+thin layer over these functions."""
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
 from . import config as cfg
-from . import datasets, latent, plots
+from . import datasets, distributed, latent, plots
 from .evaluation import check_bounds, elbo
-from .objectives import check_training_options
 from .model import VAE
-from . import distributed
-from .train import _fixed_binarization, distributed_run, fit, prepare_data, resolve_device
+from .objectives import check_training_options
+from .run_folder import RunFolder, load
+from .train import fit, stream_seed
+from .validation import require_positive_int
 
 __all__ = ["train_run", "evaluate_run", "plot_run", "report_run", "PLOT_KINDS", "read_run_config"]
 
 PLOT_KINDS = ("manifold", "scatter", "reconstructions", "samples", "interpolation", "attributes", "curves")
 
 
-def read_run_config(run_dir):
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
-    path = run_dir / ckpt.CONFIG
-    if path.is_file():
-        return cfg.validate(cfg.load_toml(path))
-    state = ckpt.read_checkpoint(run_dir)
-    config = state.get("train_config") or {}
-    return cfg.validate(config)
+def read_run_config(run_dir, trust=False):
+    """The resolved config of a run folder: its ``config.toml``, else the copy in its checkpoint."""
+    run = RunFolder(run_dir)
+    if not run.exists():
+        raise FileNotFoundError(f"run folder {str(run.path)!r} does not exist")
+    if run.config_file.is_file():
+        return cfg.validate(cfg.load_toml(run.config_file))
+    return cfg.validate(run.read_checkpoint(trust=trust).get("train_config") or {})
 
 
 def load_split(config, split):
@@ -56,40 +54,31 @@ def build_model(config, train):
 
 
 def train_run(config, out, resume=False, progress=True):
-    """Trains the configured VAE into run folder ``out``; returns (vae, history)."""
-    out = Path(out)
-    if resume:
-        if not (out / ckpt.CHECKPOINT).is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in {str(out)!r} to resume from")
+    """Trains the configured VAE into run folder ``out``; returns (vae, history). Everything that
+    can fail on the inputs fails before the folder gets its first file."""
+    run = RunFolder(out)
+    if resume and not run.checkpoint.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {str(run.path)!r} to resume from")
     config = cfg.validate(config)
+    t = config["train"]
+    context = distributed.process_context(t["device"])
     train = load_split(config, "train")
     test = _load_test(config)
-    torch.manual_seed(config["train"]["seed"])  # the initial weights follow the run's seed
+    torch.manual_seed(t["seed"])  # the initial weights follow the run's seed
     vae = build_model(config, train)
-    t = config["train"]
-    # check everything that can fail before the run folder gets its first file
     check_training_options(vae, t["loss"], t["num_particles"], t["estimator"], t["free_bits"])
-    prepare_data(vae, train.data, config["data"]["binarize"], "train")
-    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes files
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(out / ckpt.CONFIG, cfg.dumps(config))
-    callback = None
-    if config["logging"]["tensorboard"] and is_main:
+    datasets.prepare(vae, train.data, config["data"]["binarize"], "train")
+    if context.is_main:  # under torchrun only rank 0 writes files
+        run.write_config(config)
+    callbacks = []
+    if config["logging"]["tensorboard"] and context.is_main:
         from .tensorboard import TensorBoardLogger
 
-        callback = TensorBoardLogger(out, test.data[:64] if test is not None else train.data[:64])
-    history = fit(
-        vae, train, test,
-        epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"], loss=t["loss"], num_particles=t["num_particles"], estimator=t["estimator"],
-        device=t["device"], seed=t["seed"], binarize=config["data"]["binarize"], beta=t["beta"],
-        warmup_epochs=t["warmup_epochs"], free_bits=t["free_bits"], run_dir=out, resume=resume,
-        progress=progress, train_config=config, callback=callback,
-    )
-    if callback is not None:
-        callback.close()
-    if config["logging"]["plots"] and is_main:
-        plot_run(out, "standard", vae=vae, config=config)
+        callbacks.append(TensorBoardLogger(run.path, test.data[:64] if test is not None else train.data[:64]))
+    history = fit(vae, train, test, binarize=config["data"]["binarize"], run_dir=run.path, resume=resume,
+                  progress=progress, callbacks=callbacks, run_config=config, **t)
+    if config["logging"]["plots"] and context.is_main:
+        plot_run(run.path, "standard", vae=vae, config=config)
     return vae, history
 
 
@@ -98,22 +87,24 @@ def _evaluation_data(config, vae, split, limit, device):
     split it really is: a one-split array file evaluates on ``train``)."""
     dataset = load_split(config, split) if split != "test" else (_load_test(config) or load_split(config, "train"))
     x = dataset.data if limit is None else dataset.data[:limit]
-    x, binarize = prepare_data(vae, x, config["data"]["binarize"], split)
+    x, binarization = datasets.prepare(vae, x, config["data"]["binarize"], split)
     # the same fixed binarization of the test set the training run reported on
-    return _fixed_binarization(x.to(device), binarize, config["train"]["seed"] + (1 if split == "test" else 2)), dataset
+    stream = stream_seed(config["train"]["seed"], 1 if split == "test" else 2)
+    return datasets.fixed_binarization(x.to(device), binarization, stream), dataset
 
 
-def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="auto", ks=None, progress=True, seed=0):
-    """Writes ``evaluation.json`` and ``jensen_gap.png``; returns the evaluation dict."""
-    run_dir = Path(run_dir)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"--num-samples must be an integer >= 1; got {num_samples!r}")
+def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="auto", ks=None, progress=True, seed=0,
+                 vae=None, model_class=None, trust=False):
+    """Writes ``evaluation.json`` and ``jensen_gap.png``; returns the evaluation dict. Every
+    number comes from the VAE's own model: pass ``vae`` (or ``model_class``) for a subclass."""
+    run = RunFolder(run_dir)
+    require_positive_int(num_samples, "--num-samples")
     if split not in ("test", "train", "valid"):
         raise ValueError(f"--split must be 'test', 'train' or 'valid'; got {split!r}")
-    context = distributed.setup(device) if distributed_run() else distributed.single_process(resolve_device(device))
+    context = distributed.process_context(device)
     device = context.device
-    config = read_run_config(run_dir)
-    vae = ckpt.load(run_dir, device=device)
+    config = read_run_config(run.path, trust=trust)
+    vae = load(run.path, device=device, model_class=model_class, trust=trust) if vae is None else vae.to(device).eval()
     x, dataset = _evaluation_data(config, vae, split, limit, device)
     split = dataset.split
     ll, se = distributed.log_likelihood(context, vae, x, num_samples, seed=seed, progress=progress)
@@ -142,8 +133,8 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
         "bound_check": "violated" if violated else "ok",
         "bounds": {**check.as_dict(), "examples": len(subset)},
     }
-    ckpt.atomic_write_text(run_dir / "evaluation.json", json.dumps(result, indent=2) + "\n")
-    plots.save(plots.jensen_gap(check), run_dir / "jensen_gap.png")
+    run.write_json("evaluation.json", result)
+    plots.save(plots.jensen_gap(check), run.file("jensen_gap.png"))
     return result
 
 
@@ -160,16 +151,16 @@ def _attribute_vectors(vae, x, labels):
     return vectors[:2], names[:2]
 
 
-def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n=20, device="cpu"):
+def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n=20, device="cpu", trust=False):
     """Draws figures of a run into its folder; returns the written paths. ``kind="standard"``
     draws what ``train`` draws: every kind, the manifold only where it is defined by default."""
     run_dir = Path(run_dir)
     kinds = PLOT_KINDS if kind in ("all", "standard") else (kind,)
     if kind not in ("all", "standard") and kind not in PLOT_KINDS:
         raise ValueError(f"unknown plot kind {kind!r}; choose one of {list(PLOT_KINDS) + ['all']}")
-    config = config or read_run_config(run_dir)
-    vae = (vae or ckpt.load(run_dir, device=device)).eval()
-    device = next(vae.parameters()).device
+    config = config or read_run_config(run_dir, trust=trust)
+    vae = (vae or load(run_dir, device=device, trust=trust)).eval()
+    device = vae.device
     needs_data = set(kinds) & {"scatter", "reconstructions", "interpolation", "attributes"} or pca
     x = labels = None
     if needs_data:
@@ -199,30 +190,24 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
             vectors, names = _attribute_vectors(vae, grey, labels)
             fig = plots.attributes(vae, x, vectors, names, amounts=(-1.5, -0.75, 0, 0.75, 1.5), examples=3)
         else:
-            history = _read_history(run_dir)
+            history = RunFolder(run_dir).read_metrics()
             fig = plots.curves(history)
         written.append(plots.save(fig, run_dir / f"{k}.png"))
     return written
 
 
-def _read_history(run_dir):
-    path = Path(run_dir) / ckpt.METRICS
-    if not path.is_file():
-        raise FileNotFoundError(f"no {ckpt.METRICS} in {str(run_dir)!r}: train first")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def report_run(run_dir):
+def report_run(run_dir, trust=False):
     """Writes ``report.html`` with every figure present (drawing the missing ones first)."""
     run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
+    config = read_run_config(run_dir, trust=trust)
     missing = [k for k in PLOT_KINDS if not (run_dir / f"{k}.png").is_file()]
     if missing:
-        plot_run(run_dir, "standard", config=config)
+        plot_run(run_dir, "standard", config=config, trust=trust)
     names = list(PLOT_KINDS) + ["jensen_gap"]
     figures = [(name, run_dir / f"{name}.png") for name in names if (run_dir / f"{name}.png").is_file()]
     evaluation = None
-    if (run_dir / "evaluation.json").is_file():
-        evaluation = json.loads((run_dir / "evaluation.json").read_text())
-    config_text = (run_dir / ckpt.CONFIG).read_text() if (run_dir / ckpt.CONFIG).is_file() else cfg.dumps(config)
-    return plots.report(run_dir, figures, config_text, _read_history(run_dir), evaluation)
+    run = RunFolder(run_dir)
+    if run.evaluation.is_file():
+        evaluation = json.loads(run.evaluation.read_text())
+    config_text = run.config_file.read_text() if run.config_file.is_file() else cfg.dumps(config)
+    return plots.report(run_dir, figures, config_text, run.read_metrics(), evaluation)

@@ -8,12 +8,13 @@ import torch
 
 from . import latent
 from .plots import _as_images, _display_range, tile
+from .train.callbacks import Callback
 
 __all__ = ["TensorBoardLogger"]
 
 
-class TensorBoardLogger:
-    """A ``fit`` callback writing TensorBoard event files into ``run_dir/tensorboard``."""
+class TensorBoardLogger(Callback):
+    """A training callback writing TensorBoard event files into ``run_dir/tensorboard``."""
 
     def __init__(self, run_dir, examples, image_every=5, manifold_n=12):
         from torch.utils.tensorboard import SummaryWriter
@@ -23,7 +24,14 @@ class TensorBoardLogger:
         self.image_every = image_every
         self.manifold_n = manifold_n
 
-    def __call__(self, row, vae):
+    def on_epoch_end(self, trainer, row):
+        self.log(row, trainer.vae)
+
+    def on_fit_end(self, trainer):
+        self.close()
+
+    def log(self, row, vae):
+        """Writes one epoch's ``row`` (and, every few epochs, images of ``vae``)."""
         epoch = row["epoch"]
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
@@ -35,7 +43,7 @@ class TensorBoardLogger:
 
     @torch.no_grad()
     def _images(self, vae, epoch):
-        device = next(vae.parameters()).device
+        device = vae.device
         x = self.examples.to(device)
         pair = _as_images(vae, torch.cat([x, vae.reconstruct(x)]).cpu())
         if pair is None:

@@ -2,7 +2,7 @@
 
 import torch
 
-__all__ = ["first_violation", "require"]
+__all__ = ["first_violation", "require", "require_finite", "require_positive_int"]
 
 
 def first_violation(x, ok):
@@ -25,3 +25,10 @@ def require(x, ok, message):
 
 def require_finite(x, what):
     require(x, torch.isfinite(x), f"{what}: values must not be NaN or infinite")
+
+
+def require_positive_int(value, name):
+    """Raises ValueError unless ``value`` is an integer >= 1 (a bool is not); returns it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    return value

@@ -29,6 +29,7 @@ import torch
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 
+from ..validation import require_positive_int
 from .weights import ESTIMATORS, log_weight_parts
 
 __all__ = ["LOSSES", "ESTIMATOR_LOSSES", "VAE_ELBO", "IWAE_ELBO", "make_elbo", "check_estimator"]
@@ -49,12 +50,6 @@ def check_estimator(loss, estimator):
         raise ValueError(f"estimator {estimator!r} does not apply to loss {loss!r}; the combinations that work: {combos}")
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-    return value
-
-
 class VAE_ELBO(ELBO):
     """A Pyro ELBO whose every number is computed from the per-example log weights of
     :func:`~pyrovae.infer.weights.log_weight_parts` (fast path for the package's VAE, Pyro's
@@ -70,7 +65,7 @@ class VAE_ELBO(ELBO):
     def __init__(self, loss="meanfield", num_particles=1, estimator="standard", kl_weight=1.0, free_bits=0.0,
                  max_plate_nesting=1):
         check_estimator(loss, estimator)
-        _positive_int(num_particles, "num_particles")
+        require_positive_int(num_particles, "num_particles")
         if not float(free_bits) >= 0:
             raise ValueError(f"free_bits must be >= 0; got free_bits={free_bits}")
         if free_bits and loss == "iwae":

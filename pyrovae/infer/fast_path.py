@@ -21,7 +21,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from ..likelihoods import LIKELIHOODS
 from ..model import VAE
 from ..priors import PRIORS, StandardNormal
-from .weights import WeightParts, _per_dim, _scaled_per_dim
+from .parts import WeightParts, per_dim_factor, scaled_per_dim
 
 __all__ = ["fast_vae", "vae_weight_parts"]
 
@@ -81,7 +81,7 @@ def vae_weight_parts(vae, x, num_particles=None, analytic_kl=False, per_dim=Fals
             kl = kl.expand(observed.shape)
     kl_per_dim = None
     if per_dim:
-        base = _per_dim(prior)
+        base = per_dim_factor(prior)
         if base is None:
             raise ValueError(
                 "free bits per latent dimension need p(z) and q(z|x) that factorize over the coordinates of z; "
@@ -94,6 +94,6 @@ def vae_weight_parts(vae, x, num_particles=None, analytic_kl=False, per_dim=Fals
             values = kl_divergence(Normal(loc, scale), base.expand(loc.shape)).expand(z.shape)
         except NotImplementedError:
             values = q.log_prob(z) - base.log_prob(z)
-        kl_per_dim = {"z": _scaled_per_dim(values, 1.0, None)}
+        kl_per_dim = {"z": scaled_per_dim(values, 1.0, None)}
     return WeightParts(observed=observed, latent=latent, kl=kl, kl_per_dim=kl_per_dim,
                        latent_values=[z] if estimator != "standard" else [])

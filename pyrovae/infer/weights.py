@@ -17,82 +17,22 @@ guide are the package's own VAE (decided by structure, never by comparing number
 traces otherwise; tests hold the two equal in value and gradient.
 """
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Optional
 
 import pyro
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
-from torch.distributions import Independent, kl_divergence
+from torch.distributions import kl_divergence
 
-__all__ = ["WeightParts", "log_weight_parts", "trace_weight_parts", "ESTIMATORS", "detach_distribution",
-           "PARTICLE_PLATE"]
+from .fast_path import fast_vae, vae_weight_parts
+from .parts import WeightParts, detach_distribution, per_dim_factor, scaled_per_dim
+
+__all__ = ["WeightParts", "log_weight_parts", "trace_weight_parts", "ESTIMATORS", "PARTICLE_PLATE"]
 
 ESTIMATORS = ("standard", "stl", "dreg")
 PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's own ELBOs give the particle plate
-
-
-class WeightParts:
-    """The terms of log w per draw and example, each of shape ``(K, N)`` with particles
-    (``(N,)`` without).
-
-    :ivar observed: sum over observed sites of log p(x | z): the reconstruction term.
-    :ivar latent: sum over latent sites of log p(z) - log q(z | x); under ``estimator="stl"`` or
-        ``"dreg"`` log q is evaluated with the guide's parameters stopped (same value, the score
-        term's gradient removed). It may be given as a function, computed when first read (the
-        fast path skips it where a closed-form KL is all an objective reads).
-    :ivar kl: KL(q(z | x) || p(z)) summed over latent sites, in closed form for each site that
-        has one and ``log q - log p`` at the drawn z for the others (``None`` unless asked for).
-    :ivar kl_per_dim: per latent site, ``(kl, weight)``: the KL per latent coordinate, shape
-        ``(K, N, d)``, and each example's scale, shape ``(K, N)``, for free bits (``None`` unless
-        asked for).
-    :ivar latent_values: the guide's reparameterized draws, for estimators that reweight the
-        gradient flowing through z (DReG).
-    """
-
-    def __init__(self, observed: torch.Tensor, latent, kl: Optional[torch.Tensor] = None,
-                 kl_per_dim: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None,
-                 latent_values: Optional[List[torch.Tensor]] = None):
-        self.observed = observed
-        self._latent = latent
-        self.kl = kl
-        self.kl_per_dim = kl_per_dim
-        self.latent_values = latent_values or []
-
-    @property
-    def latent(self) -> torch.Tensor:
-        if callable(self._latent):
-            self._latent = self._latent()
-        return self._latent
-
-    @property
-    def log_weights(self) -> torch.Tensor:
-        """log w = log p(x, z) - log q(z | x)."""
-        return self.observed + self.latent
-
-
-def detach_distribution(d):
-    """The same distribution with its parameters cut from the graph: log q(z) of it keeps the
-    gradient through z (the path term) and drops the one through q's parameters (the score term)."""
-    if isinstance(d, Independent):
-        return Independent(detach_distribution(d.base_dist), d.reinterpreted_batch_ndims)
-    params = {name: d.__dict__[name].detach() for name in d.arg_constraints if name in d.__dict__}
-    try:
-        return type(d)(**params, validate_args=False)
-    except TypeError as error:
-        raise ValueError(
-            f"estimator 'stl'/'dreg' needs a guide distribution that can be rebuilt from its parameters; "
-            f"{type(d).__name__} cannot ({error})"
-        ) from None
-
-
-def _per_dim(d):
-    """The factor over latent coordinates of a distribution with event shape (d,), or None where
-    it does not factorize (a mixture, a flow)."""
-    if isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1 and d.base_dist.event_shape == ():
-        return d.base_dist
-    return None
 
 
 def _check_guide_site(name, site, estimator):
@@ -165,7 +105,7 @@ def _as_tensor(value, like):
 
 
 def _site_kl_per_dim(name, model_site, guide_site, analytic):
-    p, q = _per_dim(model_site["fn"]), _per_dim(guide_site["fn"])
+    p, q = per_dim_factor(model_site["fn"]), per_dim_factor(guide_site["fn"])
     if p is None or q is None:
         which = "prior" if p is None else "guide"
         raise ValueError(
@@ -180,14 +120,7 @@ def _site_kl_per_dim(name, model_site, guide_site, analytic):
     except NotImplementedError:
         z = guide_site["value"]
         per_dim = q.log_prob(z) - p.log_prob(z)
-    return _scaled_per_dim(per_dim, guide_site["scale"], guide_site["mask"])
-
-
-def _scaled_per_dim(per_dim, scale, mask):
-    """(the per-coordinate KL with the site's scale and mask applied, and the same scale and mask
-    over the site's examples: the weight of the free-bits threshold)."""
-    examples = scale_and_mask(torch.ones_like(per_dim[..., 0]), scale, mask)
-    return per_dim * examples.unsqueeze(-1), examples
+    return scaled_per_dim(per_dim, guide_site["scale"], guide_site["mask"])
 
 
 def log_weight_parts(model: Callable, guide: Callable, *args, num_particles: Optional[int] = None,
@@ -195,8 +128,6 @@ def log_weight_parts(model: Callable, guide: Callable, *args, num_particles: Opt
                      estimator: str = "standard", **kwargs) -> WeightParts:
     """:class:`WeightParts` of ``model`` and ``guide`` at ``args``: by the package VAE's fast path
     where :func:`~pyrovae.infer.fast_path.fast_vae` recognizes the pair, else by Pyro's traces."""
-    from .fast_path import fast_vae, vae_weight_parts
-
     vae = fast_vae(model, guide)
     if vae is not None and len(args) == 1 and not kwargs:
         return vae_weight_parts(vae, args[0], num_particles=num_particles, analytic_kl=analytic_kl,

@@ -1,0 +1,194 @@
+"""The run folder as an object that knows its files, writes each of them atomically (a crash
+never leaves half a file), and reads checkpoints safely.
+
+    config.toml       the resolved run config
+    checkpoint.pt     the last checkpoint (written every epoch)
+    metrics.jsonl     one JSON object per epoch
+    evaluation.json   what ``pyrovae evaluate`` measured
+    *.png, report.html
+
+Checkpoints hold tensors and plain types only, and every reader loads them with
+``torch.load(weights_only=True)``: a checkpoint carrying any other object (a pickle that could
+run code) is refused unless the caller passes ``trust=True`` for a file they trust.
+"""
+
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+
+__all__ = ["RunFolder", "atomic_write", "atomic_write_text", "load", "read_checkpoint", "UntrustedCheckpoint",
+           "CHECKPOINT", "METRICS", "CONFIG", "EVALUATION", "FORMAT"]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+CONFIG = "config.toml"
+EVALUATION = "evaluation.json"
+FORMAT = "pyrovae-checkpoint-v2"
+_READABLE_FORMATS = ("pyrovae-checkpoint-v1", FORMAT)
+
+
+class UntrustedCheckpoint(ValueError):
+    """A checkpoint holds objects other than tensors and plain types; loading it could run code."""
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write):
+    """Calls ``write(file)`` on a temporary file beside ``path``, flushes it to disk, then renames
+    it over ``path``: readers see the old file or the new one, never a part. On any error the
+    temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run's files get the usual mode
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def read_checkpoint(path, map_location="cpu", trust=False) -> Dict:
+    """The checkpoint's dict, or a clear error for a missing, corrupt, foreign or unsafe file.
+
+    :param trust: load with ``weights_only=False`` (UNSAFE: a malicious file runs code); only for
+        a checkpoint you made or trust, written by another program.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r} (a run folder holds {CHECKPOINT} after its first epoch)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=not trust)
+    except pickle.UnpicklingError as error:
+        if not trust and "Weights only load failed" in str(error):
+            raise UntrustedCheckpoint(
+                f"refused {str(path)!r}: it holds objects other than tensors and plain types, which could run code "
+                f"when loaded ({str(error).splitlines()[0][:200]}). If you trust the file, load it with trust=True "
+                "(--trust-checkpoint)"
+            ) from None
+        raise ValueError(f"corrupt checkpoint {str(path)!r}: {type(error).__name__}: {error}") from None
+    except Exception as error:
+        raise ValueError(f"corrupt checkpoint {str(path)!r}: {type(error).__name__}: {error}") from None
+    if not isinstance(state, dict) or state.get("format") not in _READABLE_FORMATS:
+        raise ValueError(f"{str(path)!r} is not a pyrovae checkpoint (expected format {FORMAT!r})")
+    return state
+
+
+class RunFolder:
+    """One run's folder: where each file lives, and how it is written and read.
+
+    :param config: the run's resolved config (a nested dict), saved inside each checkpoint.
+    """
+
+    def __init__(self, path: Union[str, Path], config: Optional[Dict] = None):
+        self.path = Path(path)
+        self.config = config
+
+    def __repr__(self):
+        return f"RunFolder({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def evaluation(self) -> Path:
+        return self.path / EVALUATION
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def write_config(self, config: Dict):
+        from .config import dumps
+
+        self.config = config
+        atomic_write_text(self.config_file, dumps(config))
+
+    def save_checkpoint(self, state: Dict, path: Optional[Path] = None):
+        atomic_write(path or self.checkpoint, lambda f: torch.save({"format": FORMAT, **state}, f))
+
+    def read_checkpoint(self, map_location="cpu", trust=False, path: Optional[Path] = None) -> Dict:
+        return read_checkpoint(path or self.checkpoint, map_location=map_location, trust=trust)
+
+    def write_metrics(self, history: List[Dict]):
+        atomic_write_text(self.metrics, "".join(json.dumps(row) + "\n" for row in history))
+
+    def read_metrics(self) -> List[Dict]:
+        if not self.metrics.is_file():
+            raise FileNotFoundError(f"no {METRICS} in {str(self.path)!r}: train first")
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def write_json(self, name: str, value):
+        atomic_write_text(self.file(name), json.dumps(value, indent=2) + "\n")
+
+
+def build_vae(model_config, model_class=None):
+    """A VAE from a checkpoint's model config; ``model_class`` for a subclass (which a
+    checkpoint names but never imports)."""
+    from .model import VAE
+
+    cls = model_class or VAE
+    config = dict(model_config)
+    config["data_shape"] = tuple(config["data_shape"])
+    config["hidden"] = tuple(config["hidden"])
+    for key in ("prior", "likelihood"):
+        if config[key].get("kind") == "custom":
+            raise ValueError(
+                f"this run used a custom {key} object, which a checkpoint cannot rebuild; build the VAE "
+                "yourself and load the state with vae.load_state_dict(read_checkpoint(run_dir)['model'])"
+            )
+    return cls(**config)
+
+
+def load(run_dir, device="cpu", model_class=None, trust=False):
+    """The trained VAE of a run folder (or a checkpoint file), in eval mode, on ``device``.
+
+    :param model_class: the VAE subclass the run trained (a checkpoint names it, and a run of a
+        subclass is refused without it rather than rebuilt as the base VAE).
+    :param trust: see :func:`read_checkpoint` (unsafe).
+    """
+    from .model import VAE
+
+    state = read_checkpoint(run_dir, map_location=device, trust=trust)
+    saved_class = state.get("model_class", "pyrovae.model.VAE")
+    if model_class is None and saved_class != "pyrovae.model.VAE":
+        raise ValueError(f"this run trained {saved_class}; pass model_class= (that class) to load it")
+    if model_class is not None and not issubclass(model_class, VAE):
+        raise TypeError(f"model_class must be a subclass of pyrovae.VAE; got {model_class!r}")
+    vae = build_vae(state["model_config"], model_class)
+    try:
+        vae.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint in {str(run_dir)!r} does not match its own model config: {error}") from None
+    return vae.to(device).eval()

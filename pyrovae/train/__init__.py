@@ -1,0 +1,50 @@
+"""Training: :func:`fit`, a thin function over :class:`Trainer`, and the callbacks that watch a run."""
+
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+from ..config import train_options
+from .callbacks import Callback, Checkpoint, FunctionCallback, MetricsFile, ProgressBar
+from .trainer import METRIC_EXAMPLES, Trainer, TrainingDiverged, stream_seed
+
+__all__ = ["fit", "Trainer", "TrainingDiverged", "Callback", "ProgressBar", "MetricsFile", "Checkpoint",
+           "FunctionCallback", "stream_seed", "METRIC_EXAMPLES"]
+
+
+def fit(vae, train, test=None, *, binarize: str = "auto", run_dir: Union[str, Path, None] = None,
+        resume: bool = False, progress: bool = True, callback: Optional[Callable] = None,
+        callbacks: Sequence[Callback] = (), fast_path: bool = True, run_config: Optional[Dict] = None,
+        **options) -> List[Dict]:
+    """Trains ``vae`` by maximizing the ELBO (or IWAE bound) with SVI; returns the history, one
+    dict per epoch (nats per example): ``train_objective`` (the running mean of the training
+    objective, KL weight and free bits included), ``train_elbo``/``train_reconstruction``/
+    ``train_kl`` (at the epoch's end, on up to 10000 training examples, by the VAE's own model),
+    the same ``test_*`` on ``test``, ``kl``, ``kl_weight``, ``lr``, ``grad_norm``, ``seconds``.
+
+    ``options`` are the fields of :class:`~pyrovae.config.TrainConfig` (``loss``,
+    ``num_particles``, ``estimator``, ``epochs``, ``batch_size``, ``lr``, ``device``, ``seed``,
+    ``beta``, ``warmup_epochs``, ``free_bits``); a misspelt one is a TypeError naming the nearest.
+
+    :param train: a tensor (N, *data_shape), an ArrayDataset or a dataset of (x, label).
+    :param binarize: ``"auto"`` (dynamic binarization of grey data under a Bernoulli likelihood),
+        ``"dynamic"``, ``"threshold"`` or ``"none"``.
+    :param run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` are written (atomically) each
+        epoch; ``resume=True`` continues from its checkpoint exactly where it stopped.
+    :param callback: ``fn(row, vae)`` after every epoch; ``callbacks``: Callback objects.
+    :param fast_path: see :class:`Trainer`.
+    """
+    from ..run_folder import RunFolder
+
+    options = train_options(options)
+    run = RunFolder(run_dir, config=run_config) if run_dir is not None else None
+    trainer = Trainer(vae, options, binarize=binarize, run=run, fast_path=fast_path)
+    watchers: List[Callback] = []
+    if progress and trainer.context.is_main:
+        watchers.append(ProgressBar())
+    if run is not None and trainer.context.is_main:
+        watchers += [Checkpoint(), MetricsFile()]
+    watchers += list(callbacks)
+    if callback is not None and trainer.context.is_main:
+        watchers.append(FunctionCallback(callback))
+    trainer.callbacks = watchers
+    return trainer.fit(train, test, resume=resume)

@@ -1,0 +1,88 @@
+"""Things that watch a run, as callbacks on one list (the shape of Lightning's and pythae's
+loops): each hook gets the :class:`~pyrovae.train.Trainer`, which holds the VAE, the options, the
+history and the run folder."""
+
+from typing import Callable, Dict
+
+from tqdm.auto import tqdm
+
+__all__ = ["Callback", "ProgressBar", "MetricsFile", "Checkpoint", "FunctionCallback", "format_row"]
+
+
+class Callback:
+    """Base class: override the hooks you need."""
+
+    def on_fit_start(self, trainer) -> None:
+        pass
+
+    def on_epoch_start(self, trainer) -> None:
+        pass
+
+    def on_step_end(self, trainer, step: int, loss) -> None:
+        """``loss``: the step's loss tensor (-objective summed over the minibatch)."""
+
+    def on_epoch_end(self, trainer, row: Dict[str, float]) -> None:
+        pass
+
+    def on_fit_end(self, trainer) -> None:
+        pass
+
+
+def format_row(row):
+    parts = [f"epoch {row['epoch']:>3}", f"train objective {row['train_objective']:9.3f}"]
+    if "test_elbo" in row:
+        parts.append(f"test ELBO {row['test_elbo']:9.3f} (recon {row['test_reconstruction']:9.3f}, KL {row['test_kl']:7.3f})")
+    parts.append(f"{row['seconds']:.1f} s")
+    return " | ".join(parts)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over each epoch's steps (the running training objective, nats per example)
+    and one line per finished epoch."""
+
+    def __init__(self, refresh_every=25):
+        self.refresh_every = refresh_every
+        self.bar = None
+
+    def on_epoch_start(self, trainer):
+        self.bar = tqdm(total=trainer.steps_per_epoch, initial=trainer.step,
+                        desc=f"epoch {trainer.epoch + 1}/{trainer.options['epochs']}", leave=False)
+
+    def on_step_end(self, trainer, step, loss):
+        self.bar.update(1)
+        if step % self.refresh_every == 0:
+            self.bar.set_postfix(objective=f"{-loss.item() / trainer.batch_examples:.2f}")
+
+    def on_epoch_end(self, trainer, row):
+        if self.bar is not None:
+            self.bar.close()
+        tqdm.write(format_row(row))
+
+    def on_fit_end(self, trainer):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class MetricsFile(Callback):
+    """``metrics.jsonl`` in the run folder: one JSON object per epoch, rewritten atomically."""
+
+    def on_epoch_end(self, trainer, row):
+        trainer.run.write_metrics(trainer.history)
+
+
+class Checkpoint(Callback):
+    """``checkpoint.pt`` in the run folder after every epoch, written atomically: what
+    ``resume=True`` continues from, bit for bit."""
+
+    def on_epoch_end(self, trainer, row):
+        trainer.run.save_checkpoint(trainer.state_dict())
+
+
+class FunctionCallback(Callback):
+    """A user's ``fn(row, vae)``, called after every epoch (on the main process)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def on_epoch_end(self, trainer, row):
+        self.fn(row, trainer.vae)

@@ -1,0 +1,241 @@
+"""The Trainer: stochastic variational inference over in-memory data, with a Pyro ELBO called as
+a module (:class:`~pyrovae.objectives.ELBOLoss`) and ``torch.optim.Adam`` over the VAE's
+parameters. Set-up, resume, one epoch, evaluation and saving are small methods; everything that
+watches a run is a :class:`~pyrovae.train.callbacks.Callback`.
+
+Seeding (``seed``): the weights are the caller's; the Trainer seeds torch's global generator once
+at the start (the draws of z and the dynamic binarization use it; Python's and NumPy's are left
+alone), and shuffles each epoch with its own generator seeded by (seed, epoch). A checkpoint holds
+torch's generator state, so a resumed run continues exactly.
+"""
+
+import contextlib
+import math
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pyro
+import torch
+
+from .. import distributed
+from ..datasets import as_tensor, fixed_binarization, prepare
+from ..evaluation import elbo_terms
+from ..objectives import ELBOLoss, KLSchedule, check_training_options
+from .callbacks import Callback
+
+__all__ = ["Trainer", "TrainingDiverged", "stream_seed", "METRIC_EXAMPLES"]
+
+# The per-epoch ELBO report looks at up to this many training examples (and the whole test set).
+METRIC_EXAMPLES = 10000
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+def stream_seed(*keys: int) -> int:
+    """A seed for the random stream named by ``keys`` (the run's seed, the epoch, the rank),
+    independent of every other key tuple (NumPy's ``SeedSequence`` hashing)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
+class Trainer:
+    """Trains ``vae`` with the options of :class:`~pyrovae.config.TrainConfig` (a dict).
+
+    :param binarize: ``"auto"``, ``"dynamic"``, ``"threshold"`` or ``"none"`` (see
+        :func:`pyrovae.datasets.prepare`).
+    :param run: a :class:`~pyrovae.run_folder.RunFolder` for checkpoints and metrics, or None.
+    :param callbacks: :class:`~pyrovae.train.callbacks.Callback` objects, called in order.
+    :param fast_path: let the package VAE's loss take its fast path (see
+        :mod:`pyrovae.infer.fast_path`); ``False`` runs Pyro's traces at every step.
+    """
+
+    def __init__(self, vae, options: Dict, binarize: str = "auto", run=None, callbacks: Sequence[Callback] = (),
+                 fast_path: bool = True, context: Optional[distributed.Context] = None):
+        self.vae = vae
+        self.options = options
+        self.binarize = binarize
+        self.run = run
+        self.callbacks = list(callbacks)
+        self.fast_path = fast_path
+        self.context = context or distributed.process_context(options["device"])
+        self.device = self.context.device
+        self.history: List[Dict] = []
+        self.epoch = 0  # epochs finished
+        self.step = 0  # steps finished in the current epoch
+        self.should_stop = False
+        check_training_options(vae, options["loss"], options["num_particles"], options["estimator"],
+                               options["free_bits"])
+
+    # -- set-up -------------------------------------------------------------------------------
+    def setup(self, train, test=None):
+        """Checks and places the data, builds the objective and the optimizer."""
+        failure = None
+        try:
+            train_x, _ = as_tensor(train, "train")
+            test_x = as_tensor(test, "test")[0] if test is not None else None
+            train_x, self.binarize = prepare(self.vae, train_x, self.binarize, "train")
+            if test_x is not None:
+                test_x, _ = prepare(self.vae, test_x, self.binarize, "test")
+        except (ValueError, TypeError) as error:
+            failure = error
+        distributed.agree(self.context, failure)  # a bad shard stops every rank, not just its own
+        options, seed = self.options, self.options["seed"]
+        torch.manual_seed(seed)
+        self.vae.to(self.device).train()
+        self.train_x = train_x.to(self.device)
+        # fixed draws of grey data, so the per-epoch ELBO compares across epochs
+        self.metric_sets = {"train": fixed_binarization(self.train_x[:METRIC_EXAMPLES], self.binarize, stream_seed(seed, 2))}
+        if test_x is not None:
+            self.metric_sets["test"] = fixed_binarization(test_x.to(self.device), self.binarize, stream_seed(seed, 1))
+        schedule = KLSchedule(options["beta"], options["warmup_epochs"], options["free_bits"])
+        self.objective = ELBOLoss(self.vae, options["loss"], options["num_particles"], schedule, options["estimator"],
+                                  self.fast_path)
+        self.step_loss = self.objective
+        if self.context.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.step_loss = DistributedDataParallel(
+                self.objective, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=options["lr"], foreach=True)
+        self.last_grad_norm = float("nan")
+        num_train, batch = len(self.train_x), options["batch_size"]
+        self.steps_per_epoch = math.ceil(num_train / batch)
+        # every rank needs examples in every global batch: a last batch smaller than that is dropped
+        if self.context.enabled and num_train - (self.steps_per_epoch - 1) * batch < self.context.world_size:
+            self.steps_per_epoch -= 1
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> Dict:
+        """Everything a resumed run needs, as tensors and plain types."""
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model_config": self.vae.config,
+            "model_class": f"{type(self.vae).__module__}.{type(self.vae).__qualname__}",
+            "train_config": self.run.config if self.run is not None else {},
+            "model": self.vae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: Dict):
+        if state["model_config"] != self.vae.config:
+            differ = sorted(k for k in set(state["model_config"]) | set(self.vae.config)
+                            if state["model_config"].get(k) != self.vae.config.get(k))
+            raise ValueError(f"the checkpoint is from another model config; these differ: {differ}")
+        self.vae.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history, self.epoch = list(state["history"]), int(state["epoch"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self, train, test=None, resume: bool = False) -> List[Dict]:
+        """Sets up, resumes where asked, and trains until ``epochs`` (or a callback stops it)."""
+        self.setup(train, test)
+        if resume:
+            if self.run is None:
+                raise ValueError("resume=True needs a run folder (run_dir)")
+            self.load_state_dict(self.run.read_checkpoint(map_location=self.device))
+        self._call("on_fit_start")
+        # Pyro validates the first step (structure, supports); the data were checked up front
+        with pyro.validation_enabled(False):
+            while self.epoch < self.options["epochs"] and not self.should_stop:
+                self.train_epoch()
+        self._call("on_fit_end")
+        self.vae.eval()
+        return self.history
+
+    def train_epoch(self) -> Dict:
+        """One pass over the shuffled training data, then the epoch's report to the callbacks."""
+        started = time.perf_counter()
+        context, options = self.context, self.options
+        batch = options["batch_size"]
+        shuffle = torch.Generator().manual_seed(stream_seed(options["seed"], self.epoch))
+        order = torch.randperm(len(self.train_x), generator=shuffle).to(self.device)
+        if context.enabled:  # the same shuffle everywhere, independent noise on each rank
+            torch.manual_seed(stream_seed(options["seed"], self.epoch, context.rank))
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.step = 0
+        self._call("on_epoch_start")
+        for step in range(self.steps_per_epoch):
+            xb = self.train_x[context.shard(order[step * batch:(step + 1) * batch])]
+            loss = self.train_step(xb, first=self.epoch == 0 and step == 0)
+            total += loss.detach()
+            self.step = step + 1
+            self._call("on_step_end", step, loss)
+        train_seconds = time.perf_counter() - started
+        seen = min(len(self.train_x), self.steps_per_epoch * batch)
+        row = {"epoch": self.epoch + 1,
+               "train_objective": -float(distributed.all_reduce_sum(context, total)) / seen}
+        row.update(self.evaluate())
+        row.update(kl_weight=self.objective.kl_weight, lr=self.optimizer.param_groups[0]["lr"],
+                   grad_norm=self.last_grad_norm, seconds=time.perf_counter() - started,
+                   train_seconds=train_seconds, world_size=context.world_size)
+        self.history.append(row)
+        self.epoch += 1
+        self._call("on_epoch_end", row)
+        return row
+
+    @property
+    def batch_examples(self) -> int:
+        return min(self.options["batch_size"], len(self.train_x))
+
+    def train_step(self, xb, first=False):
+        """One SVI step on the minibatch ``xb``; returns the loss (-objective, summed)."""
+        if self.binarize == "dynamic":
+            xb = torch.bernoulli(xb)
+        if not self.objective.kl_schedule.is_constant:
+            self.objective.set_progress(self.epoch + self.step / self.steps_per_epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            with pyro.validation_enabled(True) if first else contextlib.nullcontext():
+                loss = self.step_loss(xb)
+        except ValueError:
+            # Pyro's argument validation rejects NaN parameters before a loss exists.
+            if all(bool(torch.isfinite(p).all()) for p in self.vae.parameters()):
+                raise
+            loss = torch.tensor(float("nan"))
+        if not torch.isfinite(loss):
+            self._diverged(loss)
+        # a rank's loss covers 1/world_size of the global batch: scaled as a plate of the global
+        # batch size would scale it, DDP's gradient average is the gradient of the global sum
+        (loss * self.context.world_size if self.context.enabled else loss).backward()
+        if self.step == self.steps_per_epoch - 1:  # the epoch's last gradient norm, for the logs
+            self.last_grad_norm = float(torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(p.grad) for p in self.vae.parameters() if p.grad is not None])))
+        self.optimizer.step()
+        return loss
+
+    def _diverged(self, loss):
+        kept = (f"the last good checkpoint {str(self.run.checkpoint)!r} is kept" if self.run is not None
+                else "no checkpoint was written")
+        raise TrainingDiverged(
+            f"the loss became {loss.detach().item()} at epoch {self.epoch + 1}, step {self.step + 1}; {kept}. "
+            "Try a smaller lr, or check the data and the likelihood's scale."
+        )
+
+    def evaluate(self) -> Dict[str, float]:
+        """The ELBO, reconstruction and KL (nats per example) of the fixed metric sets, from the
+        VAE's own model; under torch.distributed each rank takes every world_size-th example."""
+        self.vae.eval()
+        row = {}
+        for prefix, x in self.metric_sets.items():
+            terms = elbo_terms(self.vae, self.context.shard(x))
+            keys = sorted(terms)
+            sums = torch.stack([terms[key].double().sum() for key in keys])
+            sums = distributed.all_reduce_sum(self.context, sums) / len(x)
+            row.update({f"{prefix}_{key}": float(value) for key, value in zip(keys, sums)})
+        row["kl"] = row.get("test_kl", row.get("train_kl"))
+        self.vae.train()
+        return row
+
+    def _call(self, hook, *args):
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
