@@ -14,7 +14,7 @@ from .infer import IWAE_ELBO, VAE_ELBO, log_weight_parts, make_elbo
 from .objectives import ELBOLoss, KLSchedule
 from .train import fit
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "VAE",

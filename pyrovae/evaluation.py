@@ -11,6 +11,7 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence
 
 import pyro
 import torch
@@ -59,7 +60,7 @@ def _to_vae_device(vae, x):
     return x.to(vae.device)
 
 
-def log_weights(vae, x, num_samples):
+def log_weights(vae, x: torch.Tensor, num_samples: int) -> torch.Tensor:
     """log w_kn = log p(x_n, z_kn) - log q(z_kn | x_n), z_kn ~ q(z | x_n): shape (K, N)."""
     _check_inputs(vae, x, num_samples)
     vae.likelihood.check_support(x)
@@ -89,7 +90,7 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
-def _release_freed_memory():
+def _return_freed_heap_to_os():
     """Hands freed heap memory back to the OS between batches. glibc raises its mmap threshold
     after the first large frees, so chunk-sized tensors then come from the heap, and its
     fragments would otherwise grow the resident size with every batch (3 GB for the MNIST test
@@ -115,8 +116,9 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
-def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=False, seed=None,
-                   chunk_elements=DEFAULT_CHUNK_ELEMENTS, progress=False, example_offset=0):
+def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Optional[int] = None,
+                   return_stderr: bool = False, seed: Optional[int] = None,
+                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, progress: bool = False, example_offset: int = 0):
     """Importance-sampled log p(x_n) ~ logsumexp_k log w_kn - log K, per example, in nats.
 
     Chunked over examples (``batch_size``) and samples so memory stays bounded whatever K is.
@@ -149,7 +151,7 @@ def log_likelihood(vae, x, num_samples=1000, batch_size=None, return_stderr=Fals
             # mean(w^2) / mean(w)^2 = exp(lse2 - 2 lse1 + log K) >= 1
             ratio = torch.exp(lse2 - 2 * lse1 + math.log(num_samples))
             stderrs.append(((ratio - 1).clamp_min(0) / num_samples).sqrt())
-            _release_freed_memory()
+            _return_freed_heap_to_os()
     estimate = torch.cat(estimates).to(x.dtype)
     return (estimate, torch.cat(stderrs).to(x.dtype)) if return_stderr else estimate
 
@@ -180,8 +182,8 @@ def _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements):
     return torch.cat(rows, 1)
 
 
-def iwae_bound(vae, x, k, num_replicates=1, batch_size=None, return_stderr=False, seed=None,
-               chunk_elements=DEFAULT_CHUNK_ELEMENTS):
+def iwae_bound(vae, x: torch.Tensor, k: int, num_replicates: int = 1, batch_size: Optional[int] = None,
+               return_stderr: bool = False, seed: Optional[int] = None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
     """IWAE_k(x_n) = E[log (1/k) sum_j w_jn], averaged over ``num_replicates`` independent draws;
     the stderr (``num_replicates >= 2``) is the Monte Carlo error of that average."""
     _check_inputs(vae, x, k, "k")
@@ -197,13 +199,13 @@ def iwae_bound(vae, x, k, num_replicates=1, batch_size=None, return_stderr=False
     return mean, (values.std(0) / math.sqrt(num_replicates)).to(x.dtype)
 
 
-def elbo(vae, x, num_particles=1, batch_size=None, return_stderr=False, seed=None,
-         chunk_elements=DEFAULT_CHUNK_ELEMENTS):
+def elbo(vae, x: torch.Tensor, num_particles: int = 1, batch_size: Optional[int] = None,
+         return_stderr: bool = False, seed: Optional[int] = None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
     """ELBO(x_n) = E_q[log p(x_n, z) - log q(z | x_n)] by Monte Carlo over ``num_particles``."""
     return iwae_bound(vae, x, 1, num_particles, batch_size, return_stderr, seed, chunk_elements)
 
 
-def elbo_terms(vae, x, batch_size=1000):
+def elbo_terms(vae, x: torch.Tensor, batch_size: int = 1000) -> Dict[str, torch.Tensor]:
     """Per example, from one draw z ~ q(z|x): ``reconstruction`` log p(x|z) (every observed site),
     ``kl`` KL(q(z|x) || p(z)) (closed form where the sites have one, else log q - log p at z),
     and ``elbo`` their difference."""
@@ -272,8 +274,9 @@ class BoundCheck:
         return "\n".join(rows)
 
 
-def check_bounds(vae, x, ks=(1, 10, 100, 1000), samples_per_k=None, exact=None, tolerance=4.0,
-                 seed=None, strict=False, batch_size=None):
+def check_bounds(vae, x: torch.Tensor, ks: Sequence[int] = (1, 10, 100, 1000), samples_per_k: Optional[int] = None,
+                 exact: Optional[float] = None, tolerance: float = 4.0, seed: Optional[int] = None,
+                 strict: bool = False, batch_size: Optional[int] = None) -> "BoundCheck":
     """Estimates ELBO = IWAE_1 <= IWAE_k1 <= IWAE_k2 <= ... <= log p(x) and checks the ordering.
 
     Each IWAE_k is averaged over ``ceil(samples_per_k / k)`` (at least 2) independent replicates,

@@ -15,7 +15,7 @@ from torch import nn
 from torch.distributions import constraints
 from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 
-from .registry import Registry, hold_callable
+from .registry import Component, Registry, hold_callable
 from .validation import require
 
 __all__ = [
@@ -40,12 +40,10 @@ def _raise_first_violation(x, ok, what):
     require(x, ok, f"data outside the likelihood's support: {what}")
 
 
-class Likelihood(nn.Module):
+class Likelihood(Component):
     """Base class: ``forward(params)`` is p(x|z), ``mean(params)`` is E[x|z]."""
 
     num_params = 1
-    name = "custom"
-
     def bind(self, data_shape):
         """Called once by the VAE with the shape of one example."""
         self.data_shape = tuple(data_shape)

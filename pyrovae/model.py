@@ -5,6 +5,7 @@ guide:  z ~ Normal(mu(x), diag sigma(x)^2)         (the inference network, q_phi
 """
 
 import math
+from typing import Any, Sequence, Tuple, Union
 
 import pyro
 import pyro.distributions as dist
@@ -40,8 +41,8 @@ class VAE(PyroModule):
     :param name: the prefix of the parameters' names in Pyro's param store.
     """
 
-    def __init__(self, data_shape, latent_dim=2, hidden=(400,), likelihood="bernoulli", prior="normal", network="mlp",
-                 name="vae"):
+    def __init__(self, data_shape: Union[int, Sequence[int]], latent_dim: int = 2, hidden: Union[int, Sequence[int]] = (400,),
+                 likelihood: Any = "bernoulli", prior: Any = "normal", network: str = "mlp", name: str = "vae"):
         super().__init__()
         if not isinstance(name, str) or not name or "$$$" in name:
             raise ValueError(f"name must be a non-empty string without '$$$'; got {name!r}")
@@ -76,10 +77,10 @@ class VAE(PyroModule):
         return torch.device("cpu") if parameter is None else parameter.device
 
     @property
-    def data_dim(self):
+    def data_dim(self) -> int:
         return math.prod(self.data_shape)
 
-    def check_data(self, x):
+    def check_data(self, x: torch.Tensor) -> torch.Tensor:
         """Raises a ValueError unless ``x`` is a float tensor of shape (N, *data_shape)."""
         if not torch.is_tensor(x):
             raise TypeError(f"x must be a torch.Tensor of shape (N, {', '.join(map(str, self.data_shape))}); got {type(x).__name__}")
@@ -91,7 +92,7 @@ class VAE(PyroModule):
             raise ValueError(f"x must be a floating-point tensor; got dtype {x.dtype}")
         return x
 
-    def register_with_pyro(self):
+    def register_with_pyro(self) -> None:
         """``pyro.module(name, self)``: every parameter becomes a ``param`` site, which is how
         ``SVI`` with a ``pyro.optim`` optimizer finds what to train. An entry of the same name that
         another module left in the param store (a VAE built earlier in the process) is replaced
@@ -104,7 +105,7 @@ class VAE(PyroModule):
                 del store[full_name]
         pyro.module(self.param_prefix, self)
 
-    def model(self, x):
+    def model(self, x: torch.Tensor) -> None:
         """p(x, z) = p(z) p(x | z): z ~ prior, x ~ likelihood(decoder(z)), one ``data`` plate."""
         self.check_data(x)
         self.register_with_pyro()
@@ -112,7 +113,7 @@ class VAE(PyroModule):
             z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
-    def guide(self, x):
+    def guide(self, x: torch.Tensor) -> None:
         """q(z | x) = Normal(mu(x), diag sigma(x)^2), reparameterized."""
         self.check_data(x)
         self.register_with_pyro()
@@ -120,25 +121,25 @@ class VAE(PyroModule):
             loc, scale = self.encoder(x)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """x -> (mu(x), sigma(x)), the posterior mean and standard deviation."""
         return self.encoder(self.check_data(x))
 
-    def decode(self, z):
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z -> E[x | z], the likelihood's mean."""
         return self.likelihood.mean(self.decoder(z))
 
-    def likelihood_distribution(self, z):
+    def likelihood_distribution(self, z: torch.Tensor):
         """z -> p(x | z) as a Distribution over whole examples."""
         return self.likelihood(self.decoder(z))
 
     @torch.no_grad()
-    def reconstruct(self, x):
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """x -> E[x | z = mu(x)]: the decoded posterior mean."""
         return self.decode(self.encode(x)[0])
 
     @torch.no_grad()
-    def sample(self, num_samples, mean=True):
+    def sample(self, num_samples: int, mean: bool = True) -> torch.Tensor:
         """Draws z ~ p(z) and returns E[x | z] (``mean=True``) or a draw x ~ p(x | z)."""
         z = self.prior().sample((num_samples,))
         return self.decode(z) if mean else self.likelihood_distribution(z).sample()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.distributions import kl_divergence
 
-from .registry import Registry, hold_callable
+from .registry import Component, Registry, hold_callable
 
 __all__ = [
     "PRIORS",
@@ -27,10 +27,8 @@ __all__ = [
 PRIORS = Registry("prior")
 
 
-class Prior(nn.Module):
+class Prior(Component):
     """Base class. ``bind(latent_dim, vae)`` is called once by the VAE before any use."""
-
-    name = "custom"
 
     def bind(self, latent_dim, vae=None):
         self.latent_dim = int(latent_dim)

@@ -80,11 +80,12 @@ def read_checkpoint(path, map_location="cpu", trust=False) -> Dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=not trust)
     except pickle.UnpicklingError as error:
-        if not trust and "Weights only load failed" in str(error):
+        globals_named = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+        if not trust and globals_named:
             raise UntrustedCheckpoint(
                 f"refused {str(path)!r}: it holds objects other than tensors and plain types, which could run code "
-                f"when loaded ({str(error).splitlines()[0][:200]}). If you trust the file, load it with trust=True "
-                "(--trust-checkpoint)"
+                f"when loaded ({globals_named[0][:200]}). If you trust the file, load it with trust=True "
+                "(--trust-checkpoint); it is unsafe otherwise"
             ) from None
         raise ValueError(f"corrupt checkpoint {str(path)!r}: {type(error).__name__}: {error}") from None
     except Exception as error:
@@ -171,7 +172,8 @@ def build_vae(model_config, model_class=None):
     return cls(**config)
 
 
-def load(run_dir, device="cpu", model_class=None, trust=False):
+def load(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu", model_class: Optional[type] = None,
+         trust: bool = False):
     """The trained VAE of a run folder (or a checkpoint file), in eval mode, on ``device``.
 
     :param model_class: the VAE subclass the run trained (a checkpoint names it, and a run of a

@@ -95,7 +95,7 @@ def test_python_m_pyrovae_runs(tmp_path):
     [
         (["--dataset", "cifar99"], "unknown dataset 'cifar99'"),
         (["--loss", "elbo"], "invalid choice: 'elbo'"),
-        (["--latent-dim", "0"], "latent_dim must be an integer >= 1"),
+        (["--latent-dim", "0"], "latent_dim must be >= 1; got 0"),
         (["--prior", "gamma"], "unknown prior 'gamma'; choose one of"),
         (["--likelihood", "poisson"], "unknown likelihood 'poisson'; choose one of"),
         (["--prior", "mixture", "--prior-arg", "componentz=3"], "bad arguments .* it takes"),

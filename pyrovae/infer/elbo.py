@@ -62,8 +62,8 @@ class VAE_ELBO(ELBO):
     :param float free_bits: lambda, nats per latent coordinate (``"trace"`` and ``"meanfield"``).
     """
 
-    def __init__(self, loss="meanfield", num_particles=1, estimator="standard", kl_weight=1.0, free_bits=0.0,
-                 max_plate_nesting=1):
+    def __init__(self, loss: str = "meanfield", num_particles: int = 1, estimator: str = "standard",
+                 kl_weight: float = 1.0, free_bits: float = 0.0, max_plate_nesting: int = 1):
         check_estimator(loss, estimator)
         require_positive_int(num_particles, "num_particles")
         if not float(free_bits) >= 0:
@@ -147,10 +147,12 @@ class IWAE_ELBO(VAE_ELBO):
     ``RenyiELBO(alpha=0)`` in value and gradient, with ``differentiable_loss`` (so it works as a
     module) and the STL and DReG estimators."""
 
-    def __init__(self, num_particles=5, estimator="standard", kl_weight=1.0, max_plate_nesting=1):
+    def __init__(self, num_particles: int = 5, estimator: str = "standard", kl_weight: float = 1.0,
+                 max_plate_nesting: int = 1):
         super().__init__("iwae", num_particles, estimator, kl_weight, 0.0, max_plate_nesting)
 
 
-def make_elbo(loss="meanfield", num_particles=1, estimator="standard", kl_weight=1.0, free_bits=0.0):
+def make_elbo(loss: str = "meanfield", num_particles: int = 1, estimator: str = "standard", kl_weight: float = 1.0,
+              free_bits: float = 0.0) -> VAE_ELBO:
     """A loss name -> a Pyro ELBO (:class:`VAE_ELBO`), particles vectorized on a plate."""
     return VAE_ELBO(loss, num_particles, estimator, kl_weight, free_bits)
