@@ -7,6 +7,7 @@ from dataclasses import fields
 
 from . import config as cfg
 from . import distributed, runs
+from .run_folder import RunFolderLocked
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -31,6 +32,10 @@ def _dims(text):
     return dims
 
 
+TRUST_HELP = ("UNSAFE: load a checkpoint that holds more than tensors and plain types (it can run code); "
+              "only for a file you trust")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders as Pyro models and guides.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +47,7 @@ def build_parser():
     train.add_argument("--out", required=True, help="the run folder")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
     evaluate = sub.add_parser("evaluate", help="importance-sampled log-likelihood and checked bounds")
     evaluate.add_argument("run_dir")
@@ -51,6 +57,7 @@ def build_parser():
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
     plot = sub.add_parser("plot", help="draw figures into the run folder")
     plot.add_argument("run_dir")
@@ -58,9 +65,11 @@ def build_parser():
     plot.add_argument("--dims", type=_dims, help="two latent dimensions for the manifold, e.g. 0,1")
     plot.add_argument("--pca", action="store_true", help="manifold over the top two principal axes of the encodings")
     plot.add_argument("--n", type=int, default=20, help="manifold grid size")
+    plot.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
     report = sub.add_parser("report", help="write a self-contained report.html")
     report.add_argument("run_dir")
+    report.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     return parser
 
 
@@ -122,13 +131,14 @@ def main(argv=None):
     try:
         if args.command == "train":
             config = config_from_args(args)
-            _, history = runs.train_run(config, args.out, resume=args.resume, progress=not args.no_progress)
+            _, history = runs.train_run(config, args.out, resume=args.resume, progress=not args.no_progress,
+                                        trust=args.trust_checkpoint)
             if history and distributed.process_context(config["train"]["device"]).is_main:
                 print(json.dumps(history[-1]))
                 print(f"run folder: {args.out}")
         elif args.command == "evaluate":
             result = runs.evaluate_run(args.run_dir, args.num_samples, args.split, args.limit, args.device,
-                                       progress=not args.no_progress, seed=args.seed)
+                                       progress=not args.no_progress, seed=args.seed, trust=args.trust_checkpoint)
             if result is None:  # a torchrun rank other than 0: rank 0 prints and writes
                 return 0
             shown = {k: v for k, v in result.items() if k != "bounds"}
@@ -137,13 +147,18 @@ def main(argv=None):
                 print("bound check VIOLATED:\n" + "\n".join(result["bounds"]["violations"]), file=sys.stderr)
                 return 3
         elif args.command == "plot":
-            for path in runs.plot_run(args.run_dir, args.kind, dims=args.dims, pca=args.pca, n=args.n):
+            for path in runs.plot_run(args.run_dir, args.kind, dims=args.dims, pca=args.pca, n=args.n,
+                                      trust=args.trust_checkpoint):
                 print(path)
         elif args.command == "report":
-            print(runs.report_run(args.run_dir))
-    except (ValueError, FileNotFoundError, TypeError, FloatingPointError) as error:
+            print(runs.report_run(args.run_dir, trust=args.trust_checkpoint))
+    except (ValueError, OSError, TypeError, FloatingPointError, RunFolderLocked) as error:
         print(f"pyrovae {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"pyrovae {args.command}: interrupted" + ("; continue with --resume" if args.command == "train" else ""),
+              file=sys.stderr)
+        return 130
     return 0
 
 

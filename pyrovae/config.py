@@ -70,6 +70,10 @@ class TrainConfig:
     beta: float = option(1.0, "KL weight (beta-VAE)", minimum=0)
     warmup_epochs: float = option(0.0, "linear KL warm-up length, in epochs", minimum=0)
     free_bits: float = option(0.0, "free bits, nats per latent dimension", minimum=0)
+    grad_clip: float = option(0.0, "clip the gradient's norm to this (0: no clipping)", minimum=0)
+    checkpoint_every: int = option(0, "also checkpoint every N steps inside an epoch (0: by time only)", minimum=0)
+    checkpoint_minutes: float = option(5.0, "also checkpoint when this many minutes passed since the last one "
+                                       "(0: at epoch ends only)", minimum=0)
 
 
 @dataclass

@@ -315,6 +315,8 @@ def prepare(vae, data, binarization, what):
     element-wise checks run only to name the first bad value."""
     from .likelihoods import Bernoulli
 
+    if torch.is_tensor(data) and data.dtype != vae.dtype:
+        data = data.to(vae.dtype)  # integer, boolean or double arrays as the VAE's floats
     vae.check_data(data)
     if data.numel() == 0:
         raise ValueError(f"{what} data is empty")

@@ -77,6 +77,12 @@ class VAE(PyroModule):
         return torch.device("cpu") if parameter is None else parameter.device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the VAE's parameters (data is converted to it)."""
+        parameter = next(self.parameters(), None)
+        return torch.get_default_dtype() if parameter is None else parameter.dtype
+
+    @property
     def data_dim(self) -> int:
         return math.prod(self.data_shape)
 

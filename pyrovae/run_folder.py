@@ -12,16 +12,22 @@ Checkpoints hold tensors and plain types only, and every reader loads them with
 run code) is refused unless the caller passes ``trust=True`` for a file they trust.
 """
 
+import fcntl
 import json
 import os
 import pickle
+import socket
 import tempfile
+import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 import torch
 
-__all__ = ["RunFolder", "atomic_write", "atomic_write_text", "load", "read_checkpoint", "UntrustedCheckpoint",
+__all__ = ["RunFolder", "RunFolderLocked", "atomic_write", "atomic_write_text", "load", "read_checkpoint",
+           "UntrustedCheckpoint",
            "CHECKPOINT", "METRICS", "CONFIG", "EVALUATION", "FORMAT"]
 
 CHECKPOINT = "checkpoint.pt"
@@ -95,6 +101,20 @@ def read_checkpoint(path, map_location="cpu", trust=False) -> Dict:
     return state
 
 
+class RunFolderLocked(RuntimeError):
+    """Another process is writing this run folder."""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
 class RunFolder:
     """One run's folder: where each file lives, and how it is written and read.
 
@@ -104,6 +124,7 @@ class RunFolder:
     def __init__(self, path: Union[str, Path], config: Optional[Dict] = None):
         self.path = Path(path)
         self.config = config
+        self._locked = False
 
     def __repr__(self):
         return f"RunFolder({str(self.path)!r})"
@@ -152,6 +173,47 @@ class RunFolder:
 
     def write_json(self, name: str, value):
         atomic_write_text(self.file(name), json.dumps(value, indent=2) + "\n")
+
+    @contextmanager
+    def lock(self):
+        """Holds the folder's writer lock (``.lock``, an advisory ``flock`` the OS releases when
+        the process dies) for the block. A second writer gets :class:`RunFolderLocked` at once,
+        naming the process that holds the folder; a lock left by a process that is gone (killed)
+        is taken over with a warning, and the temporary files it left half-written are removed. Readers (``evaluate``, ``plot``, ``report``) take no lock:
+        every file is replaced atomically, so they always read a whole one."""
+        if self._locked:  # held already by this object (train_run holds it around fit)
+            yield self
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunFolderLocked(
+                f"run folder {str(self.path)!r} is being written by {holder}; wait for it to finish, stop it, "
+                "or train into another folder"
+            ) from None
+        previous = os.pread(fd, 200, 0).decode(errors="replace").split()
+        if previous and previous[0].startswith("pid="):
+            pid = int(previous[0][4:])
+            if pid != os.getpid() and not _process_alive(pid):
+                warnings.warn(f"run folder {str(self.path)!r}: taking over the lock of process {pid}, which is gone "
+                              "(it was stopped without releasing it)", stacklevel=3)
+        for leftover in self.path.glob(".*.tmp"):  # half-written files of a writer that was killed
+            leftover.unlink(missing_ok=True)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()} since={time.strftime('%Y-%m-%dT%H:%M:%S')}".encode(), 0)
+        self._locked = True
+        try:
+            yield self
+        finally:
+            self._locked = False
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def build_vae(model_config, model_class=None):

@@ -4,6 +4,7 @@ thin layer over these functions."""
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -53,9 +54,10 @@ def build_model(config, train):
                likelihood=spec, prior=model["prior"], network=model["network"])
 
 
-def train_run(config, out, resume=False, progress=True):
+def train_run(config, out, resume=False, progress=True, trust=False):
     """Trains the configured VAE into run folder ``out``; returns (vae, history). Everything that
-    can fail on the inputs fails before the folder gets its first file."""
+    can fail on the inputs fails before the folder gets its first file, and a run that fails
+    before its first checkpoint removes the folder it made."""
     run = RunFolder(out)
     if resume and not run.checkpoint.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {str(run.path)!r} to resume from")
@@ -68,17 +70,27 @@ def train_run(config, out, resume=False, progress=True):
     vae = build_model(config, train)
     check_training_options(vae, t["loss"], t["num_particles"], t["estimator"], t["free_bits"])
     datasets.prepare(vae, train.data, config["data"]["binarize"], "train")
-    if context.is_main:  # under torchrun only rank 0 writes files
-        run.write_config(config)
-    callbacks = []
-    if config["logging"]["tensorboard"] and context.is_main:
-        from .tensorboard import TensorBoardLogger
+    if not context.is_main:  # under torchrun only rank 0 writes files
+        history = fit(vae, train, test, binarize=config["data"]["binarize"], run_dir=run, resume=resume,
+                      progress=False, run_config=config, trust=trust, **t)
+        return vae, history
+    made_folder = not run.exists()
+    try:
+        with run.lock():
+            run.write_config(config)
+            callbacks = []
+            if config["logging"]["tensorboard"]:
+                from .tensorboard import TensorBoardLogger
 
-        callbacks.append(TensorBoardLogger(run.path, test.data[:64] if test is not None else train.data[:64]))
-    history = fit(vae, train, test, binarize=config["data"]["binarize"], run_dir=run.path, resume=resume,
-                  progress=progress, callbacks=callbacks, run_config=config, **t)
-    if config["logging"]["plots"] and context.is_main:
-        plot_run(run.path, "standard", vae=vae, config=config)
+                callbacks.append(TensorBoardLogger(run.path, test.data[:64] if test is not None else train.data[:64]))
+            history = fit(vae, train, test, binarize=config["data"]["binarize"], run_dir=run, resume=resume,
+                          progress=progress, callbacks=callbacks, run_config=config, trust=trust, **t)
+            if config["logging"]["plots"]:
+                plot_run(run.path, "standard", vae=vae, config=config)
+    except BaseException:
+        if made_folder and not run.checkpoint.exists():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     return vae, history
 
 

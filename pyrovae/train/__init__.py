@@ -4,17 +4,18 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from ..config import train_options
-from .callbacks import Callback, Checkpoint, FunctionCallback, MetricsFile, ProgressBar
+from ..run_folder import RunFolder
+from .callbacks import Callback, Checkpoint, CheckpointWriteError, FunctionCallback, MetricsFile, ProgressBar
 from .trainer import METRIC_EXAMPLES, Trainer, TrainingDiverged, stream_seed
 
 __all__ = ["fit", "Trainer", "TrainingDiverged", "Callback", "ProgressBar", "MetricsFile", "Checkpoint",
-           "FunctionCallback", "stream_seed", "METRIC_EXAMPLES"]
+           "FunctionCallback", "CheckpointWriteError", "stream_seed", "METRIC_EXAMPLES"]
 
 
-def fit(vae, train, test=None, *, binarize: str = "auto", run_dir: Union[str, Path, None] = None,
+def fit(vae, train, test=None, *, binarize: str = "auto", run_dir: Union[str, Path, "RunFolder", None] = None,
         resume: bool = False, progress: bool = True, callback: Optional[Callable] = None,
         callbacks: Sequence[Callback] = (), fast_path: bool = True, run_config: Optional[Dict] = None,
-        **options) -> List[Dict]:
+        trust: bool = False, **options) -> List[Dict]:
     """Trains ``vae`` by maximizing the ELBO (or IWAE bound) with SVI; returns the history, one
     dict per epoch (nats per example): ``train_objective`` (the running mean of the training
     objective, KL weight and free bits included), ``train_elbo``/``train_reconstruction``/
@@ -32,17 +33,21 @@ def fit(vae, train, test=None, *, binarize: str = "auto", run_dir: Union[str, Pa
         epoch; ``resume=True`` continues from its checkpoint exactly where it stopped.
     :param callback: ``fn(row, vae)`` after every epoch; ``callbacks``: Callback objects.
     :param fast_path: see :class:`Trainer`.
+    :param trust: resume from a checkpoint only ``torch.load(weights_only=False)`` reads (UNSAFE:
+        such a file can run code; only for one you trust).
     """
-    from ..run_folder import RunFolder
-
     options = train_options(options)
-    run = RunFolder(run_dir, config=run_config) if run_dir is not None else None
-    trainer = Trainer(vae, options, binarize=binarize, run=run, fast_path=fast_path)
+    if isinstance(run_dir, RunFolder):
+        run = run_dir
+        run.config = run_config if run_config is not None else run.config
+    else:
+        run = RunFolder(run_dir, config=run_config) if run_dir is not None else None
+    trainer = Trainer(vae, options, binarize=binarize, run=run, fast_path=fast_path, trust=trust)
     watchers: List[Callback] = []
     if progress and trainer.context.is_main:
         watchers.append(ProgressBar())
     if run is not None and trainer.context.is_main:
-        watchers += [Checkpoint(), MetricsFile()]
+        watchers += [Checkpoint(options["checkpoint_every"], options["checkpoint_minutes"]), MetricsFile()]
     watchers += list(callbacks)
     if callback is not None and trainer.context.is_main:
         watchers.append(FunctionCallback(callback))

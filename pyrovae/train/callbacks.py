@@ -2,11 +2,13 @@
 loops): each hook gets the :class:`~pyrovae.train.Trainer`, which holds the VAE, the options, the
 history and the run folder."""
 
+import time
 from typing import Callable, Dict
 
 from tqdm.auto import tqdm
 
-__all__ = ["Callback", "ProgressBar", "MetricsFile", "Checkpoint", "FunctionCallback", "format_row"]
+__all__ = ["Callback", "ProgressBar", "MetricsFile", "Checkpoint", "CheckpointWriteError", "FunctionCallback",
+           "format_row"]
 
 
 class Callback:
@@ -71,11 +73,43 @@ class MetricsFile(Callback):
 
 
 class Checkpoint(Callback):
-    """``checkpoint.pt`` in the run folder after every epoch, written atomically: what
-    ``resume=True`` continues from, bit for bit."""
+    """``checkpoint.pt`` in the run folder, written atomically after every epoch, and inside an
+    epoch every ``every_steps`` steps and whenever ``every_minutes`` passed since the last one:
+    what ``resume=True`` continues from, bit for bit. A failed write (a full disk, a read-only
+    folder) leaves the previous checkpoint as it was and stops the run with
+    :class:`CheckpointWriteError`."""
+
+    def __init__(self, every_steps: int = 0, every_minutes: float = 0.0):
+        self.every_steps, self.every_seconds = every_steps, every_minutes * 60
+        self._last = time.monotonic()
+
+    def on_fit_start(self, trainer):
+        self._last = time.monotonic()
+
+    def on_step_end(self, trainer, step, loss):
+        if trainer.step == trainer.steps_per_epoch:
+            return  # the epoch's end writes its own
+        due_by_steps = self.every_steps and trainer.step % self.every_steps == 0
+        due_by_time = self.every_seconds and time.monotonic() - self._last >= self.every_seconds
+        if due_by_steps or due_by_time:
+            self.save(trainer)
 
     def on_epoch_end(self, trainer, row):
-        trainer.run.save_checkpoint(trainer.state_dict())
+        self.save(trainer)
+
+    def save(self, trainer):
+        try:
+            trainer.run.save_checkpoint(trainer.state_dict())
+        except OSError as error:
+            raise CheckpointWriteError(
+                f"could not write the checkpoint {str(trainer.run.checkpoint)!r} ({error}); the previous "
+                "checkpoint is intact: free space or fix the folder's permissions, then resume"
+            ) from error
+        self._last = time.monotonic()
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed; the previous one is left as it was."""
 
 
 class FunctionCallback(Callback):

@@ -52,13 +52,14 @@ class Trainer:
     """
 
     def __init__(self, vae, options: Dict, binarize: str = "auto", run=None, callbacks: Sequence[Callback] = (),
-                 fast_path: bool = True, context: Optional[distributed.Context] = None):
+                 fast_path: bool = True, context: Optional[distributed.Context] = None, trust: bool = False):
         self.vae = vae
         self.options = options
         self.binarize = binarize
         self.run = run
         self.callbacks = list(callbacks)
         self.fast_path = fast_path
+        self.trust = trust  # resume from a checkpoint that needs weights_only=False (unsafe)
         self.context = context or distributed.process_context(options["device"])
         self.device = self.context.device
         self.history: List[Dict] = []
@@ -100,6 +101,8 @@ class Trainer:
                 self.objective, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=options["lr"], foreach=True)
         self.last_grad_norm = float("nan")
+        self.epoch_total = torch.zeros((), device=self.device, dtype=torch.float64)
+        self._seconds_before, self._epoch_started = 0.0, time.perf_counter()
         num_train, batch = len(self.train_x), options["batch_size"]
         self.steps_per_epoch = math.ceil(num_train / batch)
         # every rank needs examples in every global batch: a last batch smaller than that is dropped
@@ -119,6 +122,10 @@ class Trainer:
             "model": self.vae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
+            "step": self.step,
+            "epoch_total": self.epoch_total,
+            "epoch_seconds": self.epoch_seconds(),
+            "last_grad_norm": self.last_grad_norm,
             "history": self.history,
             "rng": rng,
         }
@@ -131,6 +138,11 @@ class Trainer:
         self.vae.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history, self.epoch = list(state["history"]), int(state["epoch"])
+        # a checkpoint from inside an epoch continues that epoch at its next step
+        self.step = int(state.get("step", 0))
+        self.epoch_total = state.get("epoch_total", torch.zeros((), dtype=torch.float64)).to(self.device)
+        self._seconds_before = float(state.get("epoch_seconds", 0.0)) if self.step else 0.0
+        self.last_grad_norm = float(state.get("last_grad_norm", float("nan")))
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -139,47 +151,56 @@ class Trainer:
     def fit(self, train, test=None, resume: bool = False) -> List[Dict]:
         """Sets up, resumes where asked, and trains until ``epochs`` (or a callback stops it)."""
         self.setup(train, test)
-        if resume:
-            if self.run is None:
-                raise ValueError("resume=True needs a run folder (run_dir)")
-            self.load_state_dict(self.run.read_checkpoint(map_location=self.device))
-        self._call("on_fit_start")
-        # Pyro validates the first step (structure, supports); the data were checked up front
-        with pyro.validation_enabled(False):
-            while self.epoch < self.options["epochs"] and not self.should_stop:
-                self.train_epoch()
-        self._call("on_fit_end")
+        writes = self.run is not None and self.context.is_main
+        with self.run.lock() if writes else contextlib.nullcontext():
+            if resume:
+                if self.run is None:
+                    raise ValueError("resume=True needs a run folder (run_dir)")
+                self.load_state_dict(self.run.read_checkpoint(map_location=self.device, trust=self.trust))
+            self._call("on_fit_start")
+            # Pyro validates the first step (structure, supports); the data were checked up front
+            with pyro.validation_enabled(False):
+                while self.epoch < self.options["epochs"] and not self.should_stop:
+                    self.train_epoch()
+            self._call("on_fit_end")
         self.vae.eval()
         return self.history
 
+    def epoch_seconds(self) -> float:
+        """Seconds spent in the current epoch, across resumes."""
+        return self._seconds_before + time.perf_counter() - self._epoch_started
+
     def train_epoch(self) -> Dict:
-        """One pass over the shuffled training data, then the epoch's report to the callbacks."""
-        started = time.perf_counter()
+        """One pass over the shuffled training data (from ``self.step`` on, where a checkpoint
+        from inside the epoch left off), then the epoch's report to the callbacks."""
+        self._epoch_started = time.perf_counter()
         context, options = self.context, self.options
         batch = options["batch_size"]
         shuffle = torch.Generator().manual_seed(stream_seed(options["seed"], self.epoch))
         order = torch.randperm(len(self.train_x), generator=shuffle).to(self.device)
-        if context.enabled:  # the same shuffle everywhere, independent noise on each rank
-            torch.manual_seed(stream_seed(options["seed"], self.epoch, context.rank))
-        total = torch.zeros((), device=self.device, dtype=torch.float64)
-        self.step = 0
+        if self.step == 0:
+            self.epoch_total = torch.zeros((), device=self.device, dtype=torch.float64)
+            self._seconds_before = 0.0
+            if context.enabled:  # the same shuffle everywhere, independent noise on each rank
+                torch.manual_seed(stream_seed(options["seed"], self.epoch, context.rank))
         self._call("on_epoch_start")
-        for step in range(self.steps_per_epoch):
+        for step in range(self.step, self.steps_per_epoch):
             xb = self.train_x[context.shard(order[step * batch:(step + 1) * batch])]
             loss = self.train_step(xb, first=self.epoch == 0 and step == 0)
-            total += loss.detach()
+            self.epoch_total += loss.detach()
             self.step = step + 1
             self._call("on_step_end", step, loss)
-        train_seconds = time.perf_counter() - started
+        train_seconds = self.epoch_seconds()
         seen = min(len(self.train_x), self.steps_per_epoch * batch)
         row = {"epoch": self.epoch + 1,
-               "train_objective": -float(distributed.all_reduce_sum(context, total)) / seen}
+               "train_objective": -float(distributed.all_reduce_sum(context, self.epoch_total)) / seen}
         row.update(self.evaluate())
         row.update(kl_weight=self.objective.kl_weight, lr=self.optimizer.param_groups[0]["lr"],
-                   grad_norm=self.last_grad_norm, seconds=time.perf_counter() - started,
+                   grad_norm=self.last_grad_norm, seconds=self.epoch_seconds(),
                    train_seconds=train_seconds, world_size=context.world_size)
         self.history.append(row)
         self.epoch += 1
+        self.step = 0
         self._call("on_epoch_end", row)
         return row
 
@@ -207,7 +228,12 @@ class Trainer:
         # a rank's loss covers 1/world_size of the global batch: scaled as a plate of the global
         # batch size would scale it, DDP's gradient average is the gradient of the global sum
         (loss * self.context.world_size if self.context.enabled else loss).backward()
-        if self.step == self.steps_per_epoch - 1:  # the epoch's last gradient norm, for the logs
+        clip = self.options["grad_clip"]
+        if clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), clip, foreach=True)
+            if self.step == self.steps_per_epoch - 1:
+                self.last_grad_norm = float(norm)
+        elif self.step == self.steps_per_epoch - 1:  # the epoch's last gradient norm, for the logs
             self.last_grad_norm = float(torch.linalg.vector_norm(torch.stack(
                 [torch.linalg.vector_norm(p.grad) for p in self.vae.parameters() if p.grad is not None])))
         self.optimizer.step()
@@ -218,7 +244,8 @@ class Trainer:
                 else "no checkpoint was written")
         raise TrainingDiverged(
             f"the loss became {loss.detach().item()} at epoch {self.epoch + 1}, step {self.step + 1}; {kept}. "
-            "Try a smaller lr, or check the data and the likelihood's scale."
+            "Clip the gradient's norm (grad_clip, --grad-clip, e.g. 100) or lower the lr; if it persists, check "
+            "the data and the likelihood's scale."
         )
 
     def evaluate(self) -> Dict[str, float]:
