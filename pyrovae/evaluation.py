@@ -64,7 +64,11 @@ def log_weights(vae, x: torch.Tensor, num_samples: int) -> torch.Tensor:
     """log w_kn = log p(x_n, z_kn) - log q(z_kn | x_n), z_kn ~ q(z | x_n): shape (K, N)."""
     _check_inputs(vae, x, num_samples)
     vae.likelihood.check_support(x)
-    # checked once here, so Pyro's per-site validation would only repeat it over K copies
+    return _log_weights(vae, x, num_samples)
+
+
+def _log_weights(vae, x, num_samples):
+    # the data were checked once up front; Pyro's per-site validation would repeat it over K copies
     with torch.no_grad(), pyro.validation_enabled(False):
         log_w = log_weight_parts(vae.model, vae.guide, x, num_particles=num_samples).log_weights
     if tuple(log_w.shape) != (num_samples, len(x)):
@@ -75,13 +79,23 @@ def log_weights(vae, x: torch.Tensor, num_samples: int) -> torch.Tensor:
     return log_w
 
 
+# Samples per chunk the automatic batch aims at: the encoder runs once per chunk, on the batch's
+# examples only, so with 128 draws per example it costs under 1% of the decoder's work.
+SAMPLES_PER_CHUNK = 128
+# Batches are powers of two up to this, so the distributed estimator's blocks (a multiple of it)
+# split into the same batches, with the same seeds, as one process.
+MAX_BATCH = 1024
+
+
 def _chunks(vae, num_examples, num_samples, batch_size, chunk_elements):
     """(examples per batch, samples per chunk) so one chunk's widest tensor has about
-    ``chunk_elements`` floats."""
+    ``chunk_elements`` floats, with many samples per chunk (the encoder's share small)."""
     width = max(vae.data_dim * vae.likelihood.num_params, max(vae.config["hidden"], default=1))
-    batch = batch_size or max(1, min(num_examples, 1000, chunk_elements // width))
-    sample_chunk = max(1, min(num_samples, chunk_elements // (batch * width)))
-    return batch, sample_chunk
+    if batch_size is None:
+        fits = max(1, chunk_elements // (width * min(num_samples, SAMPLES_PER_CHUNK)))
+        batch_size = min(num_examples, MAX_BATCH, 2 ** (fits.bit_length() - 1))
+    sample_chunk = max(1, min(num_samples, chunk_elements // (batch_size * width)))
+    return batch_size, sample_chunk
 
 
 def _progress(total, desc, enabled):
@@ -143,7 +157,7 @@ def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Op
             lw = torch.empty(num_samples, len(xb), dtype=torch.float64, device=x.device)
             for done in range(0, num_samples, sample_chunk):
                 k = min(sample_chunk, num_samples - done)
-                lw[done:done + k] = log_weights(vae, xb, k)
+                lw[done:done + k] = _log_weights(vae, xb, k)
                 bar.update(k * len(xb))
             lse1 = torch.logsumexp(lw, 0)
             lse2 = torch.logsumexp(2 * lw, 0)
@@ -151,7 +165,8 @@ def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Op
             # mean(w^2) / mean(w)^2 = exp(lse2 - 2 lse1 + log K) >= 1
             ratio = torch.exp(lse2 - 2 * lse1 + math.log(num_samples))
             stderrs.append(((ratio - 1).clamp_min(0) / num_samples).sqrt())
-            _return_freed_heap_to_os()
+            if (start // batch) % max(1, MAX_BATCH // batch) == 0:  # about every thousand examples
+                _return_freed_heap_to_os()
     estimate = torch.cat(estimates).to(x.dtype)
     return (estimate, torch.cat(stderrs).to(x.dtype)) if return_stderr else estimate
 
@@ -159,7 +174,7 @@ def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Op
 def _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements):
     """IWAE_k per example and replicate, shape (R, N)."""
     vae.likelihood.check_support(x)
-    weights = log_weights
+    weights = _log_weights
     batch, sample_chunk = _chunks(vae, len(x), k * num_replicates, batch_size, chunk_elements)
     replicates_per_chunk = max(1, sample_chunk // k)
     rows = []
