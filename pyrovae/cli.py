@@ -12,14 +12,14 @@ from .run_folder import RunFolderLocked
 __all__ = ["main", "build_parser", "config_from_args"]
 
 
-def _hidden(text):
+def _int_list(text):
     text = text.strip()
     if text in ("", "none", "()"):
         return []
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated widths like 400 or 512,256 (or 'none'); got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"takes comma-separated integers like 400 or 512,256 (or 'none'); got {text!r}") from None
 
 
 def _dims(text):
@@ -56,6 +56,9 @@ def build_parser():
     evaluate.add_argument("--limit", type=int, help="only the first N examples")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--repeats", type=int, default=1, help="R independent estimates: their mean and sd")
+    evaluate.add_argument("--checkpoint", default="last", choices=["last", "best"],
+                          help="best: best.pt, the epoch with the best validation ELBO")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
@@ -91,8 +94,8 @@ def add_config_flags(parser):
                 group.add_argument(_flag(f), help=meta["help"])
                 group.add_argument(_flag(f) + "-arg", action="append", metavar="KEY=VALUE",
                                    help=f"{f.name} argument, repeatable")
-            elif f.name == "hidden":
-                group.add_argument(_flag(f), type=_hidden, help=meta["help"])
+            elif cfg._expected_type(f.type) is list:
+                group.add_argument(_flag(f), type=_int_list, help=meta["help"])
             elif f.type is bool:
                 group.add_argument(_flag(f), action="store_true", default=None, help=meta["help"])
             else:
@@ -138,7 +141,8 @@ def main(argv=None):
                 print(f"run folder: {args.out}")
         elif args.command == "evaluate":
             result = runs.evaluate_run(args.run_dir, args.num_samples, args.split, args.limit, args.device,
-                                       progress=not args.no_progress, seed=args.seed, trust=args.trust_checkpoint)
+                                       progress=not args.no_progress, seed=args.seed, trust=args.trust_checkpoint,
+                                       repeats=args.repeats, checkpoint=args.checkpoint)
             if result is None:  # a torchrun rank other than 0: rank 0 prints and writes
                 return 0
             shown = {k: v for k, v in result.items() if k != "bounds"}

@@ -41,6 +41,8 @@ class DataConfig:
     data_dir: Optional[str] = option(None, "the folder holding the dataset's files")
     binarize: str = option("auto", "auto: dynamic for grey data under a Bernoulli likelihood",
                            choices=("auto", "dynamic", "threshold", "none"))
+    valid_fraction: float = option(0.0, "hold out this fraction of the training data for validation (0: the "
+                                   "dataset's own validation split where it has one, else none)", minimum=0)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class ModelConfig:
     latent_dim: int = option(2, "dimension of z", minimum=1)
     hidden: List[int] = option([400], "hidden widths, e.g. 400 or 512,256; 'none' for affine networks")
     network: str = option("mlp", "encoder and decoder networks", choices=("mlp", "conv"))
+    activation: str = option("relu", "the networks' nonlinearity", choices=("relu", "tanh"))
     prior: Dict[str, Any] = option({"kind": "normal"}, "prior name (normal, laplace, student_t, mixture, vamp, flow)")
     likelihood: Dict[str, Any] = option({"kind": "auto"}, "likelihood name (bernoulli, continuous_bernoulli, "
                                         "gaussian, laplace, beta, logistic256)")
@@ -65,11 +68,19 @@ class TrainConfig:
     epochs: int = option(10, "passes over the training data", minimum=0)
     batch_size: int = option(128, "examples per step", minimum=1)
     lr: float = option(1e-3, "Adam's learning rate", positive=True)
+    lr_schedule: str = option("constant", "learning-rate schedule, stepped each epoch: multistep (lr_milestones, "
+                              "lr_gamma), exponential (lr_gamma), cosine (to 0 at the last epoch), burda (3^i epochs "
+                              "at lr 10^(-i/7), i = 0..7)",
+                              choices=("constant", "multistep", "exponential", "cosine", "burda"))
+    lr_milestones: List[int] = option([], "epochs at which multistep multiplies the lr by lr_gamma, e.g. 200,350")
+    lr_gamma: float = option(0.1, "the factor of multistep and exponential", positive=True)
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
     seed: int = option(0, "seeds the weights, the shuffles and torch's global generator (the draws of z)")
     beta: float = option(1.0, "KL weight (beta-VAE)", minimum=0)
     warmup_epochs: float = option(0.0, "linear KL warm-up length, in epochs", minimum=0)
     free_bits: float = option(0.0, "free bits, nats per latent dimension", minimum=0)
+    patience: int = option(0, "early stopping: stop after this many epochs without a better validation ELBO "
+                           "(0: never)", minimum=0)
     grad_clip: float = option(0.0, "clip the gradient's norm to this (0: no clipping)", minimum=0)
     checkpoint_every: int = option(0, "also checkpoint every N steps inside an epoch (0: by time only)", minimum=0)
     checkpoint_minutes: float = option(5.0, "also checkpoint when this many minutes passed since the last one "
@@ -80,6 +91,9 @@ class TrainConfig:
 class LoggingConfig:
     tensorboard: bool = option(False, "write TensorBoard logs into the run folder")
     plots: bool = option(True, "draw the figures at the end", flag=False)
+    nll_every: int = option(0, "every N epochs, the importance-sampled test log-likelihood (0: never)", minimum=0)
+    nll_samples: int = option(200, "importance samples per example for nll_every", minimum=1)
+    nll_examples: int = option(1000, "test examples for nll_every", minimum=1)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "logging": LoggingConfig}
@@ -180,6 +194,12 @@ def _check_table(section, table):
             raise ValueError(f"[{section}] {key} must be >= {minimum}; got {value!r}")
         if positive and not value > 0:
             raise ValueError(f"[{section}] {key} must be positive; got {value!r}")
+        if key == "valid_fraction" and not value < 1:
+            raise ValueError(f"[{section}] valid_fraction must be in [0, 1); got {value!r}")
+        if key == "lr_milestones" and list(value) != sorted(set(value)):
+            raise ValueError(f"[{section}] lr_milestones must be increasing epochs; got {value!r}")
+        if key == "lr_milestones" and any(v < 1 for v in value):
+            raise ValueError(f"[{section}] lr_milestones must be epochs >= 1; got {value!r}")
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise ValueError(f"[{section}] {key} must be one of {list(choices)}; got {value!r}{nearest(str(value), choices)}")

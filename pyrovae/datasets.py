@@ -19,7 +19,7 @@ import torch
 from .validation import require, require_finite
 
 __all__ = ["ArrayDataset", "load", "load_array", "search_paths", "NAMES", "binarize", "as_tensor", "prepare",
-           "fixed_binarization", "BINARIZATIONS"]
+           "fixed_binarization", "BINARIZATIONS", "split_validation", "has_split"]
 
 NAMES = ("mnist", "fashion-mnist", "frey", "binarized-mnist")
 BINARIZATIONS = ("auto", "dynamic", "threshold", "none")
@@ -343,3 +343,25 @@ def fixed_binarization(data, binarization, seed):
     if binarization != "dynamic":
         return data
     return binarize(data, "dynamic", generator=torch.Generator(device=data.device).manual_seed(seed))
+
+
+def has_split(name, split):
+    """Whether the named dataset ships ``split`` (``binarized-mnist`` has ``valid``)."""
+    return split in {"binarized-mnist": ("train", "valid", "test")}.get(str(name), ("train", "test", "all"))
+
+
+def split_validation(dataset, fraction, seed=0):
+    """(train, valid): ``fraction`` of ``dataset``'s examples held out by a permutation seeded by
+    ``seed``, the same split every time."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"valid_fraction must be in (0, 1); got {fraction!r}")
+    num_valid = int(round(fraction * len(dataset)))
+    if num_valid < 1 or num_valid >= len(dataset):
+        raise ValueError(f"valid_fraction={fraction} of {len(dataset)} examples leaves no "
+                         f"{'validation' if num_valid < 1 else 'training'} examples")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    parts = []
+    for index, split in ((order[num_valid:], dataset.split), (order[:num_valid], "valid")):
+        targets = None if dataset.targets is None else dataset.targets[index]
+        parts.append(ArrayDataset(dataset.data[index], targets, name=dataset.name, split=split))
+    return tuple(parts)

@@ -38,11 +38,13 @@ class VAE(PyroModule):
     :param prior: a name from ``pyrovae.priors.PRIORS``, a table, a
         :class:`~pyrovae.priors.Prior`, or a callable returning a Distribution over z.
     :param network: ``"mlp"`` or ``"conv"``.
+    :param activation: ``"relu"`` or ``"tanh"`` between hidden layers.
     :param name: the prefix of the parameters' names in Pyro's param store.
     """
 
     def __init__(self, data_shape: Union[int, Sequence[int]], latent_dim: int = 2, hidden: Union[int, Sequence[int]] = (400,),
-                 likelihood: Any = "bernoulli", prior: Any = "normal", network: str = "mlp", name: str = "vae"):
+                 likelihood: Any = "bernoulli", prior: Any = "normal", network: str = "mlp", name: str = "vae",
+                 activation: str = "relu"):
         super().__init__()
         if not isinstance(name, str) or not name or "$$$" in name:
             raise ValueError(f"name must be a non-empty string without '$$$'; got {name!r}")
@@ -58,7 +60,8 @@ class VAE(PyroModule):
         self.data_shape = data_shape
         self.latent_dim = latent_dim
         self.likelihood = make_likelihood(likelihood).bind(data_shape)
-        self.encoder, self.decoder = build_networks(network, data_shape, latent_dim, hidden, self.likelihood.num_params)
+        self.encoder, self.decoder = build_networks(network, data_shape, latent_dim, hidden, self.likelihood.num_params,
+                                                    activation)
         self.prior = make_prior(prior).bind(latent_dim, self)
         check_prior_distribution(self.prior(), latent_dim)
         self.config = {
@@ -66,6 +69,7 @@ class VAE(PyroModule):
             "latent_dim": latent_dim,
             "hidden": [int(h) for h in hidden],
             "network": network,
+            "activation": activation,
             "likelihood": dict(getattr(self.likelihood, "spec", {"kind": "custom"})),
             "prior": dict(getattr(self.prior, "spec", {"kind": "custom"})),
         }

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "build_networks", "NETWORKS"]
+__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "build_networks", "NETWORKS", "ACTIVATIONS"]
 
 
 def _mlp(sizes, activation):
@@ -130,17 +130,22 @@ class ConvDecoder(nn.Module):
 
 
 NETWORKS = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder)}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
-def build_networks(network, data_shape, latent_dim, hidden, num_params):
-    """Name -> (encoder, decoder) for the given shapes."""
+def build_networks(network, data_shape, latent_dim, hidden, num_params, activation="relu"):
+    """Name -> (encoder, decoder) for the given shapes; ``activation`` ``"relu"`` or ``"tanh"``
+    (Burda et al.'s networks) between the hidden layers."""
     if network not in NETWORKS:
         raise ValueError(f"unknown network {network!r}; choose one of {sorted(NETWORKS)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
     encoder_cls, decoder_cls = NETWORKS[network]
     hidden = tuple(int(h) for h in hidden)
     if any(h < 1 for h in hidden):
         raise ValueError(f"hidden layer sizes must be positive integers; got hidden={hidden}")
+    act = ACTIVATIONS[activation]
     return (
-        encoder_cls(data_shape, latent_dim, hidden),
-        decoder_cls(data_shape, latent_dim, hidden, num_params=num_params),
+        encoder_cls(data_shape, latent_dim, hidden, activation=act),
+        decoder_cls(data_shape, latent_dim, hidden, num_params=num_params, activation=act),
     )

@@ -225,6 +225,7 @@ def build_vae(model_config, model_class=None):
     config = dict(model_config)
     config["data_shape"] = tuple(config["data_shape"])
     config["hidden"] = tuple(config["hidden"])
+    config.setdefault("activation", "relu")  # checkpoints of 0.1 had no choice
     for key in ("prior", "likelihood"):
         if config[key].get("kind") == "custom":
             raise ValueError(

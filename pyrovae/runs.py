@@ -16,7 +16,8 @@ from .evaluation import check_bounds, elbo
 from .model import VAE
 from .objectives import check_training_options
 from .run_folder import RunFolder, load
-from .train import fit, stream_seed
+from .train import LogLikelihoodCurve, fit, stream_seed
+from .train.callbacks import BEST
 from .validation import require_positive_int
 
 __all__ = ["train_run", "evaluate_run", "plot_run", "report_run", "PLOT_KINDS", "read_run_config"]
@@ -46,12 +47,25 @@ def _load_test(config):
         return None  # a dataset with one split (a .npy file)
 
 
+def load_train_valid(config):
+    """(train, valid or None): the dataset's own validation split where ``valid_fraction`` is 0
+    and it has one, else ``valid_fraction`` of the training split held out (seeded by the run's
+    seed)."""
+    data = config["data"]
+    train = load_split(config, "train")
+    if data["valid_fraction"] > 0:
+        return datasets.split_validation(train, data["valid_fraction"], seed=config["train"]["seed"])
+    if datasets.has_split(data["dataset"], "valid"):
+        return train, load_split(config, "valid")
+    return train, None
+
+
 def build_model(config, train):
     spec = cfg.resolve_likelihood(config, bool(((train.data >= 0) & (train.data <= 1)).all()))
     config["model"]["likelihood"] = spec
     model = config["model"]
     return VAE(data_shape=train.shape, latent_dim=model["latent_dim"], hidden=tuple(model["hidden"]),
-               likelihood=spec, prior=model["prior"], network=model["network"])
+               likelihood=spec, prior=model["prior"], network=model["network"], activation=model["activation"])
 
 
 def train_run(config, out, resume=False, progress=True, trust=False):
@@ -64,26 +78,29 @@ def train_run(config, out, resume=False, progress=True, trust=False):
     config = cfg.validate(config)
     t = config["train"]
     context = distributed.process_context(t["device"])
-    train = load_split(config, "train")
+    train, valid = load_train_valid(config)
     test = _load_test(config)
+    if t["patience"] and valid is None:
+        raise ValueError("early stopping (patience) needs a validation set: set valid_fraction "
+                         "(--valid-fraction) or use a dataset with a validation split")
     torch.manual_seed(t["seed"])  # the initial weights follow the run's seed
     vae = build_model(config, train)
     check_training_options(vae, t["loss"], t["num_particles"], t["estimator"], t["free_bits"])
     datasets.prepare(vae, train.data, config["data"]["binarize"], "train")
     if not context.is_main:  # under torchrun only rank 0 writes files
-        history = fit(vae, train, test, binarize=config["data"]["binarize"], run_dir=run, resume=resume,
-                      progress=False, run_config=config, trust=trust, **t)
+        history = fit(vae, train, test, valid=valid, binarize=config["data"]["binarize"], run_dir=run, resume=resume,
+                      progress=False, run_config=config, trust=trust, callbacks=_curve_callbacks(config), **t)
         return vae, history
     made_folder = not run.exists()
     try:
         with run.lock():
             run.write_config(config)
-            callbacks = []
+            callbacks = _curve_callbacks(config)
             if config["logging"]["tensorboard"]:
                 from .tensorboard import TensorBoardLogger
 
                 callbacks.append(TensorBoardLogger(run.path, test.data[:64] if test is not None else train.data[:64]))
-            history = fit(vae, train, test, binarize=config["data"]["binarize"], run_dir=run, resume=resume,
+            history = fit(vae, train, test, valid=valid, binarize=config["data"]["binarize"], run_dir=run, resume=resume,
                           progress=progress, callbacks=callbacks, run_config=config, trust=trust, **t)
             if config["logging"]["plots"]:
                 plot_run(run.path, "standard", vae=vae, config=config)
@@ -94,32 +111,63 @@ def train_run(config, out, resume=False, progress=True, trust=False):
     return vae, history
 
 
+def _curve_callbacks(config):
+    logging = config["logging"]
+    if not logging["nll_every"]:
+        return []
+    return [LogLikelihoodCurve(logging["nll_every"], logging["nll_samples"], logging["nll_examples"])]
+
+
 def _evaluation_data(config, vae, split, limit, device):
     """The split's examples as training saw them, and the dataset (its ``split`` says which
     split it really is: a one-split array file evaluates on ``train``)."""
-    dataset = load_split(config, split) if split != "test" else (_load_test(config) or load_split(config, "train"))
+    if split == "test":
+        dataset = _load_test(config) or load_split(config, "train")
+    elif split == "valid":
+        dataset = load_train_valid(config)[1]
+        if dataset is None:
+            raise ValueError("this run has no validation split (set valid_fraction, or use a dataset with one)")
+    else:
+        dataset = load_train_valid(config)[0]
     x = dataset.data if limit is None else dataset.data[:limit]
     x, binarization = datasets.prepare(vae, x, config["data"]["binarize"], split)
-    # the same fixed binarization of the test set the training run reported on
-    stream = stream_seed(config["train"]["seed"], 1 if split == "test" else 2)
+    # the same fixed binarization of the split the training run reported on
+    stream = stream_seed(config["train"]["seed"], {"test": 1, "train": 2, "valid": 3}[dataset.split])
     return datasets.fixed_binarization(x.to(device), binarization, stream), dataset
 
 
 def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="auto", ks=None, progress=True, seed=0,
-                 vae=None, model_class=None, trust=False):
+                 vae=None, model_class=None, trust=False, repeats=1, checkpoint="last"):
     """Writes ``evaluation.json`` and ``jensen_gap.png``; returns the evaluation dict. Every
-    number comes from the VAE's own model: pass ``vae`` (or ``model_class``) for a subclass."""
+    number comes from the VAE's own model: pass ``vae`` (or ``model_class``) for a subclass.
+
+    :param repeats: R independent importance-sampling estimates; ``log_likelihood`` is their mean
+        and ``log_likelihood_sd`` their standard deviation (as pythae reports them).
+    :param checkpoint: ``"last"`` (``checkpoint.pt``) or ``"best"`` (``best.pt``, the epoch with the
+        best validation ELBO).
+    """
     run = RunFolder(run_dir)
     require_positive_int(num_samples, "--num-samples")
+    require_positive_int(repeats, "--repeats")
+    if checkpoint not in ("last", "best"):
+        raise ValueError(f"--checkpoint must be 'best' or 'last'; got {checkpoint!r}")
+    source = run.checkpoint if checkpoint == "last" else run.file(BEST)
+    if checkpoint == "best" and not source.is_file():
+        raise FileNotFoundError(f"--checkpoint best: no {BEST} in {str(run.path)!r} (a run writes it when it has a "
+                                "validation set)")
     if split not in ("test", "train", "valid"):
         raise ValueError(f"--split must be 'test', 'train' or 'valid'; got {split!r}")
     context = distributed.process_context(device)
     device = context.device
     config = read_run_config(run.path, trust=trust)
-    vae = load(run.path, device=device, model_class=model_class, trust=trust) if vae is None else vae.to(device).eval()
+    vae = load(source, device=device, model_class=model_class, trust=trust) if vae is None else vae.to(device).eval()
     x, dataset = _evaluation_data(config, vae, split, limit, device)
     split = dataset.split
     ll, se = distributed.log_likelihood(context, vae, x, num_samples, seed=seed, progress=progress)
+    repeated = [float(ll.double().mean())]
+    for r in range(1, repeats):
+        again, _ = distributed.log_likelihood(context, vae, x, num_samples, seed=stream_seed(seed, r), progress=progress)
+        repeated.append(float(again.double().mean()))
     if not context.is_main:
         return None
     elbo_values = elbo(vae, x, num_particles=10, seed=seed + 1)
@@ -127,7 +175,7 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
     # the ordering check on a subset: it needs replicated draws for every k, through traces
     subset = x[: min(len(x), 200)]
     check = check_bounds(vae, subset, ks=[k for k in ks if k <= num_samples], samples_per_k=2000, seed=seed)
-    mean_ll, mean_elbo = float(ll.double().mean()), float(elbo_values.double().mean())
+    mean_ll, mean_elbo = sum(repeated) / len(repeated), float(elbo_values.double().mean())
     # the IS estimate below the ELBO of the same examples, beyond the paired error, is a violation too
     gap = (ll - elbo_values).double()
     below = float(gap.mean()) < -4 * float(gap.std()) / math.sqrt(len(x)) - 1e-3 if len(x) > 1 else float(gap[0]) < -1e-3
@@ -138,6 +186,10 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
         "num_samples": num_samples,
         "log_likelihood": mean_ll,
         "log_likelihood_stderr": float((se.double() ** 2).sum().sqrt() / len(x)),
+        "log_likelihood_sd": float(torch.tensor(repeated, dtype=torch.float64).std()) if repeats > 1 else None,
+        "repeats": repeated,
+        "checkpoint": checkpoint,
+        "epoch": int(run.read_checkpoint(trust=trust, path=source)["epoch"]) if vae is not None and source.is_file() else None,
         "nll": -mean_ll,
         "elbo": mean_elbo,
         "jensen_gap": mean_ll - mean_elbo,

@@ -5,14 +5,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from ..config import train_options
 from ..run_folder import RunFolder
-from .callbacks import Callback, Checkpoint, CheckpointWriteError, FunctionCallback, MetricsFile, ProgressBar
+from .callbacks import (BestCheckpoint, Callback, Checkpoint, CheckpointWriteError, EarlyStopping, FunctionCallback,
+                        LogLikelihoodCurve, MetricsFile, ProgressBar)
 from .trainer import METRIC_EXAMPLES, Trainer, TrainingDiverged, stream_seed
 
 __all__ = ["fit", "Trainer", "TrainingDiverged", "Callback", "ProgressBar", "MetricsFile", "Checkpoint",
-           "FunctionCallback", "CheckpointWriteError", "stream_seed", "METRIC_EXAMPLES"]
+           "FunctionCallback", "CheckpointWriteError", "BestCheckpoint", "EarlyStopping", "LogLikelihoodCurve",
+           "stream_seed", "METRIC_EXAMPLES"]
 
 
-def fit(vae, train, test=None, *, binarize: str = "auto", run_dir: Union[str, Path, "RunFolder", None] = None,
+def fit(vae, train, test=None, *, valid=None, binarize: str = "auto", run_dir: Union[str, Path, "RunFolder", None] = None,
         resume: bool = False, progress: bool = True, callback: Optional[Callable] = None,
         callbacks: Sequence[Callback] = (), fast_path: bool = True, run_config: Optional[Dict] = None,
         trust: bool = False, **options) -> List[Dict]:
@@ -27,11 +29,14 @@ def fit(vae, train, test=None, *, binarize: str = "auto", run_dir: Union[str, Pa
     ``beta``, ``warmup_epochs``, ``free_bits``); a misspelt one is a TypeError naming the nearest.
 
     :param train: a tensor (N, *data_shape), an ArrayDataset or a dataset of (x, label).
+    :param valid: validation data: its ELBO each epoch (``valid_elbo``), ``best.pt`` kept by it in
+        the run folder, and early stopping (``patience``).
     :param binarize: ``"auto"`` (dynamic binarization of grey data under a Bernoulli likelihood),
         ``"dynamic"``, ``"threshold"`` or ``"none"``.
     :param run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` are written (atomically) each
         epoch; ``resume=True`` continues from its checkpoint exactly where it stopped.
-    :param callback: ``fn(row, vae)`` after every epoch; ``callbacks``: Callback objects.
+    :param callback: ``fn(row, vae)`` after every epoch; ``callbacks``: Callback objects, called
+        before the checkpoint and metrics writers.
     :param fast_path: see :class:`Trainer`.
     :param trust: resume from a checkpoint only ``torch.load(weights_only=False)`` reads (UNSAFE:
         such a file can run code; only for one you trust).
@@ -46,10 +51,14 @@ def fit(vae, train, test=None, *, binarize: str = "auto", run_dir: Union[str, Pa
     watchers: List[Callback] = []
     if progress and trainer.context.is_main:
         watchers.append(ProgressBar())
+    watchers += list(callbacks)  # before the writers: a callback may add to the epoch's row
+    if options["patience"]:
+        watchers.append(EarlyStopping(options["patience"]))
     if run is not None and trainer.context.is_main:
         watchers += [Checkpoint(options["checkpoint_every"], options["checkpoint_minutes"]), MetricsFile()]
-    watchers += list(callbacks)
+        if valid is not None:
+            watchers.append(BestCheckpoint())
     if callback is not None and trainer.context.is_main:
         watchers.append(FunctionCallback(callback))
     trainer.callbacks = watchers
-    return trainer.fit(train, test, resume=resume)
+    return trainer.fit(train, test, resume=resume, valid=valid)

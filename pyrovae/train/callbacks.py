@@ -7,8 +7,8 @@ from typing import Callable, Dict
 
 from tqdm.auto import tqdm
 
-__all__ = ["Callback", "ProgressBar", "MetricsFile", "Checkpoint", "CheckpointWriteError", "FunctionCallback",
-           "format_row"]
+__all__ = ["Callback", "ProgressBar", "MetricsFile", "Checkpoint", "CheckpointWriteError", "BestCheckpoint",
+           "EarlyStopping", "LogLikelihoodCurve", "FunctionCallback", "format_row", "best_epoch", "BEST"]
 
 
 class Callback:
@@ -110,6 +110,71 @@ class Checkpoint(Callback):
 
 class CheckpointWriteError(OSError):
     """Writing a checkpoint failed; the previous one is left as it was."""
+
+
+BEST = "best.pt"
+
+
+def best_epoch(history, key="valid_elbo"):
+    """(index of the row with the highest ``key``, its value), the first such row on ties."""
+    values = [row[key] for row in history if key in row]
+    if not values:
+        return None, None
+    best = max(range(len(values)), key=lambda i: (values[i], -i))
+    return best, values[best]
+
+
+class BestCheckpoint(Callback):
+    """``best.pt`` beside the last checkpoint: the epoch with the highest validation ELBO so far
+    (``pyrovae evaluate --checkpoint best`` evaluates it)."""
+
+    def on_epoch_end(self, trainer, row):
+        index, _ = best_epoch(trainer.history)
+        if index == len(trainer.history) - 1:
+            trainer.run.save_checkpoint(trainer.state_dict(), path=trainer.run.file(BEST))
+
+
+class EarlyStopping(Callback):
+    """Stops training after ``patience`` epochs without a higher validation ELBO. The count is
+    read from the history, so a resumed run stops where the uninterrupted one would."""
+
+    def __init__(self, patience: int):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an integer >= 1; got {patience!r}")
+        self.patience = patience
+
+    def on_fit_start(self, trainer):
+        self.on_epoch_end(trainer, None)  # a resumed run that had stopped stays stopped
+
+    def on_epoch_end(self, trainer, row):
+        index, _ = best_epoch(trainer.history)
+        if index is not None and len(trainer.history) - 1 - index >= self.patience:
+            trainer.should_stop = True
+            trainer.stopped_early = True
+
+
+class LogLikelihoodCurve(Callback):
+    """Every ``every`` epochs (and at the last), the importance-sampled log-likelihood of up to
+    ``examples`` test (else validation) examples with ``samples`` samples each, as
+    ``test_log_likelihood`` (or ``valid_log_likelihood``) in the epoch's row: the curve that shows
+    whether a run converged."""
+
+    def __init__(self, every: int, samples: int = 200, examples: int = 1000):
+        self.every, self.samples, self.examples = every, samples, examples
+
+    def on_epoch_end(self, trainer, row):
+        from ..evaluation import log_likelihood
+
+        last = trainer.epoch >= trainer.options["epochs"]
+        if not (trainer.epoch % self.every == 0 or last):
+            return
+        name = "test" if "test" in trainer.metric_sets else ("valid" if "valid" in trainer.metric_sets else None)
+        if name is None:
+            return
+        trainer.vae.eval()
+        x = trainer.metric_sets[name][: self.examples]
+        row[f"{name}_log_likelihood"] = float(log_likelihood(trainer.vae, x, self.samples, seed=trainer.epoch).mean())
+        trainer.vae.train()
 
 
 class FunctionCallback(Callback):

@@ -23,6 +23,7 @@ from ..datasets import as_tensor, fixed_binarization, prepare
 from ..evaluation import elbo_terms
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
+from .schedules import make_scheduler
 
 __all__ = ["Trainer", "TrainingDiverged", "stream_seed", "METRIC_EXAMPLES"]
 
@@ -70,15 +71,19 @@ class Trainer:
                                options["free_bits"])
 
     # -- set-up -------------------------------------------------------------------------------
-    def setup(self, train, test=None):
+    def setup(self, train, test=None, valid=None):
         """Checks and places the data, builds the objective and the optimizer."""
         failure = None
         try:
             train_x, _ = as_tensor(train, "train")
-            test_x = as_tensor(test, "test")[0] if test is not None else None
             train_x, self.binarize = prepare(self.vae, train_x, self.binarize, "train")
-            if test_x is not None:
-                test_x, _ = prepare(self.vae, test_x, self.binarize, "test")
+            held_out = {}
+            for name, data in (("valid", valid), ("test", test)):
+                if data is not None:
+                    held_out[name] = prepare(self.vae, as_tensor(data, name)[0], self.binarize, name)[0]
+            if self.options["patience"] and "valid" not in held_out:
+                raise ValueError("early stopping (patience) needs a validation set: valid=..., valid_fraction, or a "
+                                 "dataset with a validation split")
         except (ValueError, TypeError) as error:
             failure = error
         distributed.agree(self.context, failure)  # a bad shard stops every rank, not just its own
@@ -88,8 +93,10 @@ class Trainer:
         self.train_x = train_x.to(self.device)
         # fixed draws of grey data, so the per-epoch ELBO compares across epochs
         self.metric_sets = {"train": fixed_binarization(self.train_x[:METRIC_EXAMPLES], self.binarize, stream_seed(seed, 2))}
-        if test_x is not None:
-            self.metric_sets["test"] = fixed_binarization(test_x.to(self.device), self.binarize, stream_seed(seed, 1))
+        for name, stream in (("valid", 3), ("test", 1)):
+            if name in held_out:
+                self.metric_sets[name] = fixed_binarization(held_out[name].to(self.device), self.binarize,
+                                                            stream_seed(seed, stream))
         schedule = KLSchedule(options["beta"], options["warmup_epochs"], options["free_bits"])
         self.objective = ELBOLoss(self.vae, options["loss"], options["num_particles"], schedule, options["estimator"],
                                   self.fast_path)
@@ -148,15 +155,16 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     # -- the loop -------------------------------------------------------------------------------
-    def fit(self, train, test=None, resume: bool = False) -> List[Dict]:
+    def fit(self, train, test=None, resume: bool = False, valid=None) -> List[Dict]:
         """Sets up, resumes where asked, and trains until ``epochs`` (or a callback stops it)."""
-        self.setup(train, test)
+        self.setup(train, test, valid)
         writes = self.run is not None and self.context.is_main
         with self.run.lock() if writes else contextlib.nullcontext():
             if resume:
                 if self.run is None:
                     raise ValueError("resume=True needs a run folder (run_dir)")
                 self.load_state_dict(self.run.read_checkpoint(map_location=self.device, trust=self.trust))
+            self.scheduler = make_scheduler(self.optimizer, self.options, self.epoch)
             self._call("on_fit_start")
             # Pyro validates the first step (structure, supports); the data were checked up front
             with pyro.validation_enabled(False):
@@ -191,11 +199,13 @@ class Trainer:
             self.step = step + 1
             self._call("on_step_end", step, loss)
         train_seconds = self.epoch_seconds()
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained at
+        self.scheduler.step()
         seen = min(len(self.train_x), self.steps_per_epoch * batch)
         row = {"epoch": self.epoch + 1,
                "train_objective": -float(distributed.all_reduce_sum(context, self.epoch_total)) / seen}
         row.update(self.evaluate())
-        row.update(kl_weight=self.objective.kl_weight, lr=self.optimizer.param_groups[0]["lr"],
+        row.update(kl_weight=self.objective.kl_weight, lr=lr,
                    grad_norm=self.last_grad_norm, seconds=self.epoch_seconds(),
                    train_seconds=train_seconds, world_size=context.world_size)
         self.history.append(row)
@@ -259,7 +269,7 @@ class Trainer:
             sums = torch.stack([terms[key].double().sum() for key in keys])
             sums = distributed.all_reduce_sum(self.context, sums) / len(x)
             row.update({f"{prefix}_{key}": float(value) for key, value in zip(keys, sums)})
-        row["kl"] = row.get("test_kl", row.get("train_kl"))
+        row["kl"] = row.get("test_kl", row.get("valid_kl", row.get("train_kl")))
         self.vae.train()
         return row
 
