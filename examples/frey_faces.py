@@ -8,6 +8,7 @@ import argparse
 
 import pyrovae
 from pyrovae import plots
+from smoke import budget, shrink
 
 
 def main():
@@ -15,13 +16,14 @@ def main():
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--out", default="frey_manifold.png")
     args = parser.parse_args()
-    train = pyrovae.datasets.load("frey", split="train")
+    train = shrink(pyrovae.datasets.load("frey", split="train"))
     test = pyrovae.datasets.load("frey", split="test")
     vae = pyrovae.VAE((1, 28, 20), latent_dim=2, hidden=(200,),
                       likelihood=pyrovae.likelihoods.Gaussian(scale="learned", mean="sigmoid"))
-    history = pyrovae.fit(vae, train, test, epochs=args.epochs, batch_size=100, lr=1e-3, progress=False)
+    epochs = budget(args.epochs, 2)
+    history = pyrovae.fit(vae, train, test, epochs=epochs, batch_size=100, lr=1e-3, progress=False)
     last = history[-1]
-    print(f"after {args.epochs} epochs: test ELBO {last['test_elbo']:.1f} nats per face, "
+    print(f"after {epochs} epochs: test ELBO {last['test_elbo']:.1f} nats per face, "
           f"learned pixel sigma {vae.likelihood.scale().item():.3f}")
     plots.save(plots.manifold(vae, n=20, title="learned Frey Face manifold"), args.out)
     print(f"manifold: {args.out}")

@@ -7,20 +7,19 @@ or pyrovae's (here IWAE with the doubly reparameterized gradient).
     PYROVAE_DATA=../shared/data python examples/svi_classic.py
 """
 
-import os
-
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
 import pyrovae
+from smoke import budget
 
 
 def main():
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
     data = pyrovae.datasets.load("mnist", split="train").data
-    steps = 20 if os.environ.get("PYROVAE_SMOKE") else 1000
+    steps = budget(1000, 20)
     for elbo in (Trace_ELBO(), pyrovae.make_elbo("iwae", num_particles=5, estimator="dreg")):
         vae = pyrovae.VAE((1, 28, 28), latent_dim=10, hidden=(400,))
         svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), elbo)

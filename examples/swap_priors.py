@@ -11,6 +11,7 @@ import warnings
 import torch
 
 import pyrovae
+from smoke import budget, shrink
 
 PRIORS = {
     "normal": "normal",
@@ -27,9 +28,10 @@ def main():
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--test-examples", type=int, default=2000)
     args = parser.parse_args()
-    train = pyrovae.datasets.load("mnist", split="train")
-    test = pyrovae.datasets.load("mnist", split="test")
+    train = shrink(pyrovae.datasets.load("mnist", split="train"))
+    test = shrink(pyrovae.datasets.load("mnist", split="test"), 200)
     x = pyrovae.datasets.binarize(test.data[: args.test_examples], "dynamic", generator=torch.Generator().manual_seed(0))
+    args.epochs, args.num_samples = budget(args.epochs, 1), budget(args.num_samples, 20)
     rows = []
     for name, prior in PRIORS.items():
         torch.manual_seed(0)

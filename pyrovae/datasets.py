@@ -33,7 +33,7 @@ BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binar
 
 @dataclass
 class ArrayDataset:
-    """Examples ``data`` (N, *shape) as floats, optional integer ``targets`` (N,).
+    """Examples ``data`` ``(N, *shape)`` as floats, optional integer ``targets`` (N,).
 
     Indexing gives ``(x, label)`` like a torchvision dataset; ``data`` is what training uses.
     """

@@ -66,8 +66,8 @@ def manifold_latents(latent_dim, n=20, dims=None, base=None, axes=None):
 
 
 def slerp(z0, z1, t):
-    """Spherical interpolation: moves along the great circle from z0 to z1, with the norm
-    interpolated linearly, so |z_t| stays between |z0| and |z1|."""
+    r"""Spherical interpolation: moves along the great circle from z0 to z1, with the norm
+    interpolated linearly, so :math:`\|z_t\|` stays between :math:`\|z_0\|` and :math:`\|z_1\|`."""
     n0, n1 = z0.norm(dim=-1, keepdim=True), z1.norm(dim=-1, keepdim=True)
     u0, u1 = z0 / n0.clamp_min(1e-12), z1 / n1.clamp_min(1e-12)
     omega = torch.arccos((u0 * u1).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
@@ -77,7 +77,7 @@ def slerp(z0, z1, t):
 
 
 def interpolate(z0, z1, steps=10, method="linear"):
-    """``steps`` points from z0 to z1 (both included): shape (steps, *z0.shape)."""
+    """``steps`` points from z0 to z1 (both included): shape ``(steps, *z0.shape)``."""
     if steps < 2:
         raise ValueError(f"interpolation needs steps >= 2; got {steps}")
     t = torch.linspace(0, 1, steps, device=z0.device).view(-1, *[1] * z0.dim())

@@ -290,7 +290,7 @@ class Logistic256(Likelihood):
 
 class CallableLikelihood(Likelihood):
     """Wraps a user's function ``params -> Distribution`` (one decoder output per data dimension,
-    ``params`` of shape (..., *data_shape)); the distribution's event shape must be the data shape."""
+    ``params`` of shape ``(..., *data_shape)``); the distribution's event shape must be the data shape."""
 
     def __init__(self, fn):
         super().__init__()

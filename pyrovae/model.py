@@ -91,7 +91,7 @@ class VAE(PyroModule):
         return math.prod(self.data_shape)
 
     def check_data(self, x: torch.Tensor) -> torch.Tensor:
-        """Raises a ValueError unless ``x`` is a float tensor of shape (N, *data_shape)."""
+        """Raises a ValueError unless ``x`` is a float tensor of shape ``(N, *data_shape)``."""
         if not torch.is_tensor(x):
             raise TypeError(f"x must be a torch.Tensor of shape (N, {', '.join(map(str, self.data_shape))}); got {type(x).__name__}")
         if tuple(x.shape[1:]) != self.data_shape or x.dim() != len(self.data_shape) + 1:

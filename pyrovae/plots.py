@@ -35,7 +35,7 @@ __all__ = [
 
 
 def _as_images(vae, x):
-    """(N, *data_shape) -> (N, C, H, W) for display, or None where the data are not images."""
+    """``(N, *data_shape)`` -> ``(N, C, H, W)`` for display, or None where the data are not images."""
     shape = vae.data_shape
     if len(shape) == 3 and shape[0] in (1, 3):
         return x

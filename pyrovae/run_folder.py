@@ -5,7 +5,7 @@ never leaves half a file), and reads checkpoints safely.
     checkpoint.pt     the last checkpoint (written every epoch)
     metrics.jsonl     one JSON object per epoch
     evaluation.json   what ``pyrovae evaluate`` measured
-    *.png, report.html
+    figures           ``*.png`` and ``report.html``
 
 Checkpoints hold tensors and plain types only, and every reader loads them with
 ``torch.load(weights_only=True)``: a checkpoint carrying any other object (a pickle that could

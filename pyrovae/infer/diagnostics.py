@@ -1,9 +1,9 @@
-"""Gradient diagnostics: the signal-to-noise ratio of an ELBO's gradient estimator.
+r"""Gradient diagnostics: the signal-to-noise ratio of an ELBO's gradient estimator.
 
 For one example x and a gradient estimator g (a random vector: one draw of the K particles),
 Rainforth et al. (2018) define, per parameter coordinate,
 
-    SNR = |E[g]| / sd(g).
+.. math:: \mathrm{SNR} = |\mathbb{E}[g]| / \mathrm{sd}(g).
 
 The standard IWAE estimator's SNR for the guide's parameters falls like 1/sqrt(K) while the model's
 rises like sqrt(K); DReG's (Tucker et al. 2018) rises for both.
@@ -32,7 +32,7 @@ class GradientMoments:
         return self.std[group] / self.num_draws ** 0.5
 
     def snr(self, group):
-        """|E g| / sd(g) for each coordinate of the group that varies at all (a coordinate whose
+        r""":math:`|\mathbb{E} g| / \mathrm{sd}(g)` for each coordinate of the group that varies at all (a coordinate whose
         gradient is always exactly zero, such as a weight on a pixel that is 0, has no SNR)."""
         varies = self.std[group] > 0
         return self.mean[group][varies].abs() / self.std[group][varies]

@@ -28,7 +28,7 @@ def fit(vae, train, test=None, *, valid=None, binarize: str = "auto", run_dir: U
     ``num_particles``, ``estimator``, ``epochs``, ``batch_size``, ``lr``, ``device``, ``seed``,
     ``beta``, ``warmup_epochs``, ``free_bits``); a misspelt one is a TypeError naming the nearest.
 
-    :param train: a tensor (N, *data_shape), an ArrayDataset or a dataset of (x, label).
+    :param train: a tensor ``(N, *data_shape)``, an ArrayDataset or a dataset of (x, label).
     :param valid: validation data: its ELBO each epoch (``valid_elbo``), ``best.pt`` kept by it in
         the run folder, and early stopping (``patience``).
     :param binarize: ``"auto"`` (dynamic binarization of grey data under a Bernoulli likelihood),
