@@ -6,7 +6,7 @@ import sys
 from dataclasses import fields
 
 from . import config as cfg
-from . import distributed, runs
+from . import __version__, distributed, runs
 from .run_folder import RunFolderLocked
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -38,6 +38,7 @@ TRUST_HELP = ("UNSAFE: load a checkpoint that holds more than tensors and plain 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders as Pyro models and guides.")
+    parser.add_argument("--version", action="version", version=f"pyrovae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a VAE into a run folder", argument_default=None)

@@ -4,10 +4,7 @@ Figures are made with matplotlib's object-oriented ``Figure`` API, which needs n
 library never sets one (``pyplot`` and its global state are left to the user). Show a figure in a
 notebook by returning it, or save it with :func:`save`."""
 
-import base64
-import html
 import io
-import json
 import warnings
 from pathlib import Path
 
@@ -30,7 +27,6 @@ __all__ = [
     "curves",
     "jensen_gap",
     "save",
-    "report",
 ]
 
 
@@ -263,43 +259,3 @@ def save(fig, path, dpi=110):
     fig.savefig(buffer, format="png", dpi=dpi)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
     return Path(path)
-
-
-def report(run_dir, figures, config_text, history, evaluation=None):
-    """One self-contained HTML page: config, metrics table, evaluation numbers, every figure."""
-    run_dir = Path(run_dir)
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>pyrovae run {html.escape(run_dir.name)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "pre{background:#f5f5f5;padding:1em;font-size:12px}img{max-width:100%;border:1px solid #eee}"
-        "figure{margin:1.5em 0}</style></head><body>",
-        f"<h1>pyrovae run <code>{html.escape(str(run_dir))}</code></h1>",
-    ]
-    if evaluation:
-        parts.append("<h2>Evaluation</h2><table>")
-        for key, value in evaluation.items():
-            if not isinstance(value, (list, dict)):
-                parts.append(f"<tr><th>{html.escape(key)}</th><td>{html.escape(_fmt(value))}</td></tr>")
-        parts.append("</table>")
-    if history:
-        keys = [k for k in history[0] if not isinstance(history[0][k], (list, dict))]
-        parts.append("<h2>Metrics per epoch</h2><table><tr>" + "".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr>")
-        for row in history:
-            parts.append("<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(k)))}</td>" for k in keys) + "</tr>")
-        parts.append("</table>")
-    parts.append("<h2>Figures</h2>")
-    for name, path in figures:
-        data = base64.b64encode(Path(path).read_bytes()).decode()
-        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(name)}</figcaption></figure>")
-    parts.append(f"<h2>Configuration</h2><pre>{html.escape(config_text)}</pre></body></html>")
-    out = run_dir / "report.html"
-    atomic_write(out, lambda f: f.write("\n".join(parts).encode()))
-    return out
-
-
-def _fmt(value):
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return json.dumps(value) if not isinstance(value, str) else value

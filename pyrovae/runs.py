@@ -15,6 +15,7 @@ from . import datasets, distributed, latent, plots
 from .evaluation import check_bounds, elbo
 from .model import VAE
 from .objectives import check_training_options
+from .report import write_report
 from .run_folder import RunFolder, load
 from .train import LogLikelihoodCurve, fit, stream_seed
 from .train.callbacks import BEST
@@ -260,6 +261,13 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
     return written
 
 
+def _data_shape(run, trust):
+    try:
+        return run.read_checkpoint(trust=trust)["model_config"]["data_shape"]
+    except (OSError, ValueError, KeyError):
+        return ["?"]
+
+
 def report_run(run_dir, trust=False):
     """Writes ``report.html`` with every figure present (drawing the missing ones first)."""
     run_dir = Path(run_dir)
@@ -274,4 +282,6 @@ def report_run(run_dir, trust=False):
     if run.evaluation.is_file():
         evaluation = json.loads(run.evaluation.read_text())
     config_text = run.config_file.read_text() if run.config_file.is_file() else cfg.dumps(config)
-    return plots.report(run_dir, figures, config_text, run.read_metrics(), evaluation)
+    model = config.get("model")
+    return write_report(run_dir, figures, config_text, run.read_metrics(), evaluation,
+                        model=None if model is None else {**model, "data_shape": _data_shape(run, trust)})

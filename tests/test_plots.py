@@ -141,24 +141,8 @@ def test_report_is_one_self_contained_page(tiny_run):
     assert main(["report", str(tiny_run)]) == 0
     page = (tiny_run / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 7
-    assert "Metrics per epoch" in page and "[model.prior]" in page
+    assert "Training" in page and "[model.prior]" in page and "Learned manifold" in page
     assert "src='http" not in page and 'src="http' not in page
-
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package 'chromium')")
-def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
-    main(["report", str(tiny_run)])
-    shot = tmp_path / "report.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-                    f"--screenshot={shot}", "--window-size=1200,2000", (tiny_run / "report.html").as_uri()],
-                   check=True, timeout=120, capture_output=True)
-    with Image.open(shot) as image:
-        pixels = np.asarray(image.convert("L"))
-    assert pixels.shape[0] >= 1000 and pixels.std() > 10  # something was drawn, not a blank page
 
 
 @pytest.mark.parametrize("prior", ["normal", "laplace", "student_t", "mixture", "vamp", "flow"])
