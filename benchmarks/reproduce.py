@@ -1,0 +1,96 @@
+"""One reproduction row end to end: train the config's run (resuming where a run stopped), evaluate
+it as the literature does, and record the row in benchmarks/results-reproductions-cpu.json.
+
+    PYROVAE_DATA=../shared/data python benchmarks/reproduce.py static-mnist-vae [--epochs N] [--samples 200,5000]
+
+``--epochs`` runs a smaller budget than the config's (a row that does not fit in an hour here);
+the row records which. Also draws docs/images/reproduction-curves.png from every recorded row's
+metrics (test log-likelihood against epochs).
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine  # noqa: E402
+
+from pyrovae import config as cfg  # noqa: E402
+from pyrovae import runs  # noqa: E402
+from pyrovae.run_folder import RunFolder  # noqa: E402
+
+REFERENCES = {
+    "static-mnist-vae": {"pythae": 89.78, "paper": 89.9},
+    "static-mnist-vamp": {"pythae": 85.79, "paper": 85.57},
+    "burda-vae": {"paper": 86.76},
+    "burda-iwae5": {"paper": 85.54},
+    "burda-iwae50": {"paper": 84.78},
+}
+RESULTS = ROOT / "benchmarks" / "results-reproductions-cpu.json"
+
+
+def curves(results, out):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for name, row in results["rows"].items():
+        history = RunFolder(row["run"]).read_metrics() if Path(row["run"]).is_dir() else row.get("curve", [])
+        points = [(r["epoch"], -r["test_log_likelihood"]) for r in history if "test_log_likelihood" in r]
+        if points:
+            ax.plot(*zip(*points), "o-", ms=3, label=f"{name} (ours)")
+        for source, value in REFERENCES.get(name, {}).items():
+            ax.axhline(value, ls=":", lw=1, color=ax.lines[-1].get_color() if ax.lines else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test NLL, nats (K = 200 on 1000 images)")
+    ax.set_title("test NLL against epochs; dotted: the references", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("name", help="a config in configs/ (without .toml)")
+    parser.add_argument("--epochs", type=int, help="a smaller budget than the config's")
+    parser.add_argument("--samples", default="200,5000")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", help="the run folder (default runs/NAME)")
+    args = parser.parse_args()
+    config = cfg.validate(cfg.load_toml(ROOT / "configs" / f"{args.name}.toml"))
+    full_epochs = config["train"]["epochs"]
+    if args.epochs:
+        config["train"]["epochs"] = args.epochs
+    out = Path(args.out or ROOT / "runs" / args.name)
+    resume = (out / "checkpoint.pt").is_file()
+    started = time.perf_counter()
+    _, history = runs.train_run(config, out, resume=resume, progress=False)
+    train_seconds = time.perf_counter() - started
+    evaluations = {}
+    for k in (int(v) for v in args.samples.split(",")):
+        checkpoint = "best" if (out / "best.pt").is_file() else "last"
+        repeats = args.repeats if k <= 1000 else 1
+        result = runs.evaluate_run(out, num_samples=k, progress=False, repeats=repeats, checkpoint=checkpoint)
+        evaluations[str(k)] = {key: result[key] for key in ("log_likelihood", "log_likelihood_sd", "log_likelihood_stderr",
+                                                            "elbo", "bound_check", "checkpoint", "epoch", "num_examples")}
+        print(args.name, k, evaluations[str(k)], flush=True)
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
+    results["machine"] = machine()
+    results["rows"][args.name] = {
+        "run": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
+        "epochs": len(history), "config_epochs": full_epochs, "train_seconds": train_seconds,
+        "evaluations": evaluations, "references": REFERENCES.get(args.name, {}),
+        "curve": [{k: r[k] for k in ("epoch", "test_log_likelihood") if k in r} for r in history
+                  if "test_log_likelihood" in r],
+        "time": time.ctime(),
+    }
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    curves(results, ROOT / "docs" / "images" / "reproduction-curves.png")
+
+
+if __name__ == "__main__":
+    main()
