@@ -41,6 +41,8 @@ def fit(vae, train, test=None, *, valid=None, binarize: str = "auto", run_dir: U
     :param trust: resume from a checkpoint only ``torch.load(weights_only=False)`` reads (UNSAFE:
         such a file can run code; only for one you trust).
     """
+    if "device" in options and not isinstance(options["device"], str):  # a torch.device works too
+        options["device"] = str(options["device"])
     options = train_options(options)
     if isinstance(run_dir, RunFolder):
         run = run_dir
