@@ -154,8 +154,9 @@ class EarlyStopping(Callback):
 
 
 class LogLikelihoodCurve(Callback):
-    """Every ``every`` epochs (and at the last), the importance-sampled log-likelihood of up to
-    ``examples`` test (else validation) examples with ``samples`` samples each, as
+    """Every ``every`` epochs (and at the last), the importance-sampled log-likelihood of
+    ``examples`` test (else validation) examples spread evenly over the set (every n-th: a test
+    set's order need not be random) with ``samples`` samples each, as
     ``test_log_likelihood`` (or ``valid_log_likelihood``) in the epoch's row: the curve that shows
     whether a run converged."""
 
@@ -172,7 +173,8 @@ class LogLikelihoodCurve(Callback):
         if name is None:
             return
         trainer.vae.eval()
-        x = trainer.metric_sets[name][: self.examples]
+        x = trainer.metric_sets[name]
+        x = x[:: max(1, -(-len(x) // self.examples))]
         row[f"{name}_log_likelihood"] = float(log_likelihood(trainer.vae, x, self.samples, seed=trainer.epoch).mean())
         trainer.vae.train()
 
