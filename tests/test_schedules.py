@@ -141,3 +141,17 @@ def test_every_config_parses_and_trains_one_step_on_tiny_data(tmp_path, binary_n
     config["model"]["prior"] = {k: (min(v, 4) if k == "components" else v) for k, v in config["model"]["prior"].items()}
     vae, history = runs.train_run(config, tmp_path / "run", progress=False)
     assert len(history) == 1 and math.isfinite(history[0]["train_objective"])
+
+
+def test_the_nll_curve_records_the_estimate_of_an_even_spread_of_test_examples(tmp_path):
+    from pyrovae.train import LogLikelihoodCurve
+
+    torch.manual_seed(0)
+    x, test = torch.randn(64, 6), torch.randn(40, 6)
+    vae = pyrovae.VAE((6,), latent_dim=1, hidden=(4,), likelihood={"kind": "gaussian", "scale": 1.0})
+    history = pyrovae.fit(vae, x, test, epochs=3, batch_size=32, progress=False, device="cpu", run_dir=tmp_path,
+                          callbacks=[LogLikelihoodCurve(every=2, samples=10, examples=8)])
+    assert "test_log_likelihood" not in history[0] and "test_log_likelihood" in history[1]
+    expected = pyrovae.log_likelihood(vae, test[::5], num_samples=10, seed=3).mean()  # every 5th of 40: 8 examples
+    assert history[2]["test_log_likelihood"] == pytest.approx(float(expected), rel=1e-6)
+    assert "test_log_likelihood" in (tmp_path / "metrics.jsonl").read_text().splitlines()[2]
