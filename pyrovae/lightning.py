@@ -51,6 +51,15 @@ class VAEModule(L.LightningModule):
         self.binarize = binarize
         self.save_hyperparameters(ignore=["vae"])
 
+    @classmethod
+    def from_run(cls, run_dir, binarize="none", trust=False, **options):
+        """A module around the trained VAE of a pyrovae run folder, read as every pyrovae reader
+        reads it (``torch.load(weights_only=True)``; ``trust=True`` is unsafe), to go on training
+        or evaluating it under Lightning."""
+        from .run_folder import load
+
+        return cls(load(run_dir, trust=trust).train(), binarize=binarize, **options)
+
     def _prepare(self, batch):
         x = _examples(batch).float()
         return torch.bernoulli(x) if self.binarize == "dynamic" else x

@@ -56,8 +56,10 @@ def test_a_checkpoint_carrying_code_is_refused_by_every_reader(trained_run, tmp_
     poison(trained_run, marker)
     for png in trained_run.glob("*.png"):
         png.unlink()
+    lightning = pytest.importorskip("pyrovae.lightning")
     readers = [
         lambda: pyrovae.load(trained_run),
+        lambda: lightning.VAEModule.from_run(trained_run),
         lambda: runs.evaluate_run(trained_run, num_samples=5, progress=False),
         lambda: runs.plot_run(trained_run, "samples"),
         lambda: runs.report_run(trained_run),

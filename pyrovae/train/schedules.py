@@ -8,6 +8,8 @@
   their lr is 1e-3), the last rate held after that.
 """
 
+import warnings
+
 import torch
 
 __all__ = ["SCHEDULES", "make_scheduler", "burda_factor", "BURDA_EPOCHS"]
@@ -45,6 +47,9 @@ def make_scheduler(optimizer, options, completed_epochs=0):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, burda_factor)
     else:
         raise ValueError(f"unknown lr_schedule {name!r}; choose one of {list(SCHEDULES)}")
-    for _ in range(completed_epochs):
-        scheduler.step()
+    with warnings.catch_warnings():
+        # replaying the finished epochs' steps before this process's first optimizer step is the point
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        for _ in range(completed_epochs):
+            scheduler.step()
     return scheduler
