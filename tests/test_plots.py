@@ -1,7 +1,5 @@
 """Figures and latent arithmetic: the grid, interpolation, attribute vectors, CLI kinds, report."""
 
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
