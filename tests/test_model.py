@@ -169,7 +169,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tmp_pa
 
     with pytest.raises(FloatingPointError, match="epoch 2, step 1.*last good checkpoint"):
         pyrovae.fit(vae, x, epochs=3, batch_size=32, progress=False, run_dir=tmp_path, callback=poison)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 

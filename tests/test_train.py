@@ -37,8 +37,8 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path):
     assert [row["epoch"] for row in history] == [1, 2, 3]
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
-    state_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    state_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    state_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    state_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     for sa, sb in zip(state_a["optimizer"]["state"].values(), state_b["optimizer"]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
