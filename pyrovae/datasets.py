@@ -59,7 +59,7 @@ class ArrayDataset:
 
     @property
     def is_binary(self):
-        return bool(((self.data == 0) | (self.data == 1)).all())
+        return _is_binary(self.data)
 
 
 def cache_dir():

@@ -7,7 +7,7 @@ from torch import nn
 
 from .infer.elbo import IWAE_ELBO, LOSSES, VAE_ELBO, make_elbo
 from .infer.fast_path import fast_vae
-from .infer.parts import per_dim_factor
+from .infer.parts import require_per_dim_factor
 from .priors import has_analytic_kl
 
 __all__ = ["LOSSES", "IWAE_ELBO", "VAE_ELBO", "KLSchedule", "ELBOLoss", "make_elbo", "check_training_options"]
@@ -18,11 +18,8 @@ def check_training_options(vae, loss, num_particles, estimator, free_bits):
     an estimator that does not apply to the loss, free bits under IWAE or with a prior that does
     not factorize over the latent coordinates (checked where the VAE's own model says so)."""
     make_elbo(loss, num_particles, estimator, free_bits=free_bits)
-    if free_bits and fast_vae(vae.model, vae.guide) is not None and per_dim_factor(vae.prior()) is None:
-        raise ValueError(
-            "free bits per latent dimension need a prior that factorizes over the coordinates of z; "
-            f"the {vae.config['prior']['kind']!r} prior does not (use normal, laplace or student_t, or free_bits=0)"
-        )
+    if free_bits and fast_vae(vae.model, vae.guide) is not None:
+        require_per_dim_factor(vae.prior(), f"the {vae.config['prior']['kind']!r} prior")
 
 
 class KLSchedule:

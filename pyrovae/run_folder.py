@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
-__all__ = ["RunFolder", "RunFolderLocked", "atomic_write", "atomic_write_text", "load", "read_checkpoint",
+__all__ = ["RunFolder", "RunFolderLocked", "atomic_write", "atomic_write_text", "load", "vae_from_state", "read_checkpoint",
            "UntrustedCheckpoint",
            "CHECKPOINT", "METRICS", "CONFIG", "EVALUATION", "FORMAT"]
 
@@ -243,9 +243,16 @@ def load(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu", mo
         subclass is refused without it rather than rebuilt as the base VAE).
     :param trust: see :func:`read_checkpoint` (unsafe).
     """
+    state = read_checkpoint(run_dir, map_location=device, trust=trust)
+    return vae_from_state(state, device, model_class, where=run_dir)
+
+
+def vae_from_state(state: Dict, device: Union[str, torch.device] = "cpu", model_class: Optional[type] = None,
+                   where=""):
+    """The VAE a checkpoint's dict describes, its weights loaded, in eval mode, on ``device``
+    (``model_class`` as in :func:`load`)."""
     from .model import VAE
 
-    state = read_checkpoint(run_dir, map_location=device, trust=trust)
     saved_class = state.get("model_class", "pyrovae.model.VAE")
     if model_class is None and saved_class != "pyrovae.model.VAE":
         raise ValueError(f"this run trained {saved_class}; pass model_class= (that class) to load it")
@@ -255,5 +262,5 @@ def load(run_dir: Union[str, Path], device: Union[str, torch.device] = "cpu", mo
     try:
         vae.load_state_dict(state["model"])
     except RuntimeError as error:
-        raise ValueError(f"checkpoint in {str(run_dir)!r} does not match its own model config: {error}") from None
+        raise ValueError(f"checkpoint in {str(where)!r} does not match its own model config: {error}") from None
     return vae.to(device).eval()

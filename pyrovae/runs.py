@@ -16,7 +16,7 @@ from .evaluation import check_bounds, elbo
 from .model import VAE
 from .objectives import check_training_options
 from .report import write_report
-from .run_folder import RunFolder, load
+from .run_folder import RunFolder, load, vae_from_state
 from .train import LogLikelihoodCurve, fit, stream_seed
 from .train.callbacks import BEST
 from .validation import require_positive_int
@@ -161,7 +161,8 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
     context = distributed.process_context(device)
     device = context.device
     config = read_run_config(run.path, trust=trust)
-    vae = load(source, device=device, model_class=model_class, trust=trust) if vae is None else vae.to(device).eval()
+    state = run.read_checkpoint(map_location=device, trust=trust, path=source)  # read once: weights and epoch
+    vae = vae_from_state(state, device, model_class, where=source) if vae is None else vae.to(device).eval()
     x, dataset = _evaluation_data(config, vae, split, limit, device)
     split = dataset.split
     ll, se = distributed.log_likelihood(context, vae, x, num_samples, seed=seed, progress=progress)
@@ -190,7 +191,7 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
         "log_likelihood_sd": float(torch.tensor(repeated, dtype=torch.float64).std()) if repeats > 1 else None,
         "repeats": repeated,
         "checkpoint": checkpoint,
-        "epoch": int(run.read_checkpoint(trust=trust, path=source)["epoch"]) if vae is not None and source.is_file() else None,
+        "epoch": int(state["epoch"]),
         "nll": -mean_ll,
         "elbo": mean_elbo,
         "jensen_gap": mean_ll - mean_elbo,

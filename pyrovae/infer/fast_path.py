@@ -23,7 +23,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from ..likelihoods import LIKELIHOODS
 from ..model import VAE
 from ..priors import PRIORS, StandardNormal
-from .parts import WeightParts, per_dim_factor, scaled_per_dim
+from .parts import WeightParts, require_per_dim_factor, scaled_per_dim
 
 __all__ = ["fast_vae", "vae_weight_parts"]
 
@@ -103,13 +103,7 @@ def vae_weight_parts(vae, x, num_particles=None, analytic_kl=False, per_dim=Fals
             kl = kl.expand(observed.shape)
     kl_per_dim = None
     if per_dim:
-        base = per_dim_factor(prior)
-        if base is None:
-            raise ValueError(
-                "free bits per latent dimension need p(z) and q(z|x) that factorize over the coordinates of z; "
-                f"the prior at site 'z' ({type(prior).__name__}) does not (use a normal, laplace or student_t "
-                "prior, or free_bits=0)"
-            )
+        base = require_per_dim_factor(prior, "the prior at site 'z'")
         try:
             if not analytic_kl:
                 raise NotImplementedError

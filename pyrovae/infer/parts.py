@@ -7,7 +7,7 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import Independent
 
-__all__ = ["WeightParts", "detach_distribution", "per_dim_factor", "scaled_per_dim"]
+__all__ = ["WeightParts", "detach_distribution", "per_dim_factor", "require_per_dim_factor", "scaled_per_dim"]
 
 
 class WeightParts:
@@ -70,6 +70,18 @@ def per_dim_factor(d):
     if isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1 and d.base_dist.event_shape == ():
         return d.base_dist
     return None
+
+
+def require_per_dim_factor(d, what):
+    """:func:`per_dim_factor` of ``d``, or the ValueError free bits give where there is none;
+    ``what`` names the distribution (``"the 'mixture' prior"``)."""
+    base = per_dim_factor(d)
+    if base is None:
+        raise ValueError(
+            "free bits per latent dimension need p(z) and q(z|x) that factorize over the coordinates of z; "
+            f"{what} does not (it is a {type(d).__name__}; use a normal, laplace or student_t prior, or free_bits=0)"
+        )
+    return base
 
 
 def scaled_per_dim(per_dim, scale, mask):

@@ -27,7 +27,7 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from torch.distributions import kl_divergence
 
 from .fast_path import fast_vae, vae_weight_parts
-from .parts import WeightParts, detach_distribution, per_dim_factor, scaled_per_dim
+from .parts import WeightParts, detach_distribution, require_per_dim_factor, scaled_per_dim
 
 __all__ = ["WeightParts", "log_weight_parts", "trace_weight_parts", "ESTIMATORS", "PARTICLE_PLATE"]
 
@@ -105,14 +105,8 @@ def _as_tensor(value, like):
 
 
 def _site_kl_per_dim(name, model_site, guide_site, analytic):
-    p, q = per_dim_factor(model_site["fn"]), per_dim_factor(guide_site["fn"])
-    if p is None or q is None:
-        which = "prior" if p is None else "guide"
-        raise ValueError(
-            f"free bits per latent dimension need p(z) and q(z|x) that factorize over the coordinates of z; "
-            f"the {which} at site {name!r} ({type((model_site if p is None else guide_site)['fn']).__name__}) does "
-            f"not (use a normal, laplace or student_t prior, or free_bits=0)"
-        )
+    p = require_per_dim_factor(model_site["fn"], f"the prior at site {name!r}")
+    q = require_per_dim_factor(guide_site["fn"], f"the guide at site {name!r}")
     try:
         if not analytic:
             raise NotImplementedError

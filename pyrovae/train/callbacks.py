@@ -7,6 +7,8 @@ from typing import Callable, Dict
 
 from tqdm.auto import tqdm
 
+from ..evaluation import log_likelihood
+
 __all__ = ["Callback", "ProgressBar", "MetricsFile", "Checkpoint", "CheckpointWriteError", "BestCheckpoint",
            "EarlyStopping", "LogLikelihoodCurve", "FunctionCallback", "format_row", "best_epoch", "BEST"]
 
@@ -164,8 +166,6 @@ class LogLikelihoodCurve(Callback):
         self.every, self.samples, self.examples = every, samples, examples
 
     def on_epoch_end(self, trainer, row):
-        from ..evaluation import log_likelihood
-
         last = trainer.epoch >= trainer.options["epochs"]
         if not (trainer.epoch % self.every == 0 or last):
             return

@@ -157,12 +157,12 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, train, test=None, resume: bool = False, valid=None) -> List[Dict]:
         """Sets up, resumes where asked, and trains until ``epochs`` (or a callback stops it)."""
+        if resume and self.run is None:
+            raise ValueError("resume=True needs a run folder (run_dir)")
         self.setup(train, test, valid)
         writes = self.run is not None and self.context.is_main
         with self.run.lock() if writes else contextlib.nullcontext():
             if resume:
-                if self.run is None:
-                    raise ValueError("resume=True needs a run folder (run_dir)")
                 self.load_state_dict(self.run.read_checkpoint(map_location=self.device, trust=self.trust))
             self.scheduler = make_scheduler(self.optimizer, self.options, self.epoch)
             self._call("on_fit_start")
