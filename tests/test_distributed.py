@@ -59,7 +59,10 @@ def _worker(rank, world_size, port, out, task):
             file.write(f"{type(error).__name__}: {error}")
     finally:
         if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+            try:  # neither rank tears gloo down while the other still talks to it
+                torch.distributed.barrier()
+            finally:
+                torch.distributed.destroy_process_group()
 
 
 def spawn(tmp_path, task, world_size=2):
