@@ -8,6 +8,13 @@ import torch
 os.environ.setdefault("PYROVAE_OFFLINE", "1")  # tests never download
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# CI replays a fixed set of examples (a gate that passes or fails the same way each time); a
+# developer's run draws new ones, which is where new failures are found.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("PYROVAE_HYPOTHESIS_PROFILE", "default"))
+
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 

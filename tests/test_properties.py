@@ -100,12 +100,17 @@ arrays = st.one_of(
 @SETTINGS
 @given(arrays, st.sampled_from(["bernoulli", "gaussian", "beta", "logistic256", "continuous_bernoulli"]))
 def test_any_array_trains_or_raises_a_clear_error(array, likelihood):
+    torch.manual_seed(0)  # one example, one outcome: hypothesis replays a failure to confirm it
     vae = pyrovae.VAE((6,), latent_dim=1, hidden=(4,), likelihood=likelihood)
     try:
         pyrovae.fit(vae, torch.from_numpy(np.asarray(array)), epochs=1, batch_size=8, progress=False, device="cpu",
                     binarize="none")
     except (ValueError, TypeError) as error:
         assert len(str(error)) > 10
+        return
+    except pyrovae.train.TrainingDiverged as error:
+        # finite values too large for the likelihood in float32 (a Gaussian's (x - mu)^2 overflows)
+        assert np.abs(np.asarray(array, np.float64)).max() > 1e6 and "rescale the data" in str(error)
         return
     assert all(torch.isfinite(p).all() for p in vae.parameters())
 

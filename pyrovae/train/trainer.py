@@ -234,7 +234,7 @@ class Trainer:
                 raise
             loss = torch.tensor(float("nan"))
         if not torch.isfinite(loss):
-            self._diverged(loss)
+            self._diverged(loss, xb)
         # a rank's loss covers 1/world_size of the global batch: scaled as a plate of the global
         # batch size would scale it, DDP's gradient average is the gradient of the global sum
         (loss * self.context.world_size if self.context.enabled else loss).backward()
@@ -249,14 +249,17 @@ class Trainer:
         self.optimizer.step()
         return loss
 
-    def _diverged(self, loss):
+    def _diverged(self, loss, xb):
         kept = (f"the last good checkpoint {str(self.run.checkpoint)!r} is kept" if self.run is not None
                 else "no checkpoint was written")
+        largest = float(xb.detach().abs().max()) if xb.numel() else 0.0
+        # a loss that is not finite before any update comes from the data, not from the optimizer
+        hint = (f" The minibatch's values reach {largest:.3g}: the likelihood's log density "
+                f"overflows in {xb.dtype}; standardize or rescale the data." if largest > 1e6 else
+                " Clip the gradient's norm (grad_clip, --grad-clip, e.g. 100) or lower the lr; if it persists, "
+                "check the data and the likelihood's scale.")
         raise TrainingDiverged(
-            f"the loss became {loss.detach().item()} at epoch {self.epoch + 1}, step {self.step + 1}; {kept}. "
-            "Clip the gradient's norm (grad_clip, --grad-clip, e.g. 100) or lower the lr; if it persists, check "
-            "the data and the likelihood's scale."
-        )
+            f"the loss became {loss.detach().item()} at epoch {self.epoch + 1}, step {self.step + 1}; {kept}.{hint}")
 
     def evaluate(self) -> Dict[str, float]:
         """The ELBO, reconstruction and KL (nats per example) of the fixed metric sets, from the
