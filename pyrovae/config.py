@@ -3,7 +3,8 @@ command-line flags (with their help), :func:`pyrovae.fit`'s keywords and the Lig
 arguments are all derived. A TOML file has one table a dataclass:
 
     [data]             DataConfig       dataset, data_dir, binarize, valid_fraction
-    [model]            ModelConfig      latent_dim, hidden, network, [model.prior], [model.likelihood]
+    [model]            ModelConfig      model, latent_dim, hidden, network, [model.prior], [model.likelihood],
+                                        and each model family's own keys (cvae, m2, hvae)
     [train]            TrainConfig      loss, num_particles, estimator, epochs, batch_size, lr, ...
     [logging]          LoggingConfig    tensorboard, plots
 
@@ -47,13 +48,23 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    latent_dim: int = option(2, "dimension of z", minimum=1)
+    model: str = option("vae", "the model family: vae, cvae (conditional), m2 (semi-supervised, labels summed out), "
+                        "hvae (two stochastic layers)", choices=("vae", "cvae", "m2", "hvae"))
+    latent_dim: int = option(2, "dimension of z (hvae: of the top layer z2)", minimum=1)
     hidden: List[int] = option([400], "hidden widths, e.g. 400 or 512,256; 'none' for affine networks")
     network: str = option("mlp", "encoder and decoder networks", choices=("mlp", "conv"))
     activation: str = option("relu", "the networks' nonlinearity", choices=("relu", "tanh"))
     prior: Dict[str, Any] = option({"kind": "normal"}, "prior name (normal, laplace, student_t, mixture, vamp, flow)")
     likelihood: Dict[str, Any] = option({"kind": "auto"}, "likelihood name (bernoulli, continuous_bernoulli, "
                                         "gaussian, laplace, beta, logistic256)")
+    condition: str = option("quadrants", "cvae: what the model is conditioned on, the given quadrants of an image "
+                            "or the label", choices=("quadrants", "label"))
+    given_quadrants: int = option(1, "cvae: quadrants given, 1 (bottom left), 2 (left half) or 3 (all but bottom "
+                                  "right)", minimum=1)
+    baseline_hidden: List[int] = option([500, 500], "cvae: the hidden widths of the quadrant task's baseline network")
+    num_classes: int = option(10, "cvae (label) and m2: the number of classes", minimum=2)
+    middle_dim: int = option(100, "hvae: dimension of the middle stochastic layer z1", minimum=1)
+    middle_hidden: List[int] = option([100, 100], "hvae: hidden widths between z1 and z2")
 
 
 @dataclass
@@ -83,6 +94,10 @@ class TrainConfig:
                            "(0: never)", minimum=0)
     grad_clip: float = option(0.0, "clip the gradient's norm to this (0: no clipping)", minimum=0)
     checkpoint_every: int = option(0, "also checkpoint every N steps inside an epoch (0: by time only)", minimum=0)
+    labels: Optional[int] = option(None, "m2: labelled training examples, class-balanced, drawn by the seed "
+                                   "(default: every training label)", minimum=1)
+    aux_weight: float = option(50.0, "m2: alpha, the weight of the classification term log q(y|x) of a labelled "
+                               "example", minimum=0)
     checkpoint_minutes: float = option(5.0, "also checkpoint when this many minutes passed since the last one "
                                        "(0: at epoch ends only)", minimum=0)
 

@@ -286,6 +286,11 @@ def as_tensor(data, what="train"):
     ``(x, label)`` -> ``(x as a float tensor, labels or None)``."""
     if torch.is_tensor(data):
         return data.float() if not data.is_floating_point() else data, None
+    if isinstance(data, tuple) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
+        x, labels = data  # (images, labels)
+        if len(x) != len(labels):
+            raise ValueError(f"{what}: (x, labels) of different lengths, {len(x)} and {len(labels)}")
+        return (x.float() if not x.is_floating_point() else x), labels
     if hasattr(data, "data") and torch.is_tensor(data.data) and data.data.is_floating_point():
         return data.data, getattr(data, "targets", None)
     if isinstance(data, np.ndarray):

@@ -101,7 +101,7 @@ def agree(context, error):
         raise RuntimeError("stopping: " + "; ".join(f"rank {rank} failed: {message}" for rank, message in failed))
 
 
-def log_likelihood(context, vae, x, num_samples, block_size=1024, batch_size=None, seed=0, progress=False):
+def log_likelihood(context, vae, x, num_samples, block_size=1024, batch_size=None, seed=0, progress=False, labels=None):
     """Importance-sampled log p(x) with blocks of ``block_size`` examples dealt round-robin to the
     ranks and gathered in order; each batch is seeded by its position (``block_size`` a multiple of
     the batch), so the numbers equal one process's. Returns (estimate, stderr) on every rank."""
@@ -111,7 +111,8 @@ def log_likelihood(context, vae, x, num_samples, block_size=1024, batch_size=Non
     for index, start in enumerate(range(0, len(x), block_size)):
         if index % context.world_size == context.rank:
             ll, se = estimate(vae, x[start:start + block_size], num_samples, batch_size=batch_size, return_stderr=True,
-                              seed=seed, example_offset=start, progress=progress and context.is_main)
+                              seed=seed, example_offset=start, progress=progress and context.is_main,
+                              labels=None if labels is None else labels[start:start + block_size])
             mine.append((start, ll.cpu(), se.cpu()))
     if context.enabled:
         pieces = [None] * context.world_size

@@ -60,17 +60,39 @@ def _to_vae_device(vae, x):
     return x.to(vae.device)
 
 
-def log_weights(vae, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """log w_kn = log p(x_n, z_kn) - log q(z_kn | x_n), z_kn ~ q(z | x_n): shape (K, N)."""
+def log_weights(vae, x: torch.Tensor, num_samples: int, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """log w_kn = log p(x_n, z_kn) - log q(z_kn | x_n), z_kn ~ q(z | x_n): shape (K, N).
+    ``labels``: the second argument of a model conditioned on labels (a label CVAE)."""
     _check_inputs(vae, x, num_samples)
     vae.likelihood.check_support(x)
-    return _log_weights(vae, x, num_samples)
+    return _log_weights(vae, x, num_samples, _check_labels(vae, x, labels))
 
 
-def _log_weights(vae, x, num_samples):
+def _check_labels(vae, x, labels):
+    if not getattr(vae, "requires_labels", False):
+        if labels is not None:
+            raise ValueError(f"this {type(vae).__name__} takes no labels; leave labels=None")
+        return None
+    if labels is None:
+        raise ValueError(f"this {type(vae).__name__} is conditioned on labels: pass labels= (shape (N,))")
+    from .models.labels import check_labels
+
+    return check_labels(torch.as_tensor(labels), len(x), vae.num_classes).to(x.device)
+
+
+def _program_args(x, labels):
+    return (x,) if labels is None else (x, labels)
+
+
+def _log_weights(vae, x, num_samples, labels=None):
     # the data were checked once up front; Pyro's per-site validation would repeat it over K copies
     with torch.no_grad(), pyro.validation_enabled(False):
-        log_w = log_weight_parts(vae.model, vae.guide, x, num_particles=num_samples).log_weights
+        summed = getattr(vae, "log_importance_weights", None)  # a model that sums a discrete latent out
+        if summed is not None:
+            log_w = summed(x, num_samples)
+        else:
+            log_w = log_weight_parts(vae.model, vae.guide, *_program_args(x, labels),
+                                     num_particles=num_samples).log_weights
     if tuple(log_w.shape) != (num_samples, len(x)):
         raise ValueError(
             f"per-example log weights need every sample site of the model inside its 'data' plate; "
@@ -91,6 +113,7 @@ def _chunks(vae, num_examples, num_samples, batch_size, chunk_elements):
     """(examples per batch, samples per chunk) so one chunk's widest tensor has about
     ``chunk_elements`` floats, with many samples per chunk (the encoder's share small)."""
     width = max(vae.data_dim * vae.likelihood.num_params, max(vae.config["hidden"], default=1))
+    width *= vae.num_classes if getattr(vae, "semi_supervised", False) else 1  # a decoder pass per class
     if batch_size is None:
         fits = max(1, chunk_elements // (width * min(num_samples, SAMPLES_PER_CHUNK)))
         batch_size = min(num_examples, MAX_BATCH, 2 ** (fits.bit_length() - 1))
@@ -132,8 +155,10 @@ _LIBC = _load_libc()
 
 def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Optional[int] = None,
                    return_stderr: bool = False, seed: Optional[int] = None,
-                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, progress: bool = False, example_offset: int = 0):
-    """Importance-sampled log p(x_n) ~ logsumexp_k log w_kn - log K, per example, in nats.
+                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, progress: bool = False, example_offset: int = 0,
+                   labels: Optional[torch.Tensor] = None):
+    """Importance-sampled log p(x_n) ~ logsumexp_k log w_kn - log K, per example, in nats
+    (log p(x_n | y_n) for a model conditioned on ``labels``).
 
     Chunked over examples (``batch_size``) and samples so memory stays bounded whatever K is.
     With ``return_stderr`` also gives the delta-method standard error of the estimate,
@@ -144,6 +169,7 @@ def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Op
     _check_inputs(vae, x, num_samples)
     x = _to_vae_device(vae, x)
     vae.likelihood.check_support(x)
+    labels = _check_labels(vae, x, labels)
     batch, sample_chunk = _chunks(vae, len(x), num_samples, batch_size, chunk_elements)
     estimates, stderrs = [], []
     with _seeded(seed, x.device), _progress(len(x) * num_samples, "log p(x)", progress) as bar, \
@@ -152,12 +178,13 @@ def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Op
             if seed is not None:
                 torch.manual_seed(seed + example_offset + start)
             xb = x[start:start + batch]
+            yb = None if labels is None else labels[start:start + batch]
             # one buffer for the batch's weights: small tensors kept alive between the chunks'
             # large temporaries would fragment the heap
             lw = torch.empty(num_samples, len(xb), dtype=torch.float64, device=x.device)
             for done in range(0, num_samples, sample_chunk):
                 k = min(sample_chunk, num_samples - done)
-                lw[done:done + k] = _log_weights(vae, xb, k)
+                lw[done:done + k] = _log_weights(vae, xb, k, yb)
                 bar.update(k * len(xb))
             lse1 = torch.logsumexp(lw, 0)
             lse2 = torch.logsumexp(2 * lw, 0)
@@ -171,26 +198,31 @@ def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Op
     return (estimate, torch.cat(stderrs).to(x.dtype)) if return_stderr else estimate
 
 
-def _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements):
+def _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements, labels=None):
     """IWAE_k per example and replicate, shape (R, N)."""
     vae.likelihood.check_support(x)
-    weights = _log_weights
+    labels = _check_labels(vae, x, labels)
     batch, sample_chunk = _chunks(vae, len(x), k * num_replicates, batch_size, chunk_elements)
     replicates_per_chunk = max(1, sample_chunk // k)
     rows = []
     with torch.no_grad(), pyro.validation_enabled(False):
         for start in range(0, len(x), batch):
             xb = x[start:start + batch]
+            yb = None if labels is None else labels[start:start + batch]
+
+            def weights(num):
+                return _log_weights(vae, xb, num, yb)
+
             parts = []
             for done in range(0, num_replicates, replicates_per_chunk):
                 r = min(replicates_per_chunk, num_replicates - done)
                 if r * k <= sample_chunk:
-                    lw = weights(vae, xb, r * k).double().reshape(r, k, len(xb))
+                    lw = weights(r * k).double().reshape(r, k, len(xb))
                     parts.append(torch.logsumexp(lw, 1) - math.log(k))
                 else:  # one replicate needs more samples than a chunk holds: stream over its samples
                     lse = torch.full((len(xb),), -math.inf, dtype=torch.float64, device=x.device)
                     for taken in range(0, k, sample_chunk):
-                        lw = weights(vae, xb, min(sample_chunk, k - taken)).double()
+                        lw = weights(min(sample_chunk, k - taken)).double()
                         lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
                     parts.append((lse - math.log(k)).unsqueeze(0))
             rows.append(torch.cat(parts, 0))
@@ -198,14 +230,15 @@ def _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements):
 
 
 def iwae_bound(vae, x: torch.Tensor, k: int, num_replicates: int = 1, batch_size: Optional[int] = None,
-               return_stderr: bool = False, seed: Optional[int] = None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+               return_stderr: bool = False, seed: Optional[int] = None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+               labels: Optional[torch.Tensor] = None):
     """IWAE_k(x_n) = E[log (1/k) sum_j w_jn], averaged over ``num_replicates`` independent draws;
     the stderr (``num_replicates >= 2``) is the Monte Carlo error of that average."""
     _check_inputs(vae, x, k, "k")
     _check_inputs(vae, x, num_replicates, "num_replicates")
     x = _to_vae_device(vae, x)
     with _seeded(seed, x.device):
-        values = _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements)
+        values = _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements, labels)
     mean = values.mean(0).to(x.dtype)
     if not return_stderr:
         return mean
@@ -215,23 +248,34 @@ def iwae_bound(vae, x: torch.Tensor, k: int, num_replicates: int = 1, batch_size
 
 
 def elbo(vae, x: torch.Tensor, num_particles: int = 1, batch_size: Optional[int] = None,
-         return_stderr: bool = False, seed: Optional[int] = None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+         return_stderr: bool = False, seed: Optional[int] = None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+         labels: Optional[torch.Tensor] = None):
     """ELBO(x_n) = E_q[log p(x_n, z) - log q(z | x_n)] by Monte Carlo over ``num_particles``."""
-    return iwae_bound(vae, x, 1, num_particles, batch_size, return_stderr, seed, chunk_elements)
+    return iwae_bound(vae, x, 1, num_particles, batch_size, return_stderr, seed, chunk_elements, labels)
 
 
-def elbo_terms(vae, x: torch.Tensor, batch_size: int = 1000) -> Dict[str, torch.Tensor]:
+def elbo_terms(vae, x: torch.Tensor, batch_size: int = 1000, labels: Optional[torch.Tensor] = None
+               ) -> Dict[str, torch.Tensor]:
     """Per example, from one draw z ~ q(z|x): ``reconstruction`` log p(x|z) (every observed site),
     ``kl`` KL(q(z|x) || p(z)) (closed form where the sites have one, else log q - log p at z),
-    and ``elbo`` their difference."""
+    and ``elbo`` their difference. A model that sums a discrete latent out gives its own terms
+    (``vae.elbo_terms``, from the same traces)."""
     vae.check_data(x)
     x = _to_vae_device(vae, x)
+    labels = _check_labels(vae, x, labels)
+    summed = getattr(vae, "elbo_terms", None)
     recon, kl = [], []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            parts = log_weight_parts(vae.model, vae.guide, x[start:start + batch_size], analytic_kl=True)
-            recon.append(parts.observed)
-            kl.append(parts.kl)
+            xb = x[start:start + batch_size]
+            if summed is not None:
+                terms = summed(xb)
+            else:
+                yb = None if labels is None else labels[start:start + batch_size]
+                parts = log_weight_parts(vae.model, vae.guide, *_program_args(xb, yb), analytic_kl=True)
+                terms = parts.observed, parts.kl
+            recon.append(terms[0])
+            kl.append(terms[1])
     recon, kl = torch.cat(recon), torch.cat(kl)
     return {"reconstruction": recon, "kl": kl, "elbo": recon - kl}
 
@@ -291,7 +335,8 @@ class BoundCheck:
 
 def check_bounds(vae, x: torch.Tensor, ks: Sequence[int] = (1, 10, 100, 1000), samples_per_k: Optional[int] = None,
                  exact: Optional[float] = None, tolerance: float = 4.0, seed: Optional[int] = None,
-                 strict: bool = False, batch_size: Optional[int] = None) -> "BoundCheck":
+                 strict: bool = False, batch_size: Optional[int] = None,
+                 labels: Optional[torch.Tensor] = None) -> "BoundCheck":
     """Estimates ELBO = IWAE_1 <= IWAE_k1 <= IWAE_k2 <= ... <= log p(x) and checks the ordering.
 
     Each IWAE_k is averaged over ``ceil(samples_per_k / k)`` (at least 2) independent replicates,
@@ -308,7 +353,7 @@ def check_bounds(vae, x: torch.Tensor, ks: Sequence[int] = (1, 10, 100, 1000), s
     with _seeded(seed, x.device):
         for k in ks:
             replicates = max(2, -(-samples_per_k // k))
-            mean, se = iwae_bound(vae, x, k, replicates, batch_size=batch_size, return_stderr=True)
+            mean, se = iwae_bound(vae, x, k, replicates, batch_size=batch_size, return_stderr=True, labels=labels)
             values.append(float(mean.double().mean()))
             stderrs.append(float((se.double() ** 2).sum().sqrt() / len(x)))
     result = BoundCheck(ks, values, stderrs, len(x), exact=None if exact is None else float(exact))

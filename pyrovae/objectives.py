@@ -50,7 +50,9 @@ class ELBOLoss(nn.Module):
     DistributedDataParallel) can drive it. It is :class:`~pyrovae.infer.elbo.VAE_ELBO` applied to
     ``vae.model`` and ``vae.guide``: the package VAE's fast path where the structure allows it,
     Pyro's traces otherwise (a subclass's own model, a user's handler), or always with
-    ``fast_path=False``.
+    ``fast_path=False``. A model with ``auxiliary_programs()`` (the CVAE's baseline network) adds
+    each program's weighted -ELBO, from the same core; a model conditioned on labels takes them as
+    ``forward(x, y)``.
     """
 
     def __init__(self, vae, loss="meanfield", num_particles=1, kl_schedule=None, estimator="standard",
@@ -60,6 +62,7 @@ class ELBOLoss(nn.Module):
         self.kl_schedule = kl_schedule or KLSchedule()
         self.elbo = make_elbo(loss, num_particles, estimator, self.kl_schedule.weight(0.0), self.kl_schedule.free_bits)
         self.loss_name, self.num_particles, self.estimator = loss, num_particles, estimator
+        self._auxiliary_elbo = VAE_ELBO("trace")  # an auxiliary program has observed sites only
         if fast_path:
             self._model, self._guide = vae.model, vae.guide
         else:  # plain functions, not the VAE's bound methods: the structural test sends them through traces
@@ -80,5 +83,12 @@ class ELBOLoss(nn.Module):
         """Sets the KL weight to the schedule's value after ``epochs_done`` (fractional) epochs."""
         self.elbo.kl_weight = self.kl_schedule.weight(epochs_done)
 
-    def forward(self, x):
-        return self.elbo.differentiable_loss(self._model, self._guide, x)
+    def forward(self, *args):
+        loss = self.elbo.differentiable_loss(self._model, self._guide, *args)
+        for model, guide, weight in self._auxiliary():
+            loss = loss + weight * self._auxiliary_elbo.differentiable_loss(model, guide, *args)
+        return loss
+
+    def _auxiliary(self):
+        programs = getattr(self.vae, "auxiliary_programs", None)
+        return programs() if programs is not None else ()

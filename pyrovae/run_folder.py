@@ -219,12 +219,15 @@ class RunFolder:
 def build_vae(model_config, model_class=None):
     """A VAE from a checkpoint's model config; ``model_class`` for a subclass (which a
     checkpoint names but never imports)."""
-    from .model import VAE
+    from .models import model_class as family
 
-    cls = model_class or VAE
     config = dict(model_config)
+    cls = model_class or family(config.pop("model", "vae"))
+    config.pop("model", None)
     config["data_shape"] = tuple(config["data_shape"])
-    config["hidden"] = tuple(config["hidden"])
+    for key in ("hidden", "middle_hidden", "baseline_hidden"):
+        if key in config:
+            config[key] = tuple(config[key])
     config.setdefault("activation", "relu")  # checkpoints of 0.1 had no choice
     for key in ("prior", "likelihood"):
         if config[key].get("kind") == "custom":
@@ -252,9 +255,11 @@ def vae_from_state(state: Dict, device: Union[str, torch.device] = "cpu", model_
     """The VAE a checkpoint's dict describes, its weights loaded, in eval mode, on ``device``
     (``model_class`` as in :func:`load`)."""
     from .model import VAE
+    from .models import MODELS
 
     saved_class = state.get("model_class", "pyrovae.model.VAE")
-    if model_class is None and saved_class != "pyrovae.model.VAE":
+    built_in = {f"{cls.__module__}.{cls.__qualname__}" for cls in MODELS.values()}
+    if model_class is None and saved_class not in built_in:
         raise ValueError(f"this run trained {saved_class}; pass model_class= (that class) to load it")
     if model_class is not None and not issubclass(model_class, VAE):
         raise TypeError(f"model_class must be a subclass of pyrovae.VAE; got {model_class!r}")

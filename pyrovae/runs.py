@@ -13,7 +13,7 @@ import torch
 from . import config as cfg
 from . import datasets, distributed, latent, plots
 from .evaluation import check_bounds, elbo
-from .model import VAE
+from .models import MODEL_OPTIONS, model_class
 from .objectives import check_training_options
 from .report import write_report
 from .run_folder import RunFolder, load, vae_from_state
@@ -65,8 +65,11 @@ def build_model(config, train):
     spec = cfg.resolve_likelihood(config, bool(((train.data >= 0) & (train.data <= 1)).all()))
     config["model"]["likelihood"] = spec
     model = config["model"]
-    return VAE(data_shape=train.shape, latent_dim=model["latent_dim"], hidden=tuple(model["hidden"]),
-               likelihood=spec, prior=model["prior"], network=model["network"], activation=model["activation"])
+    options = {key: tuple(model[key]) if isinstance(model[key], list) else model[key]
+               for key in MODEL_OPTIONS[model["model"]]}
+    return model_class(model["model"])(
+        data_shape=train.shape, latent_dim=model["latent_dim"], hidden=tuple(model["hidden"]), likelihood=spec,
+        prior=model["prior"], network=model["network"], activation=model["activation"], **options)
 
 
 def train_run(config, out, resume=False, progress=True, trust=False):

@@ -174,8 +174,12 @@ class LogLikelihoodCurve(Callback):
             return
         trainer.vae.eval()
         x = trainer.metric_sets[name]
-        x = x[:: max(1, -(-len(x) // self.examples))]
-        row[f"{name}_log_likelihood"] = float(log_likelihood(trainer.vae, x, self.samples, seed=trainer.epoch).mean())
+        stride = max(1, -(-len(x) // self.examples))
+        x = x[::stride]
+        labels = trainer.metric_labels.get(name)
+        labels = None if labels is None else labels[::stride]
+        row[f"{name}_log_likelihood"] = float(log_likelihood(trainer.vae, x, self.samples, seed=trainer.epoch,
+                                                             labels=labels).mean())
         trainer.vae.train()
 
 

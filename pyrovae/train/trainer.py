@@ -75,12 +75,18 @@ class Trainer:
         """Checks and places the data, builds the objective and the optimizer."""
         failure = None
         try:
-            train_x, _ = as_tensor(train, "train")
+            train_x, train_y = as_tensor(train, "train")
             train_x, self.binarize = prepare(self.vae, train_x, self.binarize, "train")
-            held_out = {}
+            train_y = self._labels_for(train_x, train_y, "train")
+            held_out, held_labels = {}, {}
             for name, data in (("valid", valid), ("test", test)):
                 if data is not None:
-                    held_out[name] = prepare(self.vae, as_tensor(data, name)[0], self.binarize, name)[0]
+                    x, y = as_tensor(data, name)
+                    held_out[name] = prepare(self.vae, x, self.binarize, name)[0]
+                    held_labels[name] = self._labels_for(held_out[name], y, name)
+            if self.options["labels"] is not None and not getattr(self.vae, "semi_supervised", False):
+                raise ValueError(f"labels={self.options['labels']}: the number of labelled examples applies to a "
+                                 f"semi-supervised model (m2), not to a {type(self.vae).__name__}")
             if self.options["patience"] and "valid" not in held_out:
                 raise ValueError("early stopping (patience) needs a validation set: valid=..., valid_fraction, or a "
                                  "dataset with a validation split")
@@ -91,15 +97,26 @@ class Trainer:
         torch.manual_seed(seed)
         self.vae.to(self.device).train()
         self.train_x = train_x.to(self.device)
+        # labels travel with every batch only where the model takes them (a label CVAE)
+        needs_labels = getattr(self.vae, "requires_labels", False)
+        self.train_y = train_y.to(self.device) if needs_labels else None
         # fixed draws of grey data, so the per-epoch ELBO compares across epochs
         self.metric_sets = {"train": fixed_binarization(self.train_x[:METRIC_EXAMPLES], self.binarize, stream_seed(seed, 2))}
+        self.metric_labels = {"train": self.train_y[:METRIC_EXAMPLES] if needs_labels else None}
         for name, stream in (("valid", 3), ("test", 1)):
             if name in held_out:
                 self.metric_sets[name] = fixed_binarization(held_out[name].to(self.device), self.binarize,
                                                             stream_seed(seed, stream))
+                self.metric_labels[name] = held_labels[name].to(self.device) if needs_labels else None
         schedule = KLSchedule(options["beta"], options["warmup_epochs"], options["free_bits"])
-        self.objective = ELBOLoss(self.vae, options["loss"], options["num_particles"], schedule, options["estimator"],
-                                  self.fast_path)
+        make_objective = getattr(self.vae, "make_objective", None)
+        if make_objective is not None:  # a model with its own training objective (m2)
+            self.objective = make_objective(options["loss"], options["num_particles"], schedule, options["estimator"],
+                                            self.train_x, None if train_y is None else train_y.to(self.device),
+                                            options["labels"], seed, options["aux_weight"], options["batch_size"])
+        else:
+            self.objective = ELBOLoss(self.vae, options["loss"], options["num_particles"], schedule,
+                                      options["estimator"], self.fast_path)
         self.step_loss = self.objective
         if self.context.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -115,6 +132,17 @@ class Trainer:
         # every rank needs examples in every global batch: a last batch smaller than that is dropped
         if self.context.enabled and num_train - (self.steps_per_epoch - 1) * batch < self.context.world_size:
             self.steps_per_epoch -= 1
+
+    def _labels_for(self, x, y, what):
+        """The labels of a model that reads them (checked), else None."""
+        if not (getattr(self.vae, "requires_labels", False) or getattr(self.vae, "semi_supervised", False)):
+            return None
+        if y is None:
+            raise ValueError(f"this {type(self.vae).__name__} needs the {what} labels: pass (images, labels) pairs, a "
+                             "dataset with labels (MNIST, Fashion-MNIST, an .npz with labels), or a (x, y) tuple")
+        from ..models.labels import check_labels
+
+        return check_labels(torch.as_tensor(y), len(x), self.vae.num_classes)
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> Dict:
@@ -193,8 +221,9 @@ class Trainer:
                 torch.manual_seed(stream_seed(options["seed"], self.epoch, context.rank))
         self._call("on_epoch_start")
         for step in range(self.step, self.steps_per_epoch):
-            xb = self.train_x[context.shard(order[step * batch:(step + 1) * batch])]
-            loss = self.train_step(xb, first=self.epoch == 0 and step == 0)
+            index = context.shard(order[step * batch:(step + 1) * batch])
+            labels = () if self.train_y is None else (self.train_y[index],)
+            loss = self.train_step(self.train_x[index], *labels, first=self.epoch == 0 and step == 0)
             self.epoch_total += loss.detach()
             self.step = step + 1
             self._call("on_step_end", step, loss)
@@ -218,8 +247,9 @@ class Trainer:
     def batch_examples(self) -> int:
         return min(self.options["batch_size"], len(self.train_x))
 
-    def train_step(self, xb, first=False):
-        """One SVI step on the minibatch ``xb``; returns the loss (-objective, summed)."""
+    def train_step(self, xb, *labels, first=False):
+        """One SVI step on the minibatch ``xb`` (and its labels, for a model that reads them);
+        returns the loss (-objective, summed)."""
         if self.binarize == "dynamic":
             xb = torch.bernoulli(xb)
         if not self.objective.kl_schedule.is_constant:
@@ -227,7 +257,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         try:
             with pyro.validation_enabled(True) if first else contextlib.nullcontext():
-                loss = self.step_loss(xb)
+                loss = self.step_loss(xb, *labels)
         except ValueError:
             # Pyro's argument validation rejects NaN parameters before a loss exists.
             if all(bool(torch.isfinite(p).all()) for p in self.vae.parameters()):
@@ -267,7 +297,9 @@ class Trainer:
         self.vae.eval()
         row = {}
         for prefix, x in self.metric_sets.items():
-            terms = elbo_terms(self.vae, self.context.shard(x))
+            labels = self.metric_labels.get(prefix)
+            terms = elbo_terms(self.vae, self.context.shard(x),
+                               labels=None if labels is None else self.context.shard(labels))
             keys = sorted(terms)
             sums = torch.stack([terms[key].double().sum() for key in keys])
             sums = distributed.all_reduce_sum(self.context, sums) / len(x)

@@ -1,0 +1,230 @@
+"""The semi-supervised VAE M2 (Kingma et al. 2014) as a Pyro model and guide.
+
+model:  y ~ Cat(1/C),  z ~ p(z),  x ~ likelihood(decoder(z, y))
+guide:  y ~ q(y | x) = Cat(classifier(x))   (only where y is not observed),
+        z ~ q(z | x, y) = Normal(mu(x, y), diag sigma(x, y)^2)
+
+A labelled example observes y: its bound is L(x, y) = E_q(z|x,y)[log p(x, y, z) - log q(z|x,y)].
+An unlabelled one sums y out exactly: U(x) = sum_y q(y|x) [L(x, y) - log q(y|x)], which Pyro
+computes by parallel enumeration of the guide's y site (``config_enumerate`` +
+``TraceEnum_ELBO``). Training maximizes sum_u U(x_u) + sum_l [L(x_l, y_l) + alpha log q(y_l|x_l)],
+the last term (Kingma et al.'s auxiliary classification loss) being its own Pyro program,
+``classifier_model``/``classifier_guide``, as in Pyro's ``ss_vae_M2.py``.
+
+log p(x) = log sum_y p(x, y) is estimated by importance sampling over z for each class and an
+exact sum over the classes: log w_k = logsumexp_y [log p(x, y, z_ky) - log q(z_ky | x, y)],
+z_ky ~ q(z | x, y), whose mean over k is unbiased for p(x).
+"""
+
+import math
+from typing import Any, Sequence, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.infer import TraceEnum_ELBO, config_enumerate
+from torch import nn
+
+from ..infer.elbo import VAE_ELBO
+from ..infer.weights import log_weight_parts
+from ..model import VAE
+from ..networks import ACTIVATIONS, MLPDecoder, MLPEncoder, _mlp
+from ..validation import require_positive_int
+from .labels import balanced_labelled_subset, check_labels, concat_broadcast
+
+__all__ = ["M2", "M2Loss"]
+
+
+class M2(VAE):
+    """Kingma et al.'s M2; see the module docstring.
+
+    :param hidden: hidden widths of the encoder q(z|x,y), the decoder p(x|y,z) and the classifier
+        q(y|x).
+    :param num_classes: C, the number of classes.
+    """
+
+    semi_supervised = True
+
+    def __init__(self, data_shape: Union[int, Sequence[int]], latent_dim: int = 50,
+                 hidden: Union[int, Sequence[int]] = (500,), likelihood: Any = "bernoulli", prior: Any = "normal",
+                 network: str = "mlp", name: str = "vae", activation: str = "relu", num_classes: int = 10):
+        if network != "mlp":
+            raise ValueError(f"m2 is built of MLPs; got network={network!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
+        super().__init__(data_shape, latent_dim=latent_dim, hidden=hidden, likelihood=likelihood, prior=prior,
+                         network=network, name=name, activation=activation)
+        hidden = tuple(self.config["hidden"])
+        act = ACTIVATIONS[activation]
+        self.num_classes = num_classes
+        self.encoder = MLPEncoder((self.data_dim + num_classes,), latent_dim, hidden, act)
+        self.decoder = MLPDecoder(self.data_shape, latent_dim + num_classes, hidden, self.likelihood.num_params, act)
+        self.classifier = _mlp([self.data_dim, *hidden, num_classes], act)
+        self.config.update(model="m2", num_classes=num_classes)
+
+    # -- the Pyro programs ------------------------------------------------------------------------
+    def model(self, x: torch.Tensor, y: torch.Tensor = None) -> None:
+        """p(x, y, z) = p(y) p(z) p(x | y, z); y observed where given."""
+        self.check_data(x)
+        self.register_with_pyro()
+        onehot = None if y is None else self.one_hot(x, y)
+        uniform = torch.full((self.num_classes,), 1.0 / self.num_classes, device=x.device, dtype=x.dtype)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            z = pyro.sample("z", self.prior())
+            y = pyro.sample("y", dist.OneHotCategorical(probs=uniform), obs=onehot)
+            pyro.sample("x", self.likelihood(self.decoder(concat_broadcast(z, y))), obs=x)
+
+    @config_enumerate
+    def guide(self, x: torch.Tensor, y: torch.Tensor = None) -> None:
+        """q(y | x) q(z | x, y); the y site (unlabelled data only) enumerated in parallel."""
+        self.check_data(x)
+        self.register_with_pyro()
+        flat = x.flatten(1)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            if y is None:
+                y = pyro.sample("y", dist.OneHotCategorical(logits=self.classifier(flat)))
+            else:
+                y = self.one_hot(x, y)
+            loc, scale = self.encoder(concat_broadcast(flat, y))
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def classifier_model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """y ~ q(y | x), observed: its log density is the auxiliary classification term."""
+        self.check_data(x)
+        self.register_with_pyro()
+        onehot = self.one_hot(x, y)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            pyro.sample("y", dist.OneHotCategorical(logits=self.classifier(x.flatten(1))), obs=onehot)
+
+    def classifier_guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The classifier term has no latent variable: an empty guide."""
+
+    def one_hot(self, x, y):
+        return F.one_hot(check_labels(y, len(x), self.num_classes), self.num_classes).to(x.dtype)
+
+    # -- numbers ------------------------------------------------------------------------------------
+    def class_log_weights(self, x, num_samples=None):
+        """log p(x, y, z) - log q(z | x, y) with y set to each class in turn: shape (C, K, N)
+        (``(C, N)`` without ``num_samples``), from Pyro's traces."""
+        rows = []
+        for c in range(self.num_classes):
+            labels = torch.full((len(x),), c, dtype=torch.long, device=x.device)
+            rows.append(log_weight_parts(self.model, self.guide, x, labels, num_particles=num_samples).log_weights)
+        return torch.stack(rows)
+
+    def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """(K, N) weights of p(x), y summed exactly: logsumexp over classes of the per-class weights."""
+        return torch.logsumexp(self.class_log_weights(x, num_samples), 0)
+
+    def elbo_terms(self, x: torch.Tensor):
+        """Per example, y summed under q(y|x): ``reconstruction`` sum_y q(y|x) E_q[log p(x|y,z)] and
+        ``kl`` KL(q(y, z | x) || p(y, z)), closed form in z where the prior has one."""
+        log_q_y = torch.log_softmax(self.classifier(x.flatten(1)), -1).T  # (C, N)
+        recon, kl = [], []
+        for c in range(self.num_classes):
+            labels = torch.full((len(x),), c, dtype=torch.long, device=x.device)
+            parts = log_weight_parts(self.model, self.guide, x, labels, analytic_kl=True)
+            log_p_y = -math.log(self.num_classes)
+            recon.append(parts.observed - log_p_y)  # the observed y site's log p(y) belongs to the KL
+            kl.append(parts.kl + log_q_y[c] - log_p_y)
+        q_y = log_q_y.exp()
+        return (q_y * torch.stack(recon)).sum(0), (q_y * torch.stack(kl)).sum(0)
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """argmax_y q(y | x)."""
+        return self.classifier(self.check_data(x).flatten(1)).argmax(-1)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, mean: bool = True, condition: torch.Tensor = None) -> torch.Tensor:
+        """z ~ p(z) and y = ``condition`` (labels, shape (num_samples,)) or y ~ p(y); E[x | y, z]
+        or a draw of x."""
+        z = self.prior().sample((num_samples,))
+        labels = (torch.randint(self.num_classes, (num_samples,), device=z.device) if condition is None else
+                  check_labels(torch.as_tensor(condition, device=z.device), num_samples, self.num_classes))
+        params = self.decoder(torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], -1))
+        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+
+    @torch.no_grad()
+    def analogies(self, x: torch.Tensor) -> torch.Tensor:
+        """Kingma et al.'s Figure 1: the style z = mu(x, argmax q(y|x)) of each example decoded
+        with every class: (N, C, *data_shape)."""
+        x = self.check_data(x)
+        flat = x.flatten(1)
+        y = F.one_hot(self.classify(x), self.num_classes).to(x.dtype)
+        z = self.encoder(torch.cat([flat, y], -1))[0]
+        classes = torch.eye(self.num_classes, device=x.device, dtype=x.dtype)
+        inputs = torch.cat([z[:, None].expand(-1, self.num_classes, -1), classes.expand(len(x), -1, -1)], -1)
+        return self.likelihood.mean(self.decoder(inputs))
+
+    def encode(self, x, y=None):
+        flat = self.check_data(x).flatten(1)
+        y = F.one_hot(self.classify(x) if y is None else y, self.num_classes).to(x.dtype)
+        return self.encoder(torch.cat([flat, y], -1))
+
+    def decode(self, z, y=None):
+        y = torch.zeros(*z.shape[:-1], dtype=torch.long, device=z.device) if y is None else y
+        return self.likelihood.mean(self.decoder(torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], -1)))
+
+    def make_objective(self, loss, num_particles, kl_schedule, estimator, train_x, train_y, labels, seed,
+                       aux_weight, batch_size):
+        """The training objective of a semi-supervised run (see :class:`M2Loss`)."""
+        return M2Loss(self, loss, num_particles, kl_schedule, estimator, train_x, train_y, labels, seed, aux_weight,
+                      batch_size)
+
+
+class M2Loss(nn.Module):
+    """-(sum_u U(x_u) + (b_u / b_l) sum_l [L(x_l, y_l) + alpha log q(y_l | x_l)]) for one step:
+    an unlabelled batch x_u (the trainer's, labels ignored, every training image included as in
+    Kingma et al.) and a labelled batch of b_l examples drawn from the fixed labelled subset
+    (torch's generator, so a resumed run draws the same). The labelled terms are weighted by
+    b_u / b_l: a labelled example counts as much as an unlabelled one, whatever the batch sizes.
+
+    U is Pyro's ``TraceEnum_ELBO`` (Monte Carlo in z, y summed exactly), L the package's trace ELBO
+    (:class:`~pyrovae.infer.elbo.VAE_ELBO`), the classifier term the observed site of
+    ``classifier_model``.
+
+    :param labels: the number of labelled examples (class-balanced, drawn by ``seed``), or None
+        for every training label.
+    """
+
+    def __init__(self, m2, loss, num_particles, kl_schedule, estimator, train_x, train_y, labels, seed, aux_weight,
+                 batch_size):
+        super().__init__()
+        if loss != "trace" or estimator != "standard":
+            raise ValueError(f"m2 trains with loss='trace' (TraceEnum_ELBO: y summed exactly, z by Monte Carlo) "
+                             f"and estimator='standard'; got loss={loss!r}, estimator={estimator!r}")
+        if kl_schedule.beta != 1 or kl_schedule.warmup_epochs or kl_schedule.free_bits:
+            raise ValueError("m2 trains on the bound itself: beta, warmup_epochs and free_bits do not apply")
+        if train_y is None:
+            raise ValueError("m2 needs the training labels (a dataset with labels, or (images, labels) pairs); "
+                             "--labels picks how many of them it sees")
+        train_y = check_labels(train_y, len(train_x), m2.num_classes)
+        require_positive_int(num_particles, "num_particles")
+        if labels is None:
+            index = torch.arange(len(train_x))
+        else:
+            index = balanced_labelled_subset(train_y.cpu().numpy(), labels, m2.num_classes, seed)
+        self.vae, self.kl_schedule, self.kl_weight = m2, kl_schedule, 1.0
+        self.register_buffer("labelled_x", train_x[index.to(train_x.device)], persistent=False)
+        self.register_buffer("labelled_y", train_y[index.to(train_y.device)], persistent=False)
+        self.labelled_batch = min(batch_size, len(index))
+        self.aux_weight = float(aux_weight)
+        self.elbo = TraceEnum_ELBO(max_plate_nesting=1, num_particles=num_particles, vectorize_particles=True)
+        self.supervised = VAE_ELBO("trace", num_particles)  # y observed: nothing to enumerate
+
+    def set_progress(self, epochs_done):
+        """The bound has no schedule."""
+
+    def labelled_terms(self, x, y):
+        """-sum_l [L(x_l, y_l) + alpha log q(y_l | x_l)]."""
+        supervised = self.supervised.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+        classifier = -log_weight_parts(self.vae.classifier_model, self.vae.classifier_guide, x, y).observed.sum()
+        return supervised + self.aux_weight * classifier
+
+    def forward(self, x):
+        pick = torch.randint(len(self.labelled_x), (self.labelled_batch,), device=self.labelled_x.device)
+        unsupervised = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x)
+        return unsupervised + len(x) / self.labelled_batch * self.labelled_terms(self.labelled_x[pick],
+                                                                                  self.labelled_y[pick])
