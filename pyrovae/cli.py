@@ -65,7 +65,8 @@ def build_parser():
 
     plot = sub.add_parser("plot", help="draw figures into the run folder")
     plot.add_argument("run_dir")
-    plot.add_argument("--kind", default="all", help=f"one of {', '.join(runs.PLOT_KINDS)}, all")
+    plot.add_argument("--kind", default="all", help=f"one of {', '.join(runs.PLOT_KINDS)} (vae, hvae); completions "
+                      "or classes (cvae); analogies, classes (m2); curves; all")
     plot.add_argument("--dims", type=_dims, help="two latent dimensions for the manifold, e.g. 0,1")
     plot.add_argument("--pca", action="store_true", help="manifold over the top two principal axes of the encodings")
     plot.add_argument("--n", type=int, default=20, help="manifold grid size")

@@ -272,8 +272,10 @@ def elbo_terms(vae, x: torch.Tensor, batch_size: int = 1000, labels: Optional[to
                 terms = summed(xb)
             else:
                 yb = None if labels is None else labels[start:start + batch_size]
-                parts = log_weight_parts(vae.model, vae.guide, *_program_args(xb, yb), analytic_kl=True)
-                terms = parts.observed, parts.kl
+                # closed-form KL per site where the guide is mean-field, else log q - log p at the draw
+                analytic = getattr(vae, "mean_field_guide", True)
+                parts = log_weight_parts(vae.model, vae.guide, *_program_args(xb, yb), analytic_kl=analytic)
+                terms = parts.observed, parts.kl if analytic else -parts.latent
             recon.append(terms[0])
             kl.append(terms[1])
     recon, kl = torch.cat(recon), torch.cat(kl)

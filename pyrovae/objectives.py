@@ -18,6 +18,10 @@ def check_training_options(vae, loss, num_particles, estimator, free_bits):
     an estimator that does not apply to the loss, free bits under IWAE or with a prior that does
     not factorize over the latent coordinates (checked where the VAE's own model says so)."""
     make_elbo(loss, num_particles, estimator, free_bits=free_bits)
+    if loss == "meanfield" and not getattr(vae, "mean_field_guide", True):
+        raise ValueError(f"loss='meanfield' takes each latent site's KL in closed form, which needs a mean-field "
+                         f"guide; the {type(vae).__name__}'s guide draws one latent layer given another: use "
+                         "loss='trace' or 'iwae'")
     if free_bits and fast_vae(vae.model, vae.guide) is not None:
         require_per_dim_factor(vae.prior(), f"the {vae.config['prior']['kind']!r} prior")
 

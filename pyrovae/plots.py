@@ -27,6 +27,9 @@ __all__ = [
     "curves",
     "jensen_gap",
     "save",
+    "completions",
+    "classes",
+    "analogies",
 ]
 
 
@@ -251,6 +254,74 @@ def jensen_gap(check, title=None):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _labelled_grid(vae, images, row_names, column_names, title):
+    """(rows, cols, *data_shape) images in one grid, with names down the left and along the top."""
+    rows, cols = images.shape[:2]
+    pictures = _as_images(vae, images.reshape(rows * cols, *vae.data_shape).cpu())
+    if pictures is None:
+        raise ValueError("these pictures are drawn for image data")
+    fig = _figure_for(cols, rows, cell_inches=0.6, extra_height=0.6)
+    ax = fig.add_subplot()
+    _show(ax, _display_range(pictures), cols, title)
+    height, width = pictures.shape[-2:]
+    ax.set_axis_on()
+    ax.set_yticks([(height + 1) * (i + 0.5) for i in range(rows)], row_names, fontsize=7)
+    ax.set_xticks([(width + 1) * (j + 0.5) for j in range(cols)] if column_names else [], column_names or [],
+                  fontsize=7)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def completions(cvae, x, samples=5, examples=6, seed=0, title=None):
+    """The quadrant task (Pyro's CVAE tutorial): per example (rows), the given quadrants, the
+    truth, the baseline's guess and ``samples`` CVAE completions, each drawn z ~ p(z | c)."""
+    x = x[:examples].to(cvae.device)
+    given = cvae.split(x)[0].reshape(x.shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        drawn = cvae.sample(samples, condition=x)  # (samples, N, *shape)
+    # the unknown pixels of the input shown grey, as the tutorial shows them
+    shown = torch.where(cvae.given_mask.reshape(cvae.data_shape), given, torch.full_like(given, 0.5))
+    grid = torch.stack([shown, x, cvae.baseline_completion(x), *drawn], 1)
+    names = ["input", "truth", "baseline"] + [f"CVAE {i + 1}" for i in range(samples)]
+    fig = _labelled_grid(cvae, grid, [str(i + 1) for i in range(len(x))], names,
+                         title or f"{cvae.config['given_quadrants']} quadrant(s) given: completions")
+    return fig
+
+
+@torch.no_grad()
+def classes(vae, samples=10, seed=0, title=None):
+    """E[x | y, z] for every class y (rows) and ``samples`` draws of z (columns): the label
+    CVAE's p(z | y), or M2's style z ~ p(z) shared down each column."""
+    num_classes = vae.num_classes
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        labels = torch.arange(num_classes, device=vae.device).repeat_interleave(samples)
+        if getattr(vae, "semi_supervised", False):
+            z = vae.prior().sample((samples,)).repeat(num_classes, 1)
+            images = vae.decode(z, labels)
+        else:
+            images = vae.sample(1, condition=labels)[0]
+    grid = images.reshape(num_classes, samples, *vae.data_shape)
+    return _labelled_grid(vae, grid, [f"y={c}" for c in range(num_classes)], None,
+                          title or "samples by class (rows) and z (columns)")
+
+
+@torch.no_grad()
+def analogies(m2, x, examples=8, title=None):
+    """Kingma et al. 2014, Figure 1: the style z of test examples (first column) decoded with
+    every class (the other columns)."""
+    x = x[:examples].to(m2.device)
+    grid = torch.cat([x[:, None], m2.analogies(x)], 1)
+    return _labelled_grid(m2, grid, [str(i + 1) for i in range(len(x))],
+                          ["input"] + [str(c) for c in range(m2.num_classes)],
+                          title or "analogies: each row's style with every class")
 
 
 def save(fig, path, dpi=110):

@@ -168,18 +168,24 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
     vae = vae_from_state(state, device, model_class, where=source) if vae is None else vae.to(device).eval()
     x, dataset = _evaluation_data(config, vae, split, limit, device)
     split = dataset.split
-    ll, se = distributed.log_likelihood(context, vae, x, num_samples, seed=seed, progress=progress)
+    targets = None if dataset.targets is None else dataset.targets[:len(x)].to(device)
+    labels = targets if getattr(vae, "requires_labels", False) else None
+    if getattr(vae, "requires_labels", False) and labels is None:
+        raise ValueError(f"this {type(vae).__name__} is conditioned on labels and the {split} data have none")
+    ll, se = distributed.log_likelihood(context, vae, x, num_samples, seed=seed, progress=progress, labels=labels)
     repeated = [float(ll.double().mean())]
     for r in range(1, repeats):
-        again, _ = distributed.log_likelihood(context, vae, x, num_samples, seed=stream_seed(seed, r), progress=progress)
+        again, _ = distributed.log_likelihood(context, vae, x, num_samples, seed=stream_seed(seed, r), progress=progress,
+                                              labels=labels)
         repeated.append(float(again.double().mean()))
     if not context.is_main:
         return None
-    elbo_values = elbo(vae, x, num_particles=10, seed=seed + 1)
+    elbo_values = elbo(vae, x, num_particles=10, seed=seed + 1, labels=labels)
     ks = ks or sorted({1, 10, 100, num_samples} | ({1000} if num_samples >= 1000 else set()))
     # the ordering check on a subset: it needs replicated draws for every k, through traces
     subset = x[: min(len(x), 200)]
-    check = check_bounds(vae, subset, ks=[k for k in ks if k <= num_samples], samples_per_k=2000, seed=seed)
+    check = check_bounds(vae, subset, ks=[k for k in ks if k <= num_samples], samples_per_k=2000, seed=seed,
+                         labels=None if labels is None else labels[:len(subset)])
     mean_ll, mean_elbo = sum(repeated) / len(repeated), float(elbo_values.double().mean())
     # the IS estimate below the ELBO of the same examples, beyond the paired error, is a violation too
     gap = (ll - elbo_values).double()
@@ -202,6 +208,11 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
         "bound_check": "violated" if violated else "ok",
         "bounds": {**check.as_dict(), "examples": len(subset)},
     }
+    extra_metrics = getattr(vae, "extra_metrics", None)  # a model family's own numbers (accuracy, ...)
+    if extra_metrics is not None:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed + 2)
+            result.update(extra_metrics(x, targets, num_samples))
     run.write_json("evaluation.json", result)
     plots.save(plots.jensen_gap(check), run.file("jensen_gap.png"))
     return result
@@ -224,13 +235,16 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
     """Draws figures of a run into its folder; returns the written paths. ``kind="standard"``
     draws what ``train`` draws: every kind, the manifold only where it is defined by default."""
     run_dir = Path(run_dir)
-    kinds = PLOT_KINDS if kind in ("all", "standard") else (kind,)
-    if kind not in ("all", "standard") and kind not in PLOT_KINDS:
-        raise ValueError(f"unknown plot kind {kind!r}; choose one of {list(PLOT_KINDS) + ['all']}")
     config = config or read_run_config(run_dir, trust=trust)
+    family = model_kinds(config)
+    kinds = family if kind in ("all", "standard") else (kind,)
+    if kind not in ("all", "standard") and kind not in family:
+        raise ValueError(f"unknown plot kind {kind!r} for a {config['model']['model']}; choose one of "
+                         f"{list(family) + ['all']}")
     vae = (vae or load(run_dir, device=device, trust=trust)).eval()
     device = vae.device
-    needs_data = set(kinds) & {"scatter", "reconstructions", "interpolation", "attributes"} or pca
+    needs_data = set(kinds) & {"scatter", "reconstructions", "interpolation", "attributes", "completions",
+                               "analogies"} or pca
     x = labels = None
     if needs_data:
         dataset = _load_test(config) or load_split(config, "train")
@@ -252,6 +266,12 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
             fig = plots.samples(vae, n=100)
         elif k == "interpolation":
             fig = plots.interpolation(vae, x, pairs=3, steps=12)
+        elif k == "completions":
+            fig = plots.completions(vae, x)
+        elif k == "classes":
+            fig = plots.classes(vae)
+        elif k == "analogies":
+            fig = plots.analogies(vae, x)
         elif k == "attributes":
             if len(vae.data_shape) < 2:
                 print("attributes skipped: resynthesis is drawn for image data", file=sys.stderr)
@@ -265,6 +285,17 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
     return written
 
 
+def model_kinds(config):
+    """The figures of a run's model family: the VAE's (and the two-layer VAE's) seven, or the
+    conditional and semi-supervised models' own."""
+    name = config["model"]["model"]
+    if name == "cvae":
+        return ("completions", "curves") if config["model"]["condition"] == "quadrants" else ("classes", "curves")
+    if name == "m2":
+        return model_class("m2").plot_kinds
+    return PLOT_KINDS
+
+
 def _data_shape(run, trust):
     try:
         return run.read_checkpoint(trust=trust)["model_config"]["data_shape"]
@@ -276,10 +307,11 @@ def report_run(run_dir, trust=False):
     """Writes ``report.html`` with every figure present (drawing the missing ones first)."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir, trust=trust)
-    missing = [k for k in PLOT_KINDS if not (run_dir / f"{k}.png").is_file()]
+    kinds = model_kinds(config)
+    missing = [k for k in kinds if not (run_dir / f"{k}.png").is_file()]
     if missing:
         plot_run(run_dir, "standard", config=config, trust=trust)
-    names = list(PLOT_KINDS) + ["jensen_gap"]
+    names = list(kinds) + ["jensen_gap"]
     figures = [(name, run_dir / f"{name}.png") for name in names if (run_dir / f"{name}.png").is_file()]
     evaluation = None
     run = RunFolder(run_dir)

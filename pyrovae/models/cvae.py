@@ -20,6 +20,7 @@ Quadrants follow the tutorial's masks: 1 = the bottom-left quadrant given, 2 = t
 3 = every quadrant but the bottom-right.
 """
 
+import math
 from typing import Any, Sequence, Union
 
 import pyro
@@ -27,6 +28,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
+from ..infer.weights import log_weight_parts
 from ..likelihoods import make_likelihood
 from ..model import VAE
 from ..networks import ACTIVATIONS, MLPDecoder, MLPEncoder
@@ -102,6 +104,10 @@ class CVAE(VAE):
             self.config.update(num_classes=self.num_classes)
         self.prior_net = MLPEncoder((condition_dim,), latent_dim, hidden, act)
         self.config.update(model="cvae", condition=condition)
+
+    @property
+    def plot_kinds(self):
+        return ("completions", "curves") if self.condition == "quadrants" else ("classes", "curves")
 
     @property
     def requires_labels(self) -> bool:
@@ -206,6 +212,32 @@ class CVAE(VAE):
             num_samples, len(x_like), *self.data_shape)
 
     @torch.no_grad()
+    def prior_log_likelihood(self, x, num_samples, labels=None, batch_size=256):
+        """The tutorial's estimate, log p(x | c) ~ logmeanexp_k log p(x | z_k, c), z_k ~ p(z | c):
+        importance sampling with the prior network as the proposal, from the same traces."""
+        estimates = []
+        with pyro.validation_enabled(False):
+            for start in range(0, len(x), batch_size):
+                args = (x[start:start + batch_size],) if labels is None else (
+                    x[start:start + batch_size], labels[start:start + batch_size])
+                log_w = torch.cat([log_weight_parts(self.model, self.prior_guide, *args, num_particles=k).log_weights
+                                   for k in _pieces(num_samples, 128)])
+                estimates.append(torch.logsumexp(log_w.double(), 0) - math.log(num_samples))
+        return torch.cat(estimates)
+
+    @torch.no_grad()
+    def extra_metrics(self, x, labels, num_samples):
+        """What the quadrant task reports beside log p(x_rest | x_given): the baseline's and the
+        prior-proposal estimate (nats per example)."""
+        metrics = {"prior_proposal_log_likelihood": float(self.prior_log_likelihood(x, num_samples, labels).mean())}
+        if self.condition == "quadrants":
+            with pyro.validation_enabled(False):
+                baseline = torch.cat([log_weight_parts(self.baseline_model, self.baseline_guide,
+                                                       x[i:i + 1024]).observed for i in range(0, len(x), 1024)])
+            metrics["baseline_log_likelihood"] = float(baseline.double().mean())
+        return metrics
+
+    @torch.no_grad()
     def baseline_completion(self, x: torch.Tensor) -> torch.Tensor:
         """The baseline's guess of the rest pixels, filled into the given ones: (N, *data_shape)."""
         return self.baseline_guess(self.split(self.check_data(x))[0]).reshape(x.shape)
@@ -213,3 +245,7 @@ class CVAE(VAE):
     def encode(self, x, y=None):
         inputs = x.flatten(1) if self.condition == "quadrants" else torch.cat([x.flatten(1), self.context(x, y)], -1)
         return self.encoder(inputs)
+
+
+def _pieces(total, size):
+    return [min(size, total - done) for done in range(0, total, size)]

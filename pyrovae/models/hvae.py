@@ -32,6 +32,10 @@ class HVAE(VAE):
     ``encode``/``decode`` work on z2, so the pictures (manifold, scatter, interpolation) show the
     top layer; z1 is taken at its mean on the way."""
 
+    # q(z2 | z1) depends on the draw of z1, so a per-site closed-form KL (TraceMeanField_ELBO's)
+    # integrates z1 with z2 held fixed: biased. The KL is estimated by Monte Carlo instead.
+    mean_field_guide = False
+
     def __init__(self, data_shape: Union[int, Sequence[int]], latent_dim: int = 50,
                  hidden: Union[int, Sequence[int]] = (200, 200), likelihood: Any = "bernoulli", prior: Any = "normal",
                  network: str = "mlp", name: str = "vae", activation: str = "tanh", middle_dim: int = 100,

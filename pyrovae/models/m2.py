@@ -45,6 +45,7 @@ class M2(VAE):
     """
 
     semi_supervised = True
+    plot_kinds = ("analogies", "classes", "curves")
 
     def __init__(self, data_shape: Union[int, Sequence[int]], latent_dim: int = 50,
                  hidden: Union[int, Sequence[int]] = (500,), likelihood: Any = "bernoulli", prior: Any = "normal",
@@ -130,6 +131,14 @@ class M2(VAE):
             kl.append(parts.kl + log_q_y[c] - log_p_y)
         q_y = log_q_y.exp()
         return (q_y * torch.stack(recon)).sum(0), (q_y * torch.stack(kl)).sum(0)
+
+    @torch.no_grad()
+    def extra_metrics(self, x, labels, num_samples):
+        """The test accuracy of q(y | x) where the labels are known."""
+        if labels is None:
+            return {}
+        predicted = torch.cat([self.classify(x[i:i + 4096]) for i in range(0, len(x), 4096)])
+        return {"accuracy": float((predicted == labels.to(predicted.device)).double().mean())}
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
