@@ -40,7 +40,7 @@ def linear_gaussian_parameters(vae):
     linear = vae.decoder.net[0]
     weight = linear.weight.detach().double()
     bias = linear.bias.detach().double()
-    sigma = likelihood.scale().detach().double()
+    sigma = vae.likelihood.scale().detach().double()
     return weight, bias, sigma, float(vae.prior.scale)
 
 

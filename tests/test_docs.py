@@ -72,6 +72,9 @@ EXAMPLES = {
     "svi_by_hand.py": [],
     "svi_classic.py": [],
     "train_lightning.py": ["lightning_vae.pt"],
+    "cvae_quadrants.py": ["cvae_completions_1.png", "cvae_completions_3.png"],
+    "semi_supervised_m2.py": ["m2_analogies.png"],
+    "two_layer_vae.py": ["hvae_samples.png"],
 }
 
 
