@@ -103,6 +103,9 @@ def add_config_flags(parser):
             else:
                 kind = cfg._expected_type(f.type)
                 group.add_argument(_flag(f), type=kind, choices=meta["choices"], help=meta["help"])
+                if f.name == "compile":
+                    group.add_argument("--no-compile", dest="compile", action="store_const", const="off",
+                                       help="train eager (the same as --compile off)")
 
 
 def config_from_args(args):

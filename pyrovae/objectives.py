@@ -3,6 +3,7 @@ weighting schedule (beta, warm-up, free bits) it follows during training."""
 
 import warnings
 
+import torch
 from torch import nn
 
 from .infer.elbo import IWAE_ELBO, LOSSES, VAE_ELBO, make_elbo
@@ -80,12 +81,23 @@ class ELBOLoss(nn.Module):
             )
 
     @property
-    def kl_weight(self):
-        return self.elbo.kl_weight
+    def kl_weight(self) -> float:
+        return float(self.elbo.kl_weight)
 
     def set_progress(self, epochs_done):
-        """Sets the KL weight to the schedule's value after ``epochs_done`` (fractional) epochs."""
-        self.elbo.kl_weight = self.kl_schedule.weight(epochs_done)
+        """Sets the KL weight to the schedule's value after ``epochs_done`` (fractional) epochs
+        (in place where it is a tensor: see :meth:`weight_as_tensor`)."""
+        weight = self.kl_schedule.weight(epochs_done)
+        if torch.is_tensor(self.elbo.kl_weight):
+            self.elbo.kl_weight.fill_(weight)
+        else:
+            self.elbo.kl_weight = weight
+
+    def weight_as_tensor(self, device):
+        """Holds a scheduled KL weight in a 0-d tensor, which a compiled objective reads as an input
+        (a float would be compiled in as a constant, once per value)."""
+        if not self.kl_schedule.is_constant:
+            self.elbo.kl_weight = torch.tensor(float(self.elbo.kl_weight), dtype=torch.float64, device=device)
 
     def forward(self, *args):
         loss = self.elbo.differentiable_loss(self._model, self._guide, *args)

@@ -50,6 +50,15 @@ def check_estimator(loss, estimator):
         raise ValueError(f"estimator {estimator!r} does not apply to loss {loss!r}; the combinations that work: {combos}")
 
 
+def _weighted(weight, term):
+    """``weight * term``; the term itself at a weight of exactly 1 (a float). The weight may be a
+    0-d tensor, updated in place by a schedule, so a compiled objective reads it as an input
+    instead of recompiling for each value."""
+    if not torch.is_tensor(weight) and weight == 1.0:
+        return term
+    return weight * term
+
+
 class VAE_ELBO(ELBO):
     """A Pyro ELBO whose every number is computed from the per-example log weights of
     :func:`~pyrovae.infer.weights.log_weight_parts` (fast path for the package's VAE, Pyro's
@@ -100,9 +109,9 @@ class VAE_ELBO(ELBO):
         if self.free_bits > 0:
             return -parts.observed.sum() / k + self.kl_weight * self._free_bits_kl(parts, k)
         if self.loss_name == "meanfield":
-            log_w = parts.observed - (parts.kl if self.kl_weight == 1.0 else self.kl_weight * parts.kl)
+            log_w = parts.observed - _weighted(self.kl_weight, parts.kl)
         else:
-            log_w = parts.observed + (parts.latent if self.kl_weight == 1.0 else self.kl_weight * parts.latent)
+            log_w = parts.observed + _weighted(self.kl_weight, parts.latent)
         return -log_w.sum() if k == 1 else -log_w.sum() / k
 
     def _free_bits_kl(self, parts, k):
@@ -115,7 +124,7 @@ class VAE_ELBO(ELBO):
         return total
 
     def _iwae_loss(self, parts):
-        log_w = parts.observed + (parts.latent if self.kl_weight == 1.0 else self.kl_weight * parts.latent)
+        log_w = parts.observed + _weighted(self.kl_weight, parts.latent)
         value = -(torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
         if self.estimator != "dreg" or not torch.is_grad_enabled():
             return value

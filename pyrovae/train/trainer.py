@@ -12,6 +12,7 @@ torch's generator state, so a resumed run continues exactly.
 import contextlib
 import math
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from ..datasets import as_tensor, fixed_binarization, prepare
 from ..evaluation import elbo_terms
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
+from .compiled import AUTO_MIN_STEPS, CompiledLoss, compile_reason
 from .schedules import make_scheduler
 
 __all__ = ["Trainer", "TrainingDiverged", "stream_seed", "METRIC_EXAMPLES"]
@@ -123,7 +125,21 @@ class Trainer:
 
             self.step_loss = DistributedDataParallel(
                 self.objective, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=options["lr"], foreach=True)
+        self.compiled_loss, self.compile_note, self._compile_reported = None, None, False
+        mode = options["compile"]
+        reason = compile_reason(self) if mode != "off" else "compile='off'"
+        total_steps = options["epochs"] * math.ceil(len(self.train_x) / options["batch_size"])
+        if reason is None and mode == "auto" and total_steps < AUTO_MIN_STEPS:
+            reason = f"compile='auto' and {total_steps} steps, too few to amortize the compile time"
+        if reason is None:
+            self.objective.weight_as_tensor(self.device)
+            self.compiled_loss = CompiledLoss(self.objective)
+        elif mode == "on":
+            warnings.warn(f"compile='on': the step trains eager, {reason}", RuntimeWarning, stacklevel=3)
+        self.compile_note = reason
+        # Adam's fused kernel where the step is compiled: one pass over the parameters
+        fused = {"fused": True} if self.compiled_loss is not None else {"foreach": True}
+        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=options["lr"], **fused)
         self.last_grad_norm = float("nan")
         self.epoch_total = torch.zeros((), device=self.device, dtype=torch.float64)
         self._seconds_before, self._epoch_started = 0.0, time.perf_counter()
@@ -234,6 +250,10 @@ class Trainer:
         row = {"epoch": self.epoch + 1,
                "train_objective": -float(distributed.all_reduce_sum(context, self.epoch_total)) / seen}
         row.update(self.evaluate())
+        compiled = self.compiled_loss
+        if compiled is not None and compiled.compile_seconds is not None and not self._compile_reported:
+            row["compile_seconds"] = compiled.compile_seconds  # inside this epoch's seconds: the first pays it
+            self._compile_reported = True
         row.update(kl_weight=self.objective.kl_weight, lr=lr,
                    grad_norm=self.last_grad_norm, seconds=self.epoch_seconds(),
                    train_seconds=train_seconds, world_size=context.world_size)
@@ -257,7 +277,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         try:
             with pyro.validation_enabled(True) if first else contextlib.nullcontext():
-                loss = self.step_loss(xb, *labels)
+                compiled = self.compiled_loss is not None and not first and len(xb) == self.batch_examples
+                loss = self.compiled_loss(xb) if compiled else self.step_loss(xb, *labels)
         except ValueError:
             # Pyro's argument validation rejects NaN parameters before a loss exists.
             if all(bool(torch.isfinite(p).all()) for p in self.vae.parameters()):

@@ -1,0 +1,89 @@
+"""The compiled training step: the same numbers as the eager step (loss, parameters after N steps)
+for every loss and KL schedule that takes the fast path; one graph per run (no recompilation per
+epoch, per KL weight or for the last short batch); eager, with the reason, everywhere else."""
+
+import warnings
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+import pyrovae
+
+DATA = (torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+
+
+def train(mode, **options):
+    torch.manual_seed(0)
+    vae = pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,))
+    history = pyrovae.fit(vae, DATA, epochs=3, batch_size=64, progress=False, device="cpu", compile=mode, **options)
+    return history, torch.cat([p.detach().flatten() for p in vae.parameters()])
+
+
+@pytest.mark.parametrize("options", [
+    {"loss": "meanfield"},
+    {"loss": "trace", "beta": 0.5},
+    {"loss": "iwae", "num_particles": 3, "estimator": "stl"},
+    {"loss": "meanfield", "warmup_epochs": 2.0},
+], ids=["meanfield", "trace-beta", "iwae-stl", "warmup"])
+def test_the_compiled_step_follows_the_eager_one(options):
+    eager_history, eager_parameters = train("off", **options)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled_history, compiled_parameters = train("on", **options)
+    # 300 examples in batches of 64: four full batches compiled, the last (44) and the first step eager
+    assert counters["stats"]["unique_graphs"] == 1, "one graph for the whole run"
+    assert compiled_history[0]["compile_seconds"] > 0 and "compile_seconds" not in compiled_history[1]
+    for eager, compiled in zip(eager_history, compiled_history):
+        assert compiled["train_objective"] == pytest.approx(eager["train_objective"], rel=1e-5, abs=1e-4)
+        assert compiled["kl_weight"] == pytest.approx(eager["kl_weight"])
+    assert torch.allclose(compiled_parameters, eager_parameters, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("options, reason", [
+    ({"loss": "iwae", "num_particles": 3, "estimator": "dreg"}, "DReG"),
+    ({"loss": "trace", "free_bits": 0.1}, "free bits"),
+    ({"fast_path": False}, "trace path"),
+])
+def test_what_the_compiler_does_not_take_trains_eager_and_says_why(options, reason):
+    torch.manual_seed(0)
+    vae = pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,))
+    with pytest.warns(RuntimeWarning, match=reason):
+        pyrovae.fit(vae, DATA, epochs=1, batch_size=64, progress=False, device="cpu", compile="on", **options)
+
+
+def test_auto_compiles_only_runs_long_enough_to_pay_for_it():
+    trainer = pyrovae.train.Trainer(pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,)),
+                                    pyrovae.config.train_options({"epochs": 2, "device": "cpu"}))
+    trainer.setup(DATA)
+    assert trainer.compiled_loss is None and "too few" in trainer.compile_note
+    trainer = pyrovae.train.Trainer(pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,)),
+                                    pyrovae.config.train_options({"epochs": 2000, "batch_size": 16, "device": "cpu"}))
+    trainer.setup(DATA)
+    assert trainer.compiled_loss is not None and trainer.optimizer.defaults["fused"]
+
+
+def test_a_compiler_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    def broken(*args, **kwargs):
+        def fails(*a, **k):
+            raise RuntimeError("no C++ compiler found")
+        return fails
+
+    eager_history, eager_parameters = train("off")
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="torch.compile is unavailable here"):
+        history, parameters = train("on")
+    assert torch.allclose(parameters, eager_parameters, rtol=1e-4, atol=1e-5)
+    assert "compile_seconds" not in history[0]
+
+
+def test_no_compile_flag_and_boolean_keyword(tmp_path):
+    from pyrovae.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--dataset", "mnist", "--no-compile", "--out", str(tmp_path / "r")])
+    assert config_from_args(args)["train"]["compile"] == "off"
+    assert pyrovae.config.train_options({"compile": False})["compile"] == "off"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # off is quiet
+        train(False)
