@@ -1,8 +1,9 @@
 """Importance-sampled log-likelihood speed: K = 1000 and 5000 samples on 1000 and 10000 MNIST
 test images; seconds, examples x samples per second, peak memory, and the fraction of this
-CPU's float32 matmul throughput (measured in the same run) that the estimator reaches.
+CPU's float32 matmul throughput (measured in the same run) that the estimator reaches, eager and
+compiled (``log_likelihood(compile="on")``; its seconds include the compilation).
 
-    PYROVAE_DATA=../shared/data python benchmarks/loglik_speed.py --run runs/mnist50
+    PYROVAE_DATA=../shared/data python benchmarks/loglik_speed.py --run runs/mnist50 [--rows 10000,1000]
 
 Each row runs in a child process so its peak resident memory is its own.
 """
@@ -25,15 +26,16 @@ import pyrovae  # noqa: E402
 ROWS = [(1000, 1000), (1000, 5000), (10000, 1000), (10000, 5000)]
 
 
-def one_row(run, examples, samples):
+def one_row(run, examples, samples, compile_mode):
     vae = pyrovae.load(run)
     x = pyrovae.datasets.binarize(mnist("test")[:examples], "dynamic", generator=torch.Generator().manual_seed(1))
     start = time.perf_counter()
-    ll = pyrovae.log_likelihood(vae, x, num_samples=samples, seed=0)
+    ll = pyrovae.log_likelihood(vae, x, num_samples=samples, seed=0, compile=compile_mode)
     seconds = time.perf_counter() - start
     flops = examples * samples * (vae_flops_per_example(latent_dim=vae.latent_dim, particles=1)
                                   - vae_flops_per_example(latent_dim=vae.latent_dim, particles=0))
     return {
+        "compile": compile_mode,
         "examples": examples,
         "samples": samples,
         "seconds": seconds,
@@ -47,22 +49,24 @@ def one_row(run, examples, samples):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", required=True, help="a trained 784-400-d MLP run folder")
-    parser.add_argument("--row", help="examples,samples (internal: one row in this process)")
+    parser.add_argument("--row", help="examples,samples,compile (internal: one row in this process)")
+    parser.add_argument("--rows", help="examples,samples;... (default: the four rows)")
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.row:
-        examples, samples = (int(v) for v in args.row.split(","))
-        print(json.dumps(one_row(args.run, examples, samples)))
+        examples, samples, compile_mode = args.row.split(",")
+        print(json.dumps(one_row(args.run, int(examples), int(samples), compile_mode)))
         return
     peak = matmul_gflops()
     rows = []
-    for examples, samples in ROWS:
-        out = subprocess.run([sys.executable, __file__, "--run", args.run, "--row", f"{examples},{samples}"],
+    wanted = [tuple(int(v) for v in row.split(",")) for row in args.rows.split(";")] if args.rows else ROWS
+    for (examples, samples), compile_mode in ((row, mode) for row in wanted for mode in ("off", "on")):
+        out = subprocess.run([sys.executable, __file__, "--run", args.run, "--row", f"{examples},{samples},{compile_mode}"],
                              check=True, capture_output=True, text=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
         row["fraction_of_matmul"] = row["decoder_gflops"] / peak
         rows.append(row)
-        print(f"N={examples:>5} K={samples:>4}: {row['seconds']:7.1f} s  {row['samples_per_second'] / 1e3:6.0f}k samples/s  "
+        print(f"compile={compile_mode:>3} N={examples:>5} K={samples:>4}: {row['seconds']:7.1f} s  {row['samples_per_second'] / 1e3:6.0f}k samples/s  "
               f"{row['decoder_gflops']:5.0f} GFLOP/s = {row['fraction_of_matmul']:.0%} of matmul  "
               f"peak {row['peak_rss_mb']:5.0f} MB  log p(x) {row['log_likelihood']:.3f}", flush=True)
     print(json.dumps(machine()), f"matmul {peak:.0f} GFLOP/s")

@@ -101,6 +101,43 @@ def _log_weights(vae, x, num_samples, labels=None):
     return log_w
 
 
+# Examples x samples from which compile="auto" compiles the estimator: about a minute of eager
+# work on 2 CPU cores for the MNIST VAE, against some 20 s of compilation.
+COMPILE_MIN_WORK = 20_000_000
+
+
+def _fast_path_weights(vae, x, num_samples):
+    return log_weight_parts(vae.model, vae.guide, x, num_particles=num_samples).log_weights
+
+
+_compiled_state = {"function": None, "failed": False}  # one compiled function, made on first use
+
+
+def _compiled_weights(vae):
+    """``_log_weights`` with the VAE's fast path under torch.compile, or None where the fast path
+    does not apply (the trace path stays eager) or the compiler failed (said once, as a warning)."""
+    from .infer.fast_path import fast_vae
+
+    if _compiled_state["failed"] or fast_vae(vae.model, vae.guide) is None:
+        return None
+    if _compiled_state["function"] is None:
+        _compiled_state["function"] = torch.compile(_fast_path_weights, dynamic=False,
+                                                    options={"fallback_random": True})
+
+    def run(vae_, x, num_samples, labels=None):
+        with torch.no_grad(), pyro.validation_enabled(False):
+            if not _compiled_state["failed"]:
+                try:
+                    return _compiled_state["function"](vae_, x, num_samples)
+                except Exception as error:  # no C++ compiler, an unsupported platform
+                    _compiled_state["failed"] = True
+                    warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}); the estimator "
+                                  "runs eager", RuntimeWarning, stacklevel=3)
+        return _log_weights(vae_, x, num_samples, labels)
+
+    return run
+
+
 # Samples per chunk the automatic batch aims at: the encoder runs once per chunk, on the batch's
 # examples only, so with 128 draws per example it costs under 1% of the decoder's work.
 SAMPLES_PER_CHUNK = 128
@@ -156,9 +193,14 @@ _LIBC = _load_libc()
 def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Optional[int] = None,
                    return_stderr: bool = False, seed: Optional[int] = None,
                    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, progress: bool = False, example_offset: int = 0,
-                   labels: Optional[torch.Tensor] = None):
+                   labels: Optional[torch.Tensor] = None, compile: str = "auto"):
     """Importance-sampled log p(x_n) ~ logsumexp_k log w_kn - log K, per example, in nats
     (log p(x_n | y_n) for a model conditioned on ``labels``).
+
+    ``compile``: ``"on"`` computes the package VAE's weights (its structural fast path) under
+    ``torch.compile``, the same draws as eager (``fallback_random``), one graph per chunk shape;
+    ``"auto"`` does so where the work pays for the compilation (N K >= ``COMPILE_MIN_WORK``);
+    ``"off"`` never.
 
     Chunked over examples (``batch_size``) and samples so memory stays bounded whatever K is.
     With ``return_stderr`` also gives the delta-method standard error of the estimate,
@@ -171,6 +213,9 @@ def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Op
     vae.likelihood.check_support(x)
     labels = _check_labels(vae, x, labels)
     batch, sample_chunk = _chunks(vae, len(x), num_samples, batch_size, chunk_elements)
+    weights = _log_weights
+    if compile == "on" or (compile == "auto" and len(x) * num_samples >= COMPILE_MIN_WORK):
+        weights = _compiled_weights(vae) or _log_weights
     estimates, stderrs = [], []
     with _seeded(seed, x.device), _progress(len(x) * num_samples, "log p(x)", progress) as bar, \
             torch.no_grad(), pyro.validation_enabled(False):
@@ -184,7 +229,7 @@ def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Op
             lw = torch.empty(num_samples, len(xb), dtype=torch.float64, device=x.device)
             for done in range(0, num_samples, sample_chunk):
                 k = min(sample_chunk, num_samples - done)
-                lw[done:done + k] = _log_weights(vae, xb, k, yb)
+                lw[done:done + k] = weights(vae, xb, k, yb)
                 bar.update(k * len(xb))
             lse1 = torch.logsumexp(lw, 0)
             lse2 = torch.logsumexp(2 * lw, 0)

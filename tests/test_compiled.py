@@ -87,3 +87,11 @@ def test_no_compile_flag_and_boolean_keyword(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # off is quiet
         train(False)
+
+
+def test_the_compiled_estimator_gives_the_eager_estimate():
+    torch.manual_seed(0)
+    vae = pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,)).eval()
+    eager = pyrovae.log_likelihood(vae, DATA[:50], num_samples=64, seed=0, compile="off")
+    compiled = pyrovae.log_likelihood(vae, DATA[:50], num_samples=64, seed=0, compile="on")
+    assert torch.allclose(compiled, eager, atol=1e-4)

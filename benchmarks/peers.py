@@ -1,0 +1,292 @@
+"""Seconds per MNIST epoch of the same VAE in pyrovae and its peers, in one run, back to back and
+repeated with the order interleaved (each measurement in a fresh process, so no library's threads
+or caches carry over to the next):
+
+- ``pyrovae`` (``fit``, ``loss="meanfield"``, the compiled step) and ``pyrovae-eager`` (``compile="off"``);
+- ``torch-eager``: the same VAE as a plain PyTorch loop (``benchmarks/common.py``);
+- ``torch-compiled``: that loop with the loss under ``torch.compile`` and Adam's fused kernel;
+- ``numpyro``: NumPyro's SVI with ``TraceMeanField_ELBO``, the whole epoch under ``jax.jit``
+  (``lax.fori_loop`` over the batches), as NumPyro's ``examples/vae.py`` trains;
+- ``pythae``: pythae's ``BaseTrainer`` with its ``VAE`` and the same networks (BCE reconstruction).
+
+The VAE: 784-400-50 ReLU MLPs, Bernoulli likelihood, closed-form KL, batch 128, Adam 1e-3, the
+60000 MNIST training images dynamically binarized (pythae: binarized once; it has no per-step
+binarization). Each process trains ``--epochs`` epochs; the table gives the first epoch (compile
+included) and the median of the others, and the ratios of the steady epochs to the fastest peer.
+pyrovae's epoch is its whole run per epoch: ``fit``'s wall time, its per-epoch ELBO report on
+10000 training images included (the peers report nothing).
+
+    pip install -e ".[bench]"      # numpyro, jax, pythae (each skipped with a message where absent)
+    PYROVAE_DATA=../shared/data python benchmarks/peers.py [--epochs 3] [--repeats 2]
+
+Run it alone: another process on the same cores distorts every column.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+IMPLEMENTATIONS = ["pyrovae", "pyrovae-eager", "torch-eager", "torch-compiled", "numpyro", "pythae"]
+BATCH, HIDDEN, LATENT, LR = 128, 400, 50, 1e-3
+RESULTS = ROOT / "benchmarks" / "results-peers-cpu.json"
+
+
+# -- each implementation, run in its own process: returns the seconds of each epoch ---------------
+def run_pyrovae(epochs, compile_mode):
+    import torch
+
+    import pyrovae
+
+    train = pyrovae.datasets.load("mnist", split="train")
+    torch.manual_seed(0)
+    vae = pyrovae.VAE((1, 28, 28), latent_dim=LATENT, hidden=(HIDDEN,))
+    history = pyrovae.fit(vae, train, epochs=epochs, batch_size=BATCH, lr=LR, loss="meanfield", progress=False,
+                          device="cpu", compile=compile_mode)
+    return [row["seconds"] for row in history], {"compile_seconds": history[0].get("compile_seconds"),
+                                                 "train_seconds": [row["train_seconds"] for row in history]}
+
+
+def run_torch(epochs, compiled):
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import PlainVAE, mnist
+
+    data = mnist("train").flatten(1)
+    torch.manual_seed(0)
+    model = PlainVAE(784, HIDDEN, LATENT)
+    if compiled:
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
+        loss_fn = torch.compile(lambda x: model.loss(x, "meanfield", 1), dynamic=False)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR, foreach=True)
+        loss_fn = lambda x: model.loss(x, "meanfield", 1)  # noqa: E731
+    seconds = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(epoch))
+        steps = len(data) // BATCH  # full batches only: one graph under compile, as NumPyro runs
+        for i in range(steps):
+            xb = torch.bernoulli(data[order[i * BATCH:(i + 1) * BATCH]])
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(xb)
+            loss.backward()
+            optimizer.step()
+        float(loss)
+        seconds.append(time.perf_counter() - start)
+    return seconds, {}
+
+
+def run_numpyro(epochs):
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    import numpy as np
+    from jax import lax
+    from jax.example_libraries import stax
+    from numpyro.infer import SVI, TraceMeanField_ELBO
+
+    import pyrovae
+
+    data = jnp.asarray(pyrovae.datasets.load("mnist", split="train").data.reshape(-1, 784).numpy())
+    encoder = stax.serial(stax.Dense(HIDDEN), stax.Relu,
+                          stax.FanOut(2), stax.parallel(stax.Dense(LATENT), stax.serial(stax.Dense(LATENT), stax.Exp)))
+    decoder = stax.serial(stax.Dense(HIDDEN), stax.Relu, stax.Dense(784))
+
+    def model(batch):
+        decode = numpyro.module("decoder", decoder, (BATCH, LATENT))
+        with numpyro.plate("data", BATCH):
+            z = numpyro.sample("z", dist.Normal(0, 1).expand([LATENT]).to_event(1))
+            numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=batch)
+
+    def guide(batch):
+        encode = numpyro.module("encoder", encoder, (BATCH, 784))
+        loc, scale = encode(batch)
+        with numpyro.plate("data", BATCH):
+            numpyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    svi = SVI(model, guide, numpyro.optim.Adam(LR), TraceMeanField_ELBO())
+    steps = data.shape[0] // BATCH
+    state = svi.init(jax.random.PRNGKey(0), jnp.zeros((BATCH, 784)))
+
+    @jax.jit
+    def epoch_fn(state, key):
+        order = jax.random.permutation(key, data.shape[0])
+
+        def body(i, carry):
+            loss_sum, state, key = carry
+            key, draw = jax.random.split(key)
+            index = lax.dynamic_slice_in_dim(order, i * BATCH, BATCH)
+            batch = jax.random.bernoulli(draw, data[index]).astype(jnp.float32)
+            state, loss = svi.update(state, batch)
+            return loss_sum + loss, state, key
+
+        return lax.fori_loop(0, steps, body, (0.0, state, key))
+
+    seconds = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        loss, state, _ = epoch_fn(state, jax.random.PRNGKey(epoch + 1))
+        float(np.asarray(loss))
+        seconds.append(time.perf_counter() - start)
+    return seconds, {}
+
+
+def run_pythae(epochs):
+    import tempfile
+
+    import torch
+    from pythae.models import VAE, VAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+    from pythae.trainers import BaseTrainer, BaseTrainerConfig
+    from torch import nn
+
+    import pyrovae
+
+    class Encoder(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, HIDDEN), nn.ReLU())
+            self.loc, self.log_var = nn.Linear(HIDDEN, LATENT), nn.Linear(HIDDEN, LATENT)
+
+        def forward(self, x):
+            h = self.body(x)
+            return ModelOutput(embedding=self.loc(h), log_covariance=self.log_var(h))
+
+    class Decoder(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(LATENT, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 784), nn.Sigmoid())
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=self.net(z).reshape(-1, 1, 28, 28))
+
+    data = pyrovae.datasets.load("mnist", split="train").data
+    from pythae.data.datasets import BaseDataset
+
+    binary = BaseDataset(torch.bernoulli(data, generator=torch.Generator().manual_seed(0)), torch.zeros(len(data)))
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(input_dim=(1, 28, 28), latent_dim=LATENT, reconstruction_loss="bce"),
+                encoder=Encoder(), decoder=Decoder())
+    seconds = []
+
+    class Timer:  # pythae's callbacks see each epoch's end
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+        def on_epoch_begin(self, *args, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, *args, **kwargs):
+            seconds.append(time.perf_counter() - self.started)
+
+    from pythae.trainers.training_callbacks import TrainingCallback
+
+    class EpochTimer(Timer, TrainingCallback):
+        pass
+
+    with tempfile.TemporaryDirectory() as out:
+        config = BaseTrainerConfig(output_dir=out, num_epochs=epochs, learning_rate=LR, per_device_train_batch_size=BATCH,
+                                   per_device_eval_batch_size=BATCH, no_cuda=True, steps_saving=None,
+                                   optimizer_cls="Adam")
+        BaseTrainer(model, train_dataset=binary, training_config=config, callbacks=[EpochTimer()]).train()
+    return seconds, {}
+
+
+def child(name, epochs):
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("PEERS_THREADS", os.cpu_count())))
+    if name == "pyrovae":
+        return run_pyrovae(epochs, "on")
+    if name == "pyrovae-eager":
+        return run_pyrovae(epochs, "off")
+    if name == "torch-eager":
+        return run_torch(epochs, False)
+    if name == "torch-compiled":
+        return run_torch(epochs, True)
+    if name == "numpyro":
+        return run_numpyro(epochs)
+    return run_pythae(epochs)
+
+
+def available(name):
+    module = {"numpyro": "numpyro", "pythae": "pythae"}.get(name)
+    if module is None:
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None and (module != "numpyro" or importlib.util.find_spec("jax"))
+
+
+def versions():
+    import importlib.metadata as metadata
+    import platform
+
+    out = {"python": platform.python_version(), "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine()}
+    for package in ("torch", "pyro-ppl", "pyrovae", "numpyro", "jax", "jaxlib", "pythae"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", help="comma-separated implementations")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        seconds, extra = child(args.child, args.epochs)
+        print("RESULT " + json.dumps({"seconds": seconds, **extra}))
+        return
+    names = args.only.split(",") if args.only else IMPLEMENTATIONS
+    missing = [n for n in names if not available(n)]
+    for name in missing:
+        print(f"{name}: skipped, not installed (pip install -e '.[bench]')", file=sys.stderr)
+    names = [n for n in names if n not in missing]
+    runs = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        order = names if repeat % 2 == 0 else names[::-1]  # interleave: no implementation always first
+        for name in order:
+            result = subprocess.run([sys.executable, __file__, "--child", name, "--epochs", str(args.epochs)],
+                                    capture_output=True, text=True)
+            line = [row for row in result.stdout.splitlines() if row.startswith("RESULT ")]
+            if result.returncode or not line:
+                print(f"{name}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
+                continue
+            runs[name].append(json.loads(line[-1][7:]))
+            print(f"{name} (repeat {repeat + 1}): {[round(s, 2) for s in runs[name][-1]['seconds']]}", flush=True)
+    table = {}
+    for name, measured in runs.items():
+        if not measured:
+            continue
+        steady = [s for run in measured for s in run["seconds"][1:]] or [run["seconds"][0] for run in measured]
+        table[name] = {"first_epoch": statistics.median(run["seconds"][0] for run in measured),
+                       "epoch": statistics.median(steady), "epoch_min": min(steady), "epoch_max": max(steady),
+                       "compile_seconds": measured[0].get("compile_seconds")}
+    fastest_peer = min((row["epoch"] for name, row in table.items() if not name.startswith("pyrovae")), default=None)
+    print("\n| implementation | first epoch (s) | epoch (s), median [min, max] | ratio to the fastest peer |")
+    print("| --- | --- | --- | --- |")
+    for name, row in sorted(table.items(), key=lambda item: item[1]["epoch"]):
+        ratio = row["epoch"] / fastest_peer if fastest_peer else float("nan")
+        row["ratio_to_fastest_peer"] = ratio
+        print(f"| {name} | {row['first_epoch']:.2f} | {row['epoch']:.2f} [{row['epoch_min']:.2f}, {row['epoch_max']:.2f}] "
+              f"| {ratio:.2f} |")
+    RESULTS.write_text(json.dumps({"machine": versions(), "epochs": args.epochs, "repeats": args.repeats,
+                                   "table": table, "runs": runs, "time": time.ctime()}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
