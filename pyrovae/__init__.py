@@ -4,6 +4,9 @@
 >>> vae = pyrovae.VAE(data_shape=(1, 28, 28), latent_dim=2)
 >>> history = pyrovae.fit(vae, train, test=test, epochs=10, loss="meanfield")
 >>> log_px = pyrovae.log_likelihood(vae, x, num_samples=1000)
+
+Beyond the plain VAE: :class:`pyrovae.CVAE` (conditional), :class:`pyrovae.M2` (semi-supervised,
+labels summed out by enumeration), :class:`pyrovae.HVAE` (two stochastic layers).
 """
 
 from . import datasets, exact, infer, likelihoods, priors
@@ -13,8 +16,10 @@ from .model import VAE
 from .infer import IWAE_ELBO, VAE_ELBO, log_weight_parts, make_elbo
 from .objectives import ELBOLoss, KLSchedule
 from .train import fit
+from . import models  # noqa: E402  (the model families build on VAE and the inference core)
+from .models import CVAE, HVAE, M2
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "VAE",
@@ -35,4 +40,8 @@ __all__ = [
     "log_weight_parts",
     "KLSchedule",
     "make_elbo",
+    "models",
+    "CVAE",
+    "M2",
+    "HVAE",
 ]
