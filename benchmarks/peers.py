@@ -86,9 +86,9 @@ def run_torch(epochs, compiled):
 def run_numpyro(epochs):
     import jax
     import jax.numpy as jnp
+    import numpy as np
     import numpyro
     import numpyro.distributions as dist
-    import numpy as np
     from jax import lax
     from jax.example_libraries import stax
     from numpyro.infer import SVI, TraceMeanField_ELBO

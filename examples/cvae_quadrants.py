@@ -9,11 +9,11 @@ q(z | x, c), and by the tutorial's Monte Carlo average over the prior network.
 import argparse
 
 import torch
+from smoke import budget, shrink
 
 import pyrovae
 from pyrovae import plots
 from pyrovae.models import CVAE
-from smoke import budget, shrink
 
 
 def main():

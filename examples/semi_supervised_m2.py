@@ -14,11 +14,11 @@ import pyro
 import pyro.optim
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
+from smoke import budget, shrink
 
 import pyrovae
 from pyrovae import plots
 from pyrovae.models import M2, balanced_labelled_subset
-from smoke import budget, shrink
 
 
 def main():

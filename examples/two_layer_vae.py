@@ -7,11 +7,11 @@ trained with the IWAE bound and evaluated by importance sampling over both layer
 import argparse
 
 import torch
+from smoke import budget, shrink
 
 import pyrovae
 from pyrovae import plots
 from pyrovae.models import HVAE
-from smoke import budget, shrink
 
 
 def main():

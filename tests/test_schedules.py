@@ -4,6 +4,7 @@ reproduction configs."""
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,7 +136,13 @@ def test_patience_below_one_and_best_without_a_best_pt_are_refused(tmp_path, bin
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_config_parses_and_trains_one_step_on_tiny_data(tmp_path, binary_npy, path):
     config = cfg.validate(cfg.load_toml(path))
-    config["data"].update(dataset=str(binary_npy), valid_fraction=0.2 if config["train"]["patience"] else 0.0)
+    dataset = str(binary_npy)
+    if config["model"]["model"] == "m2":  # semi-supervised: the data need labels, 10 classes
+        images = np.load(binary_npy)
+        dataset = str(tmp_path / "labelled.npz")
+        np.savez(dataset, train=images, train_labels=np.arange(len(images)) % 10)
+        config["train"]["labels"] = 20
+    config["data"].update(dataset=dataset, valid_fraction=0.2 if config["train"]["patience"] else 0.0)
     config["train"].update(epochs=1, batch_size=300, device="cpu")
     config["logging"].update(plots=False, nll_every=0)
     config["model"]["prior"] = {k: (min(v, 4) if k == "components" else v) for k, v in config["model"]["prior"].items()}

@@ -70,7 +70,8 @@ class CVAE(VAE):
         if condition not in CONDITIONS:
             raise ValueError(f"unknown condition {condition!r}; choose one of {list(CONDITIONS)}")
         if (prior if isinstance(prior, str) else getattr(prior, "get", lambda k: None)("kind")) != "normal":
-            raise ValueError(f"the cvae's prior p(z | c) is a network of the condition; prior must be 'normal', got {prior!r}")
+            raise ValueError(f"the cvae's prior p(z | c) is a network of the condition; prior must be 'normal', "
+                             f"got {prior!r}")
         if network != "mlp":
             raise ValueError(f"the cvae is built of MLPs; got network={network!r}")
         super().__init__(data_shape, latent_dim=latent_dim, hidden=hidden, likelihood=likelihood, prior="normal",
@@ -81,7 +82,8 @@ class CVAE(VAE):
         data_dim = self.data_dim
         if condition == "quadrants":
             if len(self.data_shape) < 2:
-                raise ValueError(f"condition='quadrants' needs images (C, H, W) or (H, W); got data_shape={self.data_shape}")
+                raise ValueError(f"condition='quadrants' needs images (C, H, W) or (H, W); "
+                                 f"got data_shape={self.data_shape}")
             given = quadrant_mask(*self.data_shape[-2:], given_quadrants).expand(self.data_shape).reshape(-1)
             self.register_buffer("given_mask", given, persistent=False)
             self.register_buffer("rest_index", (~given).nonzero().squeeze(-1), persistent=False)
