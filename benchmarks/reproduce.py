@@ -66,14 +66,35 @@ def curves(results, out):
     fig.savefig(out, dpi=110)
 
 
+def table(results):
+    """The rows as the markdown table of docs/models.md and docs/reproductions.md."""
+    lines = ["| row (config) | epochs run (config's) | train wall-clock | K | ours | anchor |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, row in results["rows"].items():
+        for k, ev in row["evaluations"].items():
+            if name.startswith("m2"):
+                ours = f"accuracy **{100 * ev['accuracy']:.2f}%**, log p(x) {ev['log_likelihood']:.2f}"
+            elif name.startswith("cvae"):
+                ours = (f"CVAE **{-ev['log_likelihood']:.2f}** (IS with q), {-ev['prior_proposal_log_likelihood']:.2f} "
+                        f"(MC over the prior); baseline {-ev['baseline_log_likelihood']:.2f}")
+            else:
+                ours = f"NLL **{-ev['log_likelihood']:.2f}**"
+            anchors = ", ".join(f"{source} {value}" for source, value in row["references"].items())
+            lines.append(f"| `{name}` | {row['epochs']} ({row['config_epochs']}) | {row['train_seconds'] / 60:.0f} min "
+                         f"| {k} | {ours} | {anchors} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("name", help="a config in configs/ (without .toml)")
+    parser.add_argument("name", help="a config in configs/ (without .toml), or 'table' to print the recorded rows")
     parser.add_argument("--epochs", type=int, help="a smaller budget than the config's")
     parser.add_argument("--samples", default="200,5000")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", help="the run folder (default runs/NAME)")
     args = parser.parse_args()
+    if args.name == "table":
+        print(table(json.loads(RESULTS.read_text())))
+        return
     config = cfg.validate(cfg.load_toml(ROOT / "configs" / f"{args.name}.toml"))
     full_epochs = config["train"]["epochs"]
     if args.epochs:
