@@ -326,3 +326,25 @@ def test_balanced_labelled_subset():
     assert not torch.equal(index, balanced_labelled_subset(labels, 10, 4, seed=1))
     with pytest.raises(ValueError, match="must be an integer"):
         balanced_labelled_subset(labels, 2.5, 4, seed=0)
+
+
+@pytest.mark.parametrize("model", ["m2", "cvae-label"])
+def test_a_resumed_run_of_a_labelled_model_ends_where_the_uninterrupted_one_does(tmp_path, labelled_npz, model):
+    """The labelled batches are drawn from torch's generator, which the checkpoint carries."""
+    data = pyrovae.datasets.load(str(labelled_npz))
+
+    def build():
+        torch.manual_seed(0)
+        if model == "m2":
+            return M2((1, 8, 8), latent_dim=2, hidden=(16,), num_classes=3), {"loss": "trace", "labels": 6}
+        return CVAE((1, 8, 8), latent_dim=2, hidden=(16,), condition="label", num_classes=3), {}
+
+    straight, options = build()
+    pyrovae.fit(straight, data, epochs=2, batch_size=40, progress=False, device="cpu", run_dir=tmp_path / "a", **options)
+    resumed, options = build()
+    pyrovae.fit(resumed, data, epochs=1, batch_size=40, progress=False, device="cpu", run_dir=tmp_path / "b", **options)
+    resumed, options = build()
+    pyrovae.fit(resumed, data, epochs=2, batch_size=40, progress=False, device="cpu", run_dir=tmp_path / "b",
+                resume=True, **options)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
