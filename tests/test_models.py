@@ -348,3 +348,19 @@ def test_a_resumed_run_of_a_labelled_model_ends_where_the_uninterrupted_one_does
                 resume=True, **options)
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_each_step_weighs_the_labelled_terms_by_their_share_of_the_data():
+    """forward = U(batch) + (N_l / N_u)(b_u / b_l) [L + alpha log q](labelled batch): unbiased for
+    Kingma et al.'s sum over the data, each labelled example counting once an epoch."""
+    m2, x = tiny_m2(), binary(30, (10,))
+    y = torch.arange(30) % 3
+    objective = m2.make_objective("trace", 1, KLSchedule(), "standard", x, y, 6, 0, 5.0, 10)
+    batch = x[:10]
+    pyro.set_rng_seed(7)
+    total = objective(batch)
+    pyro.set_rng_seed(7)
+    pick = torch.randint(6, (6,))
+    unsupervised = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m2.model, m2.guide, batch)
+    labelled = objective.labelled_terms(objective.labelled_x[pick], objective.labelled_y[pick])
+    assert torch.allclose(total, unsupervised + (6 / 30) * (10 / 6) * labelled, rtol=1e-5)

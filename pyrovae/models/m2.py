@@ -184,15 +184,18 @@ class M2(VAE):
 
 
 class M2Loss(nn.Module):
-    """-(sum_u U(x_u) + (b_u / b_l) sum_l [L(x_l, y_l) + alpha log q(y_l | x_l)]) for one step:
-    an unlabelled batch x_u (the trainer's, labels ignored, every training image included as in
-    Kingma et al.) and a labelled batch of b_l examples drawn from the fixed labelled subset
-    (torch's generator, so a resumed run draws the same). The labelled terms are weighted by
-    b_u / b_l: a labelled example counts as much as an unlabelled one, whatever the batch sizes.
+    """An unbiased one-step estimate of Kingma et al.'s objective
+    J = sum over unlabelled U(x_u) + sum over labelled [L(x_l, y_l) + alpha log q(y_l | x_l)],
+    scaled by b_u / N_u (nats per unlabelled example of the batch, like the VAE's loss): the
+    trainer's batch of b_u training images (every image counts as unlabelled, its label unused,
+    as in Kingma et al.) and b_l examples drawn from the N_l labelled ones (torch's generator, so a
+    resumed run draws the same), their terms weighted by (N_l / N_u) (b_u / b_l). Over an epoch
+    each labelled example thus counts once, as in Pyro's ``ss_vae_M2.py``, where the labelled
+    batches are interleaved with the unlabelled ones.
 
     U is Pyro's ``TraceEnum_ELBO`` (Monte Carlo in z, y summed exactly), L the package's trace ELBO
     (:class:`~pyrovae.infer.elbo.VAE_ELBO`), the classifier term the observed site of
-    ``classifier_model``.
+    ``classifier_model``; alpha is ``aux_weight``.
 
     :param labels: the number of labelled examples (class-balanced, drawn by ``seed``), or None
         for every training label.
@@ -219,6 +222,7 @@ class M2Loss(nn.Module):
         self.register_buffer("labelled_x", train_x[index.to(train_x.device)], persistent=False)
         self.register_buffer("labelled_y", train_y[index.to(train_y.device)], persistent=False)
         self.labelled_batch = min(batch_size, len(index))
+        self.labelled_fraction = len(index) / len(train_x)  # N_l / N_u
         self.aux_weight = float(aux_weight)
         self.elbo = TraceEnum_ELBO(max_plate_nesting=1, num_particles=num_particles, vectorize_particles=True)
         self.supervised = VAE_ELBO("trace", num_particles)  # y observed: nothing to enumerate
@@ -235,5 +239,5 @@ class M2Loss(nn.Module):
     def forward(self, x):
         pick = torch.randint(len(self.labelled_x), (self.labelled_batch,), device=self.labelled_x.device)
         unsupervised = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x)
-        return unsupervised + len(x) / self.labelled_batch * self.labelled_terms(self.labelled_x[pick],
-                                                                                  self.labelled_y[pick])
+        weight = self.labelled_fraction * len(x) / self.labelled_batch
+        return unsupervised + weight * self.labelled_terms(self.labelled_x[pick], self.labelled_y[pick])
