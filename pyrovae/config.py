@@ -3,8 +3,7 @@ command-line flags (with their help), :func:`pyrovae.fit`'s keywords and the Lig
 arguments are all derived. A TOML file has one table a dataclass:
 
     [data]             DataConfig       dataset, data_dir, binarize, valid_fraction
-    [model]            ModelConfig      model, latent_dim, hidden, network, [model.prior], [model.likelihood],
-                                        and each model family's own keys (cvae, m2, hvae)
+    [model]            ModelConfig      model, latent_dim, hidden, network, prior, likelihood, family keys
     [train]            TrainConfig      loss, num_particles, estimator, epochs, batch_size, lr, ...
     [logging]          LoggingConfig    tensorboard, plots
 

@@ -5,7 +5,8 @@ Decoder x = W z + b + sigma * eps, prior z ~ Normal(0, s^2 I):
     p(z | x) = Normal(S W^T (x - b) / sigma^2, S),  S = (I / s^2 + W^T W / sigma^2)^-1
 
 The conditional VAE with an affine decoder x = W_z z + W_c c + b + sigma * eps and the prior
-network's z | c ~ Normal(m(c), diag s(c)^2) (any network of c: c is given):
+network's z | c ~ Normal(m(c), diag s(c)^2) (any network of c: c is given)::
+
     p(x | c) = Normal(W_z m(c) + W_c c + b, W_z diag s(c)^2 W_z^T + sigma^2 I)
 """
 

@@ -257,7 +257,7 @@ def jensen_gap(check, title=None):
 
 
 def _labelled_grid(vae, images, row_names, column_names, title):
-    """(rows, cols, *data_shape) images in one grid, with names down the left and along the top."""
+    """``(rows, cols, *data_shape)`` images in one grid, with names down the left and along the top."""
     rows, cols = images.shape[:2]
     pictures = _as_images(vae, images.reshape(rows * cols, *vae.data_shape).cpu())
     if pictures is None:

@@ -192,8 +192,8 @@ class CVAE(VAE):
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True, condition: torch.Tensor = None) -> torch.Tensor:
         """Examples under a condition: ``condition`` is labels, shape (N,) (``condition="label"``:
-        returns (num_samples, N, *data_shape)), or images whose given quadrants are kept
-        (``condition="quadrants"``: returns completed images, (num_samples, N, *data_shape))."""
+        returns ``(num_samples, N, *data_shape)``), or images whose given quadrants are kept
+        (``condition="quadrants"``: returns completed images, ``(num_samples, N, *data_shape)``)."""
         if condition is None:
             raise ValueError("a cvae samples under a condition: sample(num, condition=labels or images)")
         if self.condition == "label":
@@ -241,7 +241,7 @@ class CVAE(VAE):
 
     @torch.no_grad()
     def baseline_completion(self, x: torch.Tensor) -> torch.Tensor:
-        """The baseline's guess of the rest pixels, filled into the given ones: (N, *data_shape)."""
+        """The baseline's guess of the rest pixels, filled into the given ones: ``(N, *data_shape)``."""
         return self.baseline_guess(self.split(self.check_data(x))[0]).reshape(x.shape)
 
     def encode(self, x, y=None):

@@ -158,7 +158,7 @@ class M2(VAE):
     @torch.no_grad()
     def analogies(self, x: torch.Tensor) -> torch.Tensor:
         """Kingma et al.'s Figure 1: the style z = mu(x, argmax q(y|x)) of each example decoded
-        with every class: (N, C, *data_shape)."""
+        with every class: ``(N, C, *data_shape)``."""
         x = self.check_data(x)
         flat = x.flatten(1)
         y = F.one_hot(self.classify(x), self.num_classes).to(x.dtype)
