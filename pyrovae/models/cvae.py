@@ -156,9 +156,8 @@ class CVAE(VAE):
         """q(z | x, c), reparameterized."""
         self.check_data(x)
         self.register_with_pyro()
-        inputs = x.flatten(1) if self.condition == "quadrants" else torch.cat([x.flatten(1), self.context(x, y)], -1)
         with pyro.plate("data", x.shape[0], dim=-1):
-            loc, scale = self.encoder(inputs)
+            loc, scale = self.encode(x, y)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     def prior_guide(self, x: torch.Tensor, y: torch.Tensor = None) -> None:
@@ -245,6 +244,8 @@ class CVAE(VAE):
         return self.baseline_guess(self.split(self.check_data(x))[0]).reshape(x.shape)
 
     def encode(self, x, y=None):
+        """(x, c) -> the mean and standard deviation of q(z | x, c): the whole image under
+        ``condition="quadrants"`` (it holds c), the image and the one-hot label otherwise."""
         inputs = x.flatten(1) if self.condition == "quadrants" else torch.cat([x.flatten(1), self.context(x, y)], -1)
         return self.encoder(inputs)
 

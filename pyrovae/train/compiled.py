@@ -20,19 +20,9 @@ import torch
 
 from ..infer.fast_path import fast_vae
 
-__all__ = ["COMPILE_CHOICES", "AUTO_MIN_STEPS", "compile_reason", "CompiledLoss"]
+__all__ = ["AUTO_MIN_STEPS", "compile_reason", "CompiledLoss"]
 
-COMPILE_CHOICES = ("auto", "on", "off")
 AUTO_MIN_STEPS = 5000
-
-
-def normalize_compile(value):
-    """``True``/``False`` as ``"on"``/``"off"``; anything else as it is."""
-    if value is True:
-        return "on"
-    if value is False:
-        return "off"
-    return value
 
 
 def compile_reason(trainer):

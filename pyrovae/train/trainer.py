@@ -125,21 +125,6 @@ class Trainer:
 
             self.step_loss = DistributedDataParallel(
                 self.objective, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.compiled_loss, self.compile_note, self._compile_reported = None, None, False
-        mode = options["compile"]
-        reason = compile_reason(self) if mode != "off" else "compile='off'"
-        total_steps = options["epochs"] * math.ceil(len(self.train_x) / options["batch_size"])
-        if reason is None and mode == "auto" and total_steps < AUTO_MIN_STEPS:
-            reason = f"compile='auto' and {total_steps} steps, too few to amortize the compile time"
-        if reason is None:
-            self.objective.weight_as_tensor(self.device)
-            self.compiled_loss = CompiledLoss(self.objective)
-        elif mode == "on":
-            warnings.warn(f"compile='on': the step trains eager, {reason}", RuntimeWarning, stacklevel=3)
-        self.compile_note = reason
-        # Adam's fused kernel where the step is compiled: one pass over the parameters
-        fused = {"fused": True} if self.compiled_loss is not None else {"foreach": True}
-        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=options["lr"], **fused)
         self.last_grad_norm = float("nan")
         self.epoch_total = torch.zeros((), device=self.device, dtype=torch.float64)
         self._seconds_before, self._epoch_started = 0.0, time.perf_counter()
@@ -148,6 +133,26 @@ class Trainer:
         # every rank needs examples in every global batch: a last batch smaller than that is dropped
         if self.context.enabled and num_train - (self.steps_per_epoch - 1) * batch < self.context.world_size:
             self.steps_per_epoch -= 1
+        self._setup_compile()
+        # Adam's fused kernel where the step is compiled: one pass over the parameters
+        fused = {"fused": True} if self.compiled_loss is not None else {"foreach": True}
+        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=options["lr"], **fused)
+
+    def _setup_compile(self):
+        """The compiled loss where the step can and (``compile="auto"``) should be compiled; else
+        None, with the reason in ``compile_note`` (warned about under ``compile="on"``)."""
+        self.compiled_loss, self._compile_reported = None, False
+        mode = self.options["compile"]
+        reason = compile_reason(self) if mode != "off" else "compile='off'"
+        total_steps = self.options["epochs"] * self.steps_per_epoch
+        if reason is None and mode == "auto" and total_steps < AUTO_MIN_STEPS:
+            reason = f"compile='auto' and {total_steps} steps, too few to amortize the compile time"
+        if reason is None:
+            self.objective.weight_as_tensor(self.device)
+            self.compiled_loss = CompiledLoss(self.objective)
+        elif mode == "on":
+            warnings.warn(f"compile='on': the step trains eager, {reason}", RuntimeWarning, stacklevel=4)
+        self.compile_note = reason
 
     def _labels_for(self, x, y, what):
         """The labels of a model that reads them (checked), else None."""
