@@ -16,6 +16,7 @@ from typing import Dict, Optional, Sequence
 import pyro
 import torch
 
+from .infer.cpu_kernels import cpu_kernels
 from .infer.weights import log_weight_parts
 from .validation import require_positive_int
 
@@ -106,8 +107,9 @@ def _log_weights(vae, x, num_samples, labels=None):
 COMPILE_MIN_WORK = 20_000_000
 
 
-def _fast_path_weights(vae, x, num_samples):
-    return log_weight_parts(vae.model, vae.guide, x, num_particles=num_samples).log_weights
+def _fast_path_weights(vae, x, num_samples, kernels):
+    with kernels:
+        return log_weight_parts(vae.model, vae.guide, x, num_particles=num_samples).log_weights
 
 
 _compiled_state = {"function": None, "failed": False}  # one compiled function, made on first use
@@ -128,7 +130,7 @@ def _compiled_weights(vae):
         with torch.no_grad(), pyro.validation_enabled(False):
             if not _compiled_state["failed"]:
                 try:
-                    return _compiled_state["function"](vae_, x, num_samples)
+                    return _compiled_state["function"](vae_, x, num_samples, cpu_kernels(x.device))
                 except Exception as error:  # no C++ compiler, an unsupported platform
                     _compiled_state["failed"] = True
                     warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}); the estimator "

@@ -1,0 +1,167 @@
+"""Faster CPU kernels for the compiled paths: linear layers on oneDNN, and the Bernoulli log
+density in a form the compiler vectorizes.
+
+**Linear layers.** A linear layer is y = x W^T + b; its backward pass is two more products of the same size,
+dL/dx = g W and dL/dW = g^T x (and dL/db = sum_n g_n). On CPU, ``torch.nn.functional.linear`` and
+``torch.mm`` call MKL's sgemm; at the VAE's layer shapes (a batch of 128, layers of 400 and 784
+units) oneDNN's inner-product kernel, which PyTorch ships for its own inference path, runs the
+same products about 1.8x faster on the machine ``benchmarks/peers.py`` was measured on (an AMD
+EPYC, where MKL does not pick its fastest code path). The three products are the same function
+of the same inputs; only the kernel, and so the order of the float32 additions, differs
+(``tests/test_cpu_kernels.py`` compares values and gradients with ``F.linear``'s). The products
+are registered as custom operators (``pyrovae::onednn_linear`` and its two gradients) so that
+``torch.compile`` calls them as opaque kernels: Inductor's own lowering of oneDNN's linear needs
+the weight to be a graph constant, which a weight being trained is not.
+
+**The Bernoulli log density.** log Bernoulli(x | sigmoid(l)) = x l - softplus(l), and softplus(l)
+= max(l, 0) + log(1 + exp(-|l|)); PyTorch's ``binary_cross_entropy_with_logits`` (behind
+``Bernoulli.log_prob``) writes the last term with ``log1p``, whose vectorized CPU kernel in the
+code Inductor generates is about ten times slower than ``exp`` and ``log`` together: it was most
+of the importance-sampling estimator's time. Here it is ``log(1 + t)`` with t = exp(-|l|) in
+(0, 1], which differs from ``log1p(t)`` by at most one float32 rounding of 1 + t (1.2e-7 nats a
+pixel); the sum over the pixels carries larger rounding errors than that already.
+
+:func:`cpu_kernels` is the context in which ``F.linear`` (and so every ``nn.Linear``) and
+``F.binary_cross_entropy_with_logits`` on float32 CPU tensors take these forms, forward and
+backward; everything else, and every call outside the context, is left to PyTorch. Eager
+training and evaluation never enter it: their kernels are PyTorch's own.
+"""
+
+import contextlib
+import functools
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["available", "linear", "bernoulli_log_density", "cpu_kernels", "CpuKernels"]
+
+
+def available() -> bool:
+    """Whether this PyTorch build has oneDNN and its linear kernel."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _operators():
+    """The custom operators, registered on first use (importing pyrovae registers nothing)."""
+    pointwise = torch.ops.mkldnn._linear_pointwise
+
+    @torch.library.custom_op("pyrovae::onednn_linear", mutates_args=())
+    def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        return pointwise(x.contiguous(), weight, bias, "none", [], "")
+
+    @forward.register_fake
+    def _(x, weight, bias):
+        return x.new_empty(x.shape[0], weight.shape[0])
+
+    @torch.library.custom_op("pyrovae::onednn_linear_input_grad", mutates_args=())
+    def input_grad(grad: Tensor, weight: Tensor) -> Tensor:
+        """g W, as a linear layer whose weight is W^T."""
+        return pointwise(grad.contiguous(), weight.t(), None, "none", [], "")
+
+    @input_grad.register_fake
+    def _(grad, weight):
+        return grad.new_empty(grad.shape[0], weight.shape[1])
+
+    @torch.library.custom_op("pyrovae::onednn_linear_weight_grad", mutates_args=())
+    def weight_grad(grad: Tensor, x: Tensor) -> Tensor:
+        """g^T x, as a linear layer applied to g^T whose weight is x^T."""
+        return pointwise(grad.contiguous().t(), x.contiguous().t(), None, "none", [], "")
+
+    @weight_grad.register_fake
+    def _(grad, x):
+        return grad.new_empty(grad.shape[1], x.shape[1])
+
+    def setup_context(ctx, inputs, output):
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = input_grad(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = weight_grad(grad, x) if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+    forward.register_autograd(backward, setup_context=setup_context)
+    return forward
+
+
+def _runs_on_onednn(x, weight, bias) -> bool:
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return (all(isinstance(t, Tensor) and t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and x.dim() >= 2 and weight.dim() == 2 and (bias is None or bias.dim() == 1)
+            and x.numel() > 0 and weight.numel() > 0)
+
+
+def _apply(operator, x, weight, bias):
+    if not _runs_on_onednn(x, weight, bias):
+        return F.linear(x, weight, bias)
+    flat = x.reshape(-1, x.shape[-1])
+    return operator(flat, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``F.linear(x, weight, bias)`` on oneDNN's kernels (forward and backward) where the inputs
+    are float32 CPU tensors and x has a batch dimension; ``F.linear`` itself otherwise. Leading
+    batch dimensions of x are flattened into one for the kernel and restored after."""
+    return _apply(_operators(), x, weight, bias)
+
+
+def bernoulli_log_density(logits: Tensor, value: Tensor) -> Tensor:
+    """x l - max(l, 0) - log(1 + exp(-|l|)) elementwise: -``binary_cross_entropy_with_logits(l,
+    x, reduction="none")`` with log(1 + t) for log1p(t) (see the module's docstring)."""
+    return value * logits - logits.clamp_min(0) - torch.log(1 + torch.exp(-logits.abs()))
+
+
+_BCE_DEFAULTS = {"weight": None, "size_average": None, "reduce": None, "reduction": "mean", "pos_weight": None}
+
+
+def _binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None, reduction="mean",
+                                      pos_weight=None):
+    """``F.binary_cross_entropy_with_logits`` through :func:`bernoulli_log_density` for the
+    unweighted, unreduced float32 CPU case the likelihoods use; PyTorch's otherwise."""
+    plain = (weight is None and pos_weight is None and size_average is None and reduce is None and reduction == "none"
+             and all(isinstance(t, Tensor) and t.device.type == "cpu" and t.dtype == torch.float32
+                     for t in (input, target)))
+    if not plain:
+        return F.binary_cross_entropy_with_logits(input, target, weight, size_average, reduce, reduction, pos_weight)
+    return -bernoulli_log_density(input, target)
+
+
+class CpuKernels(TorchFunctionMode):
+    """A torch function mode under which ``F.linear`` calls :func:`linear` and
+    ``F.binary_cross_entropy_with_logits`` the log(1 + t) form. Made outside a compiled function
+    and entered inside it: the operators are registered when the mode is made, so the compiler
+    only sees them called."""
+
+    def __init__(self):
+        super().__init__()
+        self._linear = _operators() if available() else None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear and self._linear is not None:
+            bound = dict(zip(("input", "weight", "bias"), args), **kwargs)
+            return _apply(self._linear, bound["input"], bound["weight"], bound.get("bias"))
+        if func is F.binary_cross_entropy_with_logits:
+            return _binary_cross_entropy_with_logits(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def cpu_kernels(device) -> contextlib.AbstractContextManager:
+    """The context under which a compiled CPU function runs on these kernels; a no-op on other
+    devices."""
+    if torch.device(device).type == "cpu":
+        return CpuKernels()
+    return contextlib.nullcontext()
