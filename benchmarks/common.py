@@ -18,14 +18,19 @@ def mnist(split):
     return pyrovae.datasets.load("mnist", split=split).data
 
 
-def matmul_gflops(m=4096, k=400, n=784, repeats=30):
-    """Measured float32 GEMM throughput at the VAE's layer shapes, GFLOP/s."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
+def matmul_gflops(m=4096, k=400, n=784, repeats=30, kernel="torch"):
+    """Measured float32 GEMM throughput at the VAE's layer shapes, GFLOP/s: ``a @ b`` as PyTorch
+    runs it (MKL on x86 CPUs), or ``kernel="onednn"``: oneDNN's linear kernel, which pyrovae's
+    compiled CPU paths use (``pyrovae.infer.cpu_kernels``)."""
+    from pyrovae.infer.cpu_kernels import linear
+
+    a, weight = torch.randn(m, k), torch.randn(n, k)
+    product = (lambda: a @ weight.T) if kernel == "torch" else (lambda: linear(a, weight))
     for _ in range(5):
-        a @ b
+        product()
     start = time.perf_counter()
     for _ in range(repeats):
-        a @ b
+        product()
     return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
 
 

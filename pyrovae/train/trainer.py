@@ -22,6 +22,7 @@ import torch
 from .. import distributed
 from ..datasets import as_tensor, fixed_binarization, prepare
 from ..evaluation import elbo_terms
+from ..infer.cpu_kernels import cpu_kernels
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
 from .compiled import AUTO_MIN_STEPS, CompiledLoss, compile_reason
@@ -324,6 +325,15 @@ class Trainer:
         VAE's own model; under torch.distributed each rank takes every world_size-th example."""
         self.vae.eval()
         row = {}
+        # a compiled run's metrics on the same fast kernels as its step (eager runs: PyTorch's own)
+        kernels = cpu_kernels(self.device) if self.compiled_loss is not None else contextlib.nullcontext()
+        with kernels:
+            self._evaluate_metric_sets(row)
+        row["kl"] = row.get("test_kl", row.get("valid_kl", row.get("train_kl")))
+        self.vae.train()
+        return row
+
+    def _evaluate_metric_sets(self, row):
         for prefix, x in self.metric_sets.items():
             labels = self.metric_labels.get(prefix)
             terms = elbo_terms(self.vae, self.context.shard(x),
@@ -332,9 +342,6 @@ class Trainer:
             sums = torch.stack([terms[key].double().sum() for key in keys])
             sums = distributed.all_reduce_sum(self.context, sums) / len(x)
             row.update({f"{prefix}_{key}": float(value) for key, value in zip(keys, sums)})
-        row["kl"] = row.get("test_kl", row.get("valid_kl", row.get("train_kl")))
-        self.vae.train()
-        return row
 
     def _call(self, hook, *args):
         for callback in self.callbacks:
