@@ -51,8 +51,10 @@ class ModelConfig:
                         "hvae (two stochastic layers)", choices=("vae", "cvae", "m2", "hvae"))
     latent_dim: int = option(2, "dimension of z (hvae: of the top layer z2)", minimum=1)
     hidden: List[int] = option([400], "hidden widths, e.g. 400 or 512,256; 'none' for affine networks")
-    network: str = option("mlp", "encoder and decoder networks", choices=("mlp", "conv"))
-    activation: str = option("relu", "the networks' nonlinearity", choices=("relu", "tanh"))
+    network: str = option("mlp", "encoder and decoder networks: mlp, conv, or gated (Tomczak & Welling's gated "
+                          "units, He-normal weights, log-variance in [-6, 2])", choices=("mlp", "conv", "gated"))
+    activation: str = option("relu", "the networks' nonlinearity (gated: on each unit's value branch; identity in "
+                             "the paper)", choices=("relu", "tanh", "identity"))
     prior: Dict[str, Any] = option({"kind": "normal"}, "prior name (normal, laplace, student_t, mixture, vamp, flow)")
     likelihood: Dict[str, Any] = option({"kind": "auto"}, "likelihood name (bernoulli, continuous_bernoulli, "
                                         "gaussian, laplace, beta, logistic256)")
@@ -77,7 +79,9 @@ class TrainConfig:
                             choices=("standard", "stl", "dreg"))
     epochs: int = option(10, "passes over the training data", minimum=0)
     batch_size: int = option(128, "examples per step", minimum=1)
-    lr: float = option(1e-3, "Adam's learning rate", positive=True)
+    optimizer: str = option("adam", "adam or rmsprop (PyTorch's defaults besides the learning rate)",
+                            choices=("adam", "rmsprop"))
+    lr: float = option(1e-3, "the optimizer's learning rate", positive=True)
     lr_schedule: str = option("constant", "learning-rate schedule, stepped each epoch: multistep (lr_milestones, "
                               "lr_gamma), exponential (lr_gamma), cosine (to 0 at the last epoch), burda (3^i epochs "
                               "at lr 10^(-i/7), i = 0..7)",

@@ -17,6 +17,7 @@ except ImportError as error:  # pragma: no cover
 
 from .evaluation import elbo_terms
 from .config import train_options
+from .train.trainer import make_optimizer
 from .objectives import ELBOLoss, KLSchedule, check_training_options
 
 __all__ = ["VAEModule"]
@@ -79,4 +80,4 @@ class VAEModule(L.LightningModule):
             self.log(f"val_{key}", value.mean(), on_epoch=True, batch_size=len(x), sync_dist=True)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.vae.parameters(), lr=self.lr)
+        return make_optimizer(self.vae.parameters(), {**self.options, "lr": self.lr})

@@ -37,8 +37,8 @@ class VAE(PyroModule):
         table, or a :class:`~pyrovae.likelihoods.Likelihood`.
     :param prior: a name from ``pyrovae.priors.PRIORS``, a table, a
         :class:`~pyrovae.priors.Prior`, or a callable returning a Distribution over z.
-    :param network: ``"mlp"`` or ``"conv"``.
-    :param activation: ``"relu"`` or ``"tanh"`` between hidden layers.
+    :param network: ``"mlp"``, ``"conv"`` or ``"gated"`` (Tomczak & Welling's gated units).
+    :param activation: ``"relu"``, ``"tanh"`` or ``"identity"`` between hidden layers.
     :param name: the prefix of the parameters' names in Pyro's param store.
     """
 

@@ -11,7 +11,8 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "build_networks", "NETWORKS", "ACTIVATIONS"]
+__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "GatedDense", "GatedEncoder", "GatedDecoder",
+           "build_networks", "NETWORKS", "ACTIVATIONS"]
 
 
 def _mlp(sizes, activation):
@@ -129,13 +130,82 @@ class ConvDecoder(nn.Module):
         return out.reshape(*batch, self.num_params, c, height, width)
 
 
-NETWORKS = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder)}
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+def _he_normal_(module):
+    """w ~ N(0, 2 / fan_in) for every linear layer's weight (biases keep PyTorch's default), as
+    Tomczak & Welling's networks are initialized."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / layer.in_features))
+
+
+class GatedDense(nn.Module):
+    """A gated unit (Dauphin et al. 2017, the layers of Tomczak & Welling's VampPrior networks):
+    y = a(W_h x + b_h) * sigmoid(W_g x + b_g), a the activation (identity in the paper)."""
+
+    def __init__(self, fan_in, fan_out, activation=nn.Identity):
+        super().__init__()
+        self.h = nn.Linear(fan_in, fan_out)
+        self.g = nn.Linear(fan_in, fan_out)
+        self.activation = activation()
+
+    def forward(self, x):
+        return self.activation(self.h(x)) * torch.sigmoid(self.g(x))
+
+
+def _gated_stack(sizes, activation):
+    return nn.Sequential(*(GatedDense(fan_in, fan_out, activation) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])))
+
+
+class GatedEncoder(nn.Module):
+    """x -> (mu(x), sigma(x)) through gated layers (Tomczak & Welling 2018): mu affine in the last
+    hidden layer, log sigma^2 = hardtanh(affine, -6, 2), so sigma is in [e^-3, e]; weights He-normal.
+    ``hidden`` must name at least one layer."""
+
+    LOG_VARIANCE_RANGE = (-6.0, 2.0)
+
+    def __init__(self, data_shape, latent_dim, hidden=(300, 300), activation=nn.Identity):
+        super().__init__()
+        if not hidden:
+            raise ValueError("network 'gated' needs at least one hidden layer (e.g. hidden = [300, 300])")
+        self.data_shape = tuple(data_shape)
+        self.latent_dim = latent_dim
+        self.body = _gated_stack([math.prod(self.data_shape), *hidden], activation)
+        self.loc = nn.Linear(hidden[-1], latent_dim)
+        self.log_variance = nn.Linear(hidden[-1], latent_dim)
+        _he_normal_(self)
+
+    def forward(self, x):
+        h = self.body(x.flatten(-len(self.data_shape)))
+        low, high = self.LOG_VARIANCE_RANGE
+        return self.loc(h), torch.exp(0.5 * nn.functional.hardtanh(self.log_variance(h), low, high))
+
+
+class GatedDecoder(nn.Module):
+    """z -> likelihood parameters through gated layers, then one affine layer; weights He-normal."""
+
+    def __init__(self, data_shape, latent_dim, hidden=(300, 300), num_params=1, activation=nn.Identity):
+        super().__init__()
+        if not hidden:
+            raise ValueError("network 'gated' needs at least one hidden layer (e.g. hidden = [300, 300])")
+        self.data_shape = tuple(data_shape)
+        self.num_params = num_params
+        self.body = _gated_stack([latent_dim, *hidden], activation)
+        self.out = nn.Linear(hidden[-1], num_params * math.prod(self.data_shape))
+        _he_normal_(self)
+
+    def forward(self, z):
+        out = self.out(self.body(z))
+        return out.reshape(*out.shape[:-1], self.num_params, *self.data_shape)
+
+
+NETWORKS = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder), "gated": (GatedEncoder, GatedDecoder)}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
 
 
 def build_networks(network, data_shape, latent_dim, hidden, num_params, activation="relu"):
-    """Name -> (encoder, decoder) for the given shapes; ``activation`` ``"relu"`` or ``"tanh"``
-    (Burda et al.'s networks) between the hidden layers."""
+    """Name -> (encoder, decoder) for the given shapes; ``activation`` ``"relu"``, ``"tanh"``
+    (Burda et al.'s networks) or ``"identity"`` between the hidden layers (of a gated network: on
+    the value branch of each gated unit, identity in Tomczak & Welling's)."""
     if network not in NETWORKS:
         raise ValueError(f"unknown network {network!r}; choose one of {sorted(NETWORKS)}")
     if activation not in ACTIVATIONS:

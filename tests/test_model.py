@@ -186,3 +186,30 @@ def test_fit_on_pyros_traces_and_on_the_fast_path_reach_the_same_parameters(loss
         states.append(vae.state_dict())
     for name in states[0]:
         assert torch.allclose(states[0][name], states[1][name], atol=1e-4, rtol=1e-4), name
+
+
+def test_gated_networks_are_tomczak_and_wellings():
+    """Gated units y = h(x) * sigmoid(g(x)), He-normal weights, log sigma^2 in [-6, 2]."""
+    from pyrovae.networks import GatedDense, GatedEncoder
+
+    torch.manual_seed(0)
+    unit = GatedDense(5, 3)
+    x = torch.randn(4, 5)
+    by_hand = (x @ unit.h.weight.T + unit.h.bias) * torch.sigmoid(x @ unit.g.weight.T + unit.g.bias)
+    assert torch.allclose(unit(x), by_hand, atol=1e-6)
+
+    vae = pyrovae.VAE((1, 28, 28), latent_dim=40, hidden=(300, 300), network="gated", activation="identity")
+    assert isinstance(vae.encoder, GatedEncoder) and len(vae.encoder.body) == 2 and len(vae.decoder.body) == 2
+    first = vae.encoder.body[0].h.weight  # 300 x 784 draws of N(0, 2/784)
+    assert first.std().item() == pytest.approx(math.sqrt(2 / 784), rel=0.02) and abs(first.mean().item()) < 1e-3
+    assert vae.decoder.out.weight.std().item() == pytest.approx(math.sqrt(2 / 300), rel=0.02)
+    with torch.no_grad():  # push the log-variance head far out of range both ways
+        vae.encoder.log_variance.bias[:20] = 100.0
+        vae.encoder.log_variance.bias[20:] = -100.0
+        loc, scale = vae.encoder(torch.rand(3, 1, 28, 28))
+    assert loc.shape == scale.shape == (3, 40)
+    assert torch.allclose(scale[:, :20], torch.tensor(math.exp(1.0)))
+    assert torch.allclose(scale[:, 20:], torch.tensor(math.exp(-3.0)))
+    assert vae.decoder(torch.randn(2, 5, 40)).shape == (2, 5, 1, 1, 28, 28)
+    with pytest.raises(ValueError, match="gated' needs at least one hidden layer"):
+        pyrovae.VAE((1, 28, 28), latent_dim=4, hidden=(), network="gated")

@@ -162,3 +162,27 @@ def test_the_nll_curve_records_the_estimate_of_an_even_spread_of_test_examples(t
     expected = pyrovae.log_likelihood(vae, test[::5], num_samples=10, seed=3).mean()  # every 5th of 40: 8 examples
     assert history[2]["test_log_likelihood"] == pytest.approx(float(expected), rel=1e-6)
     assert "test_log_likelihood" in (tmp_path / "metrics.jsonl").read_text().splitlines()[2]
+
+
+def test_rmsprop_is_pytorchs_and_a_run_resumes_on_it_exactly(tmp_path):
+    x, valid = tiny()
+    options = dict(batch_size=32, progress=False, device="cpu", lr=1e-3, optimizer="rmsprop", valid=valid)
+    torch.manual_seed(2)
+    straight = pyrovae.VAE((6,), latent_dim=1, hidden=(4,))
+    trainer = pyrovae.train.Trainer(straight, cfg.train_options({"optimizer": "rmsprop", "lr": 1e-3, "device": "cpu"}))
+    trainer.setup(x)
+    assert type(trainer.optimizer) is torch.optim.RMSprop
+    assert trainer.optimizer.defaults["alpha"] == 0.99 and trainer.optimizer.defaults["lr"] == 1e-3
+    pyrovae.fit(straight, x, epochs=3, run_dir=tmp_path / "a", **options)
+    torch.manual_seed(2)
+    first = pyrovae.VAE((6,), latent_dim=1, hidden=(4,))
+    pyrovae.fit(first, x, epochs=1, run_dir=tmp_path / "b", **options)
+    resumed = pyrovae.VAE((6,), latent_dim=1, hidden=(4,))
+    pyrovae.fit(resumed, x, epochs=3, run_dir=tmp_path / "b", resume=True, **options)
+    assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters()))
+    # the optimizer's state belongs to its kind: another optimizer cannot continue it
+    with pytest.raises(ValueError, match="trained with optimizer 'rmsprop', this run asks for 'adam'"):
+        pyrovae.fit(pyrovae.VAE((6,), latent_dim=1, hidden=(4,)), x, epochs=4, run_dir=tmp_path / "b", resume=True,
+                    **{**options, "optimizer": "adam"})
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        cfg.train_options({"optimizer": "sgd"})

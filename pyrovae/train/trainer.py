@@ -28,7 +28,20 @@ from .callbacks import Callback
 from .compiled import AUTO_MIN_STEPS, CompiledLoss, compile_reason
 from .schedules import make_scheduler
 
-__all__ = ["Trainer", "TrainingDiverged", "stream_seed", "METRIC_EXAMPLES"]
+__all__ = ["Trainer", "TrainingDiverged", "stream_seed", "make_optimizer", "OPTIMIZERS", "METRIC_EXAMPLES"]
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+
+
+def make_optimizer(parameters, options: Dict, fused: bool = False) -> torch.optim.Optimizer:
+    """``options["optimizer"]`` (adam or rmsprop, PyTorch's defaults besides ``options["lr"]``)
+    over ``parameters``; Adam's fused kernel where the step is compiled (``fused``: one pass over
+    the parameters), the foreach kernels otherwise."""
+    name = options.get("optimizer", "adam")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    kernel = {"fused": True} if fused and name == "adam" else {"foreach": True}
+    return OPTIMIZERS[name](parameters, lr=options["lr"], **kernel)
 
 # The per-epoch ELBO report looks at up to this many training examples (and the whole test set).
 METRIC_EXAMPLES = 10000
@@ -135,9 +148,7 @@ class Trainer:
         if self.context.enabled and num_train - (self.steps_per_epoch - 1) * batch < self.context.world_size:
             self.steps_per_epoch -= 1
         self._setup_compile()
-        # Adam's fused kernel where the step is compiled: one pass over the parameters
-        fused = {"fused": True} if self.compiled_loss is not None else {"foreach": True}
-        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=options["lr"], **fused)
+        self.optimizer = make_optimizer(self.vae.parameters(), options, fused=self.compiled_loss is not None)
 
     def _setup_compile(self):
         """The compiled loss where the step can and (``compile="auto"``) should be compiled; else
@@ -178,6 +189,7 @@ class Trainer:
             "train_config": self.run.config if self.run is not None else {},
             "model": self.vae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "optimizer_name": self.options["optimizer"],
             "epoch": self.epoch,
             "step": self.step,
             "epoch_total": self.epoch_total,
@@ -192,6 +204,11 @@ class Trainer:
             differ = sorted(k for k in set(state["model_config"]) | set(self.vae.config)
                             if state["model_config"].get(k) != self.vae.config.get(k))
             raise ValueError(f"the checkpoint is from another model config; these differ: {differ}")
+        trained_with = state.get("optimizer_name", "adam")  # checkpoints before the option: Adam
+        if trained_with != self.options["optimizer"]:
+            raise ValueError(f"the checkpoint was trained with optimizer {trained_with!r}, this run asks for "
+                             f"{self.options['optimizer']!r}: its state cannot continue another optimizer's; resume "
+                             f"with optimizer = {trained_with!r} or start a new run")
         self.vae.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history, self.epoch = list(state["history"]), int(state["epoch"])
