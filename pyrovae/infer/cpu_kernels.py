@@ -14,10 +14,10 @@ are registered as custom operators (``pyrovae::onednn_linear`` and its two gradi
 the weight to be a graph constant, which a weight being trained is not.
 
 **The Bernoulli log density.** log Bernoulli(x | sigmoid(l)) = x l - softplus(l), and softplus(l)
-= max(l, 0) + log(1 + exp(-|l|)); PyTorch's ``binary_cross_entropy_with_logits`` (behind
+= max(l, 0) + log(1 + exp(-abs(l))); PyTorch's ``binary_cross_entropy_with_logits`` (behind
 ``Bernoulli.log_prob``) writes the last term with ``log1p``, whose vectorized CPU kernel in the
 code Inductor generates is about ten times slower than ``exp`` and ``log`` together: it was most
-of the importance-sampling estimator's time. Here it is ``log(1 + t)`` with t = exp(-|l|) in
+of the importance-sampling estimator's time. Here it is ``log(1 + t)`` with t = exp(-abs(l)) in
 (0, 1], which differs from ``log1p(t)`` by at most one float32 rounding of 1 + t (1.2e-7 nats a
 pixel); the sum over the pixels carries larger rounding errors than that already.
 
@@ -119,7 +119,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
 
 
 def bernoulli_log_density(logits: Tensor, value: Tensor) -> Tensor:
-    """x l - max(l, 0) - log(1 + exp(-|l|)) elementwise: -``binary_cross_entropy_with_logits(l,
+    """x l - max(l, 0) - log(1 + exp(-abs(l))) elementwise: -``binary_cross_entropy_with_logits(l,
     x, reduction="none")`` with log(1 + t) for log1p(t) (see the module's docstring)."""
     return value * logits - logits.clamp_min(0) - torch.log(1 + torch.exp(-logits.abs()))
 
