@@ -109,8 +109,12 @@ COMPILE_MIN_WORK = 5_000_000
 
 
 def _fast_path_weights(vae, x, num_samples, kernels):
+    """The fast path's log weights, for a VAE :func:`_compiled_weights` recognized eagerly: under
+    Dynamo a bound method's ``__self__`` is not the module, so ``fast_vae`` cannot run inside."""
+    from .infer.fast_path import vae_weight_parts
+
     with kernels:
-        return log_weight_parts(vae.model, vae.guide, x, num_particles=num_samples).log_weights
+        return vae_weight_parts(vae, x, num_particles=num_samples).log_weights
 
 
 _compiled_state = {"function": None, "failed": False}  # one compiled function, made on first use

@@ -8,9 +8,9 @@ its own objective; everything else trains eager, unchanged. The compiled graph i
 of the same random draws (``fallback_random``: the normal and Bernoulli draws come from torch's
 generator, as in eager mode), so a compiled run follows the eager one within floating-point
 rounding (``tests/test_compiled.py``). On CPU it runs on faster kernels of the same functions
-(oneDNN's linear layers, a vectorizable Bernoulli log density: :mod:`pyrovae.infer.cpu_kernels`). The shapes are static: the last short batch of an epoch
-runs eager rather than compiling a second graph, and the first step runs eager too (with Pyro's
-validation of the model and guide). ``compile="auto"`` compiles where it pays: a run of at least
+(oneDNN's linear layers, a vectorizable Bernoulli log density: :mod:`pyrovae.infer.cpu_kernels`).
+The shapes are static: the last short batch of an epoch runs eager rather than compiling a second
+graph, and the first step runs eager too (with Pyro's validation of the model and guide). ``compile="auto"`` compiles where it pays: a run of at least
 ``AUTO_MIN_STEPS`` steps, which amortizes the compile time (about 20 s on 2 CPU cores).
 """
 
@@ -19,8 +19,8 @@ import warnings
 
 import torch
 
-from ..infer.fast_path import fast_vae
 from ..infer.cpu_kernels import cpu_kernels
+from ..infer.fast_path import fast_vae
 
 __all__ = ["AUTO_MIN_STEPS", "compile_reason", "CompiledLoss"]
 
