@@ -1,7 +1,8 @@
 """Importance-sampled log-likelihood speed: K = 1000 and 5000 samples on 1000 and 10000 MNIST
 test images; seconds, examples x samples per second, peak memory, and the fraction of this
 CPU's float32 matmul throughput (measured in the same run: the faster of PyTorch's default GEMM
-and oneDNN's, which the compiled estimator uses) that the estimator reaches, eager and compiled (``log_likelihood(compile="on")``; its seconds include the compilation).
+and oneDNN's, which the compiled estimator uses) that the estimator reaches, eager and compiled
+(``log_likelihood(compile="on")``; its seconds include the compilation).
 
     PYROVAE_DATA=../shared/data python benchmarks/loglik_speed.py --run runs/mnist50 [--rows 10000,1000]
 

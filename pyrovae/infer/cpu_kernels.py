@@ -97,9 +97,12 @@ def _operators():
     return forward
 
 
+def _float32_on_cpu(*tensors) -> bool:
+    return all(isinstance(t, Tensor) and t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
 def _runs_on_onednn(x, weight, bias) -> bool:
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    return (all(isinstance(t, Tensor) and t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    return (_float32_on_cpu(x, weight, *(() if bias is None else (bias,)))
             and x.dim() >= 2 and weight.dim() == 2 and (bias is None or bias.dim() == 1)
             and x.numel() > 0 and weight.numel() > 0)
 
@@ -124,16 +127,12 @@ def bernoulli_log_density(logits: Tensor, value: Tensor) -> Tensor:
     return value * logits - logits.clamp_min(0) - torch.log(1 + torch.exp(-logits.abs()))
 
 
-_BCE_DEFAULTS = {"weight": None, "size_average": None, "reduce": None, "reduction": "mean", "pos_weight": None}
-
-
 def _binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None, reduction="mean",
                                       pos_weight=None):
     """``F.binary_cross_entropy_with_logits`` through :func:`bernoulli_log_density` for the
     unweighted, unreduced float32 CPU case the likelihoods use; PyTorch's otherwise."""
     plain = (weight is None and pos_weight is None and size_average is None and reduce is None and reduction == "none"
-             and all(isinstance(t, Tensor) and t.device.type == "cpu" and t.dtype == torch.float32
-                     for t in (input, target)))
+             and _float32_on_cpu(input, target))
     if not plain:
         return F.binary_cross_entropy_with_logits(input, target, weight, size_average, reduce, reduction, pos_weight)
     return -bernoulli_log_density(input, target)

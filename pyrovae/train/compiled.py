@@ -10,8 +10,9 @@ generator, as in eager mode), so a compiled run follows the eager one within flo
 rounding (``tests/test_compiled.py``). On CPU it runs on faster kernels of the same functions
 (oneDNN's linear layers, a vectorizable Bernoulli log density: :mod:`pyrovae.infer.cpu_kernels`).
 The shapes are static: the last short batch of an epoch runs eager rather than compiling a second
-graph, and the first step runs eager too (with Pyro's validation of the model and guide). ``compile="auto"`` compiles where it pays: a run of at least
-``AUTO_MIN_STEPS`` steps, which amortizes the compile time (about 20 s on 2 CPU cores).
+graph, and the first step runs eager too (with Pyro's validation of the model and guide).
+``compile="auto"`` compiles where it pays: a run of at least ``AUTO_MIN_STEPS`` steps, which
+amortizes the compile time (about 20 s on 2 CPU cores).
 """
 
 import time
@@ -46,13 +47,12 @@ def compile_reason(trainer):
 class CompiledLoss:
     """``objective(x)`` compiled for one batch shape, with the time its first call took (the
     compilation) and a fallback to the eager objective, with a warning, where the compiler fails.
-    On CPU it runs under :func:`~pyrovae.infer.cpu_kernels.cpu_kernels`."""
+    On CPU it runs under :func:`~pyrovae.infer.cpu_kernels.cpu_kernels` (``kernels``, which the
+    run's per-epoch metrics enter too)."""
 
     def __init__(self, objective, device="cpu"):
         self.objective = objective
-        self.device = torch.device(device)
-
-        kernels = cpu_kernels(self.device)
+        self.kernels = kernels = cpu_kernels(device)
 
         def objective_on_fast_kernels(x):
             with kernels:

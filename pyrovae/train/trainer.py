@@ -22,7 +22,6 @@ import torch
 from .. import distributed
 from ..datasets import as_tensor, fixed_binarization, prepare
 from ..evaluation import elbo_terms
-from ..infer.cpu_kernels import cpu_kernels
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
 from .compiled import AUTO_MIN_STEPS, CompiledLoss, compile_reason
@@ -343,8 +342,7 @@ class Trainer:
         self.vae.eval()
         row = {}
         # a compiled run's metrics on the same fast kernels as its step (eager runs: PyTorch's own)
-        kernels = cpu_kernels(self.device) if self.compiled_loss is not None else contextlib.nullcontext()
-        with kernels:
+        with self.compiled_loss.kernels if self.compiled_loss is not None else contextlib.nullcontext():
             self._evaluate_metric_sets(row)
         row["kl"] = row.get("test_kl", row.get("valid_kl", row.get("train_kl")))
         self.vae.train()
