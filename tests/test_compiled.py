@@ -4,6 +4,7 @@ epoch, per KL weight or for the last short batch); eager, with the reason, every
 
 import warnings
 
+import pyro
 import pytest
 import torch
 import torch._dynamo
@@ -61,7 +62,7 @@ def test_auto_compiles_only_runs_long_enough_to_pay_for_it():
     trainer = pyrovae.train.Trainer(pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,)),
                                     pyrovae.config.train_options({"epochs": 2000, "batch_size": 16, "device": "cpu"}))
     trainer.setup(DATA)
-    assert trainer.compiled_loss is not None and trainer.optimizer.defaults["fused"]
+    assert trainer.compiled is not None and trainer.optimizer.defaults["fused"]
 
 
 def test_a_compiler_failure_falls_back_to_eager_with_a_warning(monkeypatch):
@@ -99,3 +100,84 @@ def test_the_compiled_estimator_gives_the_eager_estimate():
     assert torch.allclose(compiled, eager, atol=1e-4)
     # the fast path whole in one graph (not Pyro's trace path, whose plates break the graph)
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
+GREY = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("options", [
+    {"loss": "meanfield", "grad_clip": 0.5, "lr_schedule": "multistep", "lr_milestones": [1], "lr_gamma": 0.5},
+    {"loss": "trace", "warmup_epochs": 2.0},
+], ids=["clip-schedule", "trace-warmup"])
+def test_the_whole_compiled_step_binarizes_clips_and_follows_the_schedule_as_eager_does(options):
+    """Grey data: the compiled graph draws the dynamic binarization itself, from torch's generator
+    in the eager step's order, so the runs see the same images; clipping and the learning-rate
+    schedule act inside the graph as clip_grad_norm_ and the scheduler act eagerly."""
+    def run(mode):
+        torch.manual_seed(0)
+        vae = pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,))
+        trainer = pyrovae.train.Trainer(vae, pyrovae.config.train_options(
+            {"epochs": 3, "batch_size": 64, "device": "cpu", "compile": mode, **options}))
+        history = trainer.fit(GREY)
+        return trainer, history, torch.cat([p.detach().flatten() for p in vae.parameters()])
+
+    _, eager_history, eager_parameters = run("off")
+    torch._dynamo.reset()
+    counters.clear()
+    trainer, compiled_history, compiled_parameters = run("on")
+    assert trainer.compiled_step is not None and trainer.compiled_step.compile_seconds > 0
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    for eager, compiled in zip(eager_history, compiled_history):
+        assert compiled["train_objective"] == pytest.approx(eager["train_objective"], rel=1e-5, abs=1e-4)
+        assert compiled["lr"] == eager["lr"]
+        assert compiled["grad_norm"] == pytest.approx(eager["grad_norm"], rel=1e-4)
+    assert torch.allclose(compiled_parameters, eager_parameters, rtol=1e-4, atol=1e-5)
+    state = trainer.optimizer.state_dict()["state"]
+    assert all(float(entry["step"]) == 3 * 5 for entry in state.values())  # 5 steps an epoch, each counted once
+
+
+def test_adam_update_is_torch_adams_fused_step_and_skips_a_non_finite_step():
+    from pyrovae.train.compiled import adam_update_
+
+    torch.manual_seed(0)
+    reference = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    ours = [p.detach().clone() for p in reference]
+    optimizer = torch.optim.Adam(reference, lr=3e-3, betas=(0.8, 0.99), eps=1e-6, fused=True)
+    exp_avgs, exp_avg_sqs = [torch.zeros_like(p) for p in ours], [torch.zeros_like(p) for p in ours]
+    steps = [torch.zeros(()) for _ in ours]
+    for step in range(4):
+        grads = [torch.randn_like(p) for p in ours]
+        found_inf = torch.tensor(1.0 if step == 2 else 0.0)  # step 3 skipped: nothing may change
+        before = [p.clone() for p in ours]
+        adam_update_(ours, grads, exp_avgs, exp_avg_sqs, steps, torch.tensor(3e-3, dtype=torch.float64), found_inf,
+                     0.8, 0.99, 1e-6)
+        if step == 2:
+            assert all(torch.equal(a, b) for a, b in zip(before, ours)) and float(steps[0]) == 2
+            continue
+        for p, g in zip(reference, grads):
+            p.grad = g
+        optimizer.step()
+        for a, b in zip(reference, ours):
+            assert torch.allclose(a.detach(), b, rtol=0, atol=1e-7)
+    assert [float(s) for s in steps] == [float(optimizer.state[p]["step"]) for p in reference] == [3.0, 3.0]
+
+
+def test_a_non_finite_loss_in_the_compiled_step_keeps_the_last_good_state():
+    torch.manual_seed(0)
+    vae = pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,))
+    trainer = pyrovae.train.Trainer(vae, pyrovae.config.train_options(
+        {"epochs": 1, "batch_size": 64, "device": "cpu", "compile": "on"}))
+    trainer.setup(DATA)
+    trainer.train_step(DATA[:64], first=True)
+    with pyro.validation_enabled(False):  # as fit runs every step after the first
+        trainer.train_step(DATA[64:128])
+        assert trainer.compiled_step.compile_seconds is not None
+        parameters = [p.detach().clone() for p in vae.parameters()]
+        state = {k: v.clone() for entry in trainer.optimizer.state.values() for k, v in entry.items()}
+        poisoned = DATA[:64].clone()
+        poisoned[0, 0, 0, 0] = float("inf")  # past the data checks, as a corrupted batch would be
+        with pytest.raises(pyrovae.train.TrainingDiverged, match="the loss became"):
+            trainer.train_step(poisoned)
+    assert all(torch.equal(a, b) for a, b in zip(parameters, vae.parameters()))
+    after = {k: v for entry in trainer.optimizer.state.values() for k, v in entry.items()}
+    assert all(torch.equal(state[k], after[k]) for k in state)

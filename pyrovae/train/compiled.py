@@ -1,6 +1,16 @@
-"""The compiled training step: the loss of the package VAE's structural fast path under
-``torch.compile`` (forward and, through AOTAutograd, backward in compiled kernels) and Adam's
-fused kernel for the update.
+"""The compiled training step: the package VAE's structural fast path under ``torch.compile``.
+
+Two forms, the first where it applies:
+
+- :class:`CompiledStep`, the whole step in one graph: the dynamic binarization of the batch, the
+  loss, its gradient (``torch.autograd.grad`` traced into the graph), gradient-norm clipping and
+  Adam's update (PyTorch's fused Adam kernel, on the optimizer's own state, so checkpoints and
+  resumes are those of ``torch.optim.Adam``). One call a step: no autograd engine, no optimizer
+  wrapper, no host round trip between forward, backward and update. It needs Adam with
+  PyTorch's defaults besides the learning rate (read each step from the optimizer, so schedules
+  apply without recompiling) and a PyTorch whose compiler traces ``torch.autograd.grad``.
+- :class:`CompiledLoss`, the loss alone (forward and, through AOTAutograd, backward in compiled
+  kernels), with the eager optimizer: RMSprop, or where the first form is unavailable.
 
 It is chosen by structure, like the fast path it compiles: the built-in VAE's own model and guide
 (:func:`~pyrovae.infer.fast_path.fast_vae`), one process, no auxiliary programs and no model with
@@ -15,15 +25,18 @@ graph, and the first step runs eager too (with Pyro's validation of the model an
 amortizes the compile time (about 20 s on 2 CPU cores).
 """
 
+import functools
 import time
 import warnings
+from typing import List
 
 import torch
+from torch import Tensor
 
 from ..infer.cpu_kernels import cpu_kernels
 from ..infer.fast_path import fast_vae
 
-__all__ = ["AUTO_MIN_STEPS", "compile_reason", "CompiledLoss"]
+__all__ = ["AUTO_MIN_STEPS", "compile_reason", "whole_step_reason", "CompiledLoss", "CompiledStep", "adam_update_"]
 
 AUTO_MIN_STEPS = 5000
 
@@ -72,8 +85,154 @@ class CompiledLoss:
             loss = self.compiled(x)
         except Exception as error:  # no C++ compiler, an unsupported platform: train eager
             self.failed = True
-            warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}: {str(error)[:200]}); "
-                          "training eager (compile='off' silences this)", RuntimeWarning, stacklevel=2)
+            _compile_failed(error)
             return self.objective(x)
         self.compile_seconds = time.perf_counter() - started
         return loss
+
+
+def _compile_failed(error):
+    warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}: {str(error)[:200]}); "
+                  "training eager (compile='off' silences this)", RuntimeWarning, stacklevel=3)
+
+
+@functools.lru_cache(maxsize=None)
+def _adam_operator():
+    """``pyrovae::adam_update_``, registered on first use: PyTorch's fused Adam kernel as one
+    opaque, mutating operator, so a compiled graph calls the very kernel that
+    ``torch.optim.Adam(fused=True)`` calls (the compiler has no lowering of ``_fused_adam_``)."""
+
+    @torch.library.custom_op("pyrovae::adam_update_", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
+    def adam_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                    steps: List[Tensor], lr: Tensor, found_inf: Tensor, beta1: float, beta2: float,
+                    eps: float) -> None:
+        # on CPU torch.optim.Adam hands the kernel its rate as a float; on CUDA a tensor may stay one
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr.item() if lr.device.type == "cpu"
+                           else lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False,
+                           maximize=False, grad_scale=None, found_inf=found_inf)
+
+    @adam_update.register_fake
+    def _(params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps):
+        return None
+
+    return adam_update
+
+
+def adam_update_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps):
+    """One step of ``torch.optim.Adam(fused=True)`` (no weight decay, no AMSGrad) on its state
+    tensors, in place, as its ``step`` makes it (``torch/optim/adam.py``, ``_fused_adam``): the
+    step counts advance, then the fused kernel updates. Where ``found_inf`` is 1, nothing changes:
+    the counts stay and the kernel skips the update, as under a gradient scaler."""
+    _adam_step(_adam_operator(), params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps)
+
+
+def _adam_step(operator, params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps):
+    torch._foreach_add_(steps, [1 - found_inf] * len(steps))
+    operator(params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps)
+
+
+_ADAM_DEFAULTS = {"weight_decay": 0.0, "amsgrad": False, "maximize": False, "decoupled_weight_decay": False}
+
+
+def whole_step_reason(optimizer):
+    """Why :class:`CompiledStep` cannot run ``optimizer``'s step (a string), or None where it can."""
+    if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        return "this PyTorch's compiler does not trace torch.autograd.grad"
+    if type(optimizer) is not torch.optim.Adam or not optimizer.defaults.get("fused"):
+        return "the optimizer is not Adam's fused kernel"
+    groups = optimizer.param_groups
+    if len(groups) != 1 or any(groups[0].get(key, value) != value for key, value in _ADAM_DEFAULTS.items()):
+        return "Adam has options besides its learning rate and betas"
+    params = groups[0]["params"]
+    if len({(p.device, p.dtype) for p in params}) != 1:
+        return "the parameters live on more than one device or dtype"
+    return None
+
+
+class CompiledStep:
+    """One training step of ``objective`` with ``optimizer`` (fused Adam), compiled whole:
+
+        x = 1[u < x], u ~ U[0, 1)              (``binarize``: the run's dynamic binarization)
+        L = objective(x);  g = dL/dtheta        (the fast path's loss, its gradient in the graph)
+        g <- g min(1, c / (||g|| + 1e-6))       (``grad_clip`` c > 0: clip_grad_norm_'s rule)
+        theta <- Adam(theta, g)                 (PyTorch's fused kernel, the optimizer's state)
+
+    ``step(x)`` returns ``(L, ||g||)`` (the norm where clipping computed it, else None) and leaves
+    g in each parameter's ``.grad``, as ``backward`` and clipping leave it. A non-finite
+    L leaves the parameters and the optimizer's state as they were (the update is skipped in the
+    graph), so the Trainer's divergence error keeps the last good state, as the eager step does.
+    The draws are torch's generator's, in the eager step's order (``fallback_random``), so a
+    compiled run follows the eager one within floating-point rounding. The optimizer's state must
+    exist (the Trainer's first step is eager) and is read at every call, so a resumed
+    optimizer's tensors are the ones updated.
+    """
+
+    def __init__(self, objective, optimizer, binarize=False, grad_clip=0.0, device="cpu"):
+        self.objective, self.optimizer = objective, optimizer
+        self.kernels = kernels = cpu_kernels(device)
+        group = optimizer.param_groups[0]
+        self.params = params = list(group["params"])
+        self._lr_float = float(group["lr"])
+        self.lr = torch.tensor(self._lr_float, dtype=torch.float64, device=params[0].device)
+        beta1, beta2 = (float(b) for b in group["betas"])
+        eps, clip = float(group["eps"]), float(grad_clip)
+        adam = _adam_operator()  # registered before compiling: the graph only calls it
+
+        def step(x, lr, exp_avgs, exp_avg_sqs, steps):
+            if binarize:
+                x = (torch.rand_like(x) < x).to(x.dtype)
+            with torch.enable_grad():
+                with kernels:
+                    loss = objective(x)
+                grads = list(torch.autograd.grad(loss, params))
+            norm = None
+            if clip > 0:
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+                factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
+                grads = [g * factor for g in grads]
+            found_inf = (~torch.isfinite(loss)).to(params[0].dtype)
+            _adam_step(adam, params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps)
+            return loss.detach(), norm, grads
+
+        self.compiled = torch.compile(step, dynamic=False, options={"fallback_random": True})
+        self.compile_seconds = None
+        self.failed = False
+
+    def state_lists(self):
+        """The optimizer's exp_avg, exp_avg_sq and step tensors in parameter order, or None
+        before its first step."""
+        state = self.optimizer.state
+        if any(p not in state for p in self.params):
+            return None
+        return ([state[p]["exp_avg"] for p in self.params], [state[p]["exp_avg_sq"] for p in self.params],
+                [state[p]["step"] for p in self.params])
+
+    def __call__(self, x):
+        """``(loss, grad_norm)`` after the step, or None where this step should run eager (the
+        compiler failed, or the optimizer has no state yet)."""
+        lists = None if self.failed else self.state_lists()
+        if lists is None:
+            return None
+        lr = self.optimizer.param_groups[0]["lr"]
+        if lr != self._lr_float:  # a schedule's new rate: an input of the graph, not a constant
+            self.lr.fill_(lr)
+            self._lr_float = lr
+        with torch.no_grad():
+            if self.compile_seconds is not None:
+                return self._publish(*self.compiled(x, self.lr, *lists))
+            started = time.perf_counter()
+            try:
+                # the flag matters while the compiler traces: later calls run the graph it made
+                with torch._dynamo.config.patch(trace_autograd_ops=True):
+                    out = self.compiled(x, self.lr, *lists)
+            except Exception as error:  # no C++ compiler, an unsupported platform: train eager
+                self.failed = True
+                _compile_failed(error)
+                return None
+        self.compile_seconds = time.perf_counter() - started
+        return self._publish(*out)
+
+    def _publish(self, loss, norm, grads):
+        for parameter, grad in zip(self.params, grads):
+            parameter.grad = grad
+        return loss, norm

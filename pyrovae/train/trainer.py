@@ -24,7 +24,7 @@ from ..datasets import as_tensor, fixed_binarization, prepare
 from ..evaluation import elbo_terms
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
-from .compiled import AUTO_MIN_STEPS, CompiledLoss, compile_reason
+from .compiled import AUTO_MIN_STEPS, CompiledLoss, CompiledStep, compile_reason, whole_step_reason
 from .schedules import make_scheduler
 
 __all__ = ["Trainer", "TrainingDiverged", "stream_seed", "make_optimizer", "OPTIMIZERS", "METRIC_EXAMPLES"]
@@ -147,23 +147,36 @@ class Trainer:
         if self.context.enabled and num_train - (self.steps_per_epoch - 1) * batch < self.context.world_size:
             self.steps_per_epoch -= 1
         self._setup_compile()
-        self.optimizer = make_optimizer(self.vae.parameters(), options, fused=self.compiled_loss is not None)
 
     def _setup_compile(self):
-        """The compiled loss where the step can and (``compile="auto"``) should be compiled; else
-        None, with the reason in ``compile_note`` (warned about under ``compile="on"``)."""
-        self.compiled_loss, self._compile_reported = None, False
+        """The optimizer, and the compiled step where it can and (``compile="auto"``) should be
+        compiled: the whole step (:class:`CompiledStep`) where the optimizer allows it, else the
+        loss (:class:`CompiledLoss`); without either, the reason is in ``compile_note`` (warned
+        about under ``compile="on"``)."""
+        self.compiled_loss = self.compiled_step = None
+        self._compile_reported = False
         mode = self.options["compile"]
         reason = compile_reason(self) if mode != "off" else "compile='off'"
         total_steps = self.options["epochs"] * self.steps_per_epoch
         if reason is None and mode == "auto" and total_steps < AUTO_MIN_STEPS:
             reason = f"compile='auto' and {total_steps} steps, too few to amortize the compile time"
+        self.optimizer = make_optimizer(self.vae.parameters(), self.options, fused=reason is None)
         if reason is None:
             self.objective.weight_as_tensor(self.device)
-            self.compiled_loss = CompiledLoss(self.objective, self.device)
+            self.whole_step_note = whole_step_reason(self.optimizer)
+            if self.whole_step_note is None:
+                self.compiled_step = CompiledStep(self.objective, self.optimizer, self.binarize == "dynamic",
+                                                  self.options["grad_clip"], self.device)
+            else:
+                self.compiled_loss = CompiledLoss(self.objective, self.device)
         elif mode == "on":
             warnings.warn(f"compile='on': the step trains eager, {reason}", RuntimeWarning, stacklevel=4)
         self.compile_note = reason
+
+    @property
+    def compiled(self):
+        """The run's compiled step or loss (:class:`CompiledStep` or :class:`CompiledLoss`), or None."""
+        return self.compiled_step if self.compiled_step is not None else self.compiled_loss
 
     def _labels_for(self, x, y, what):
         """The labels of a model that reads them (checked), else None."""
@@ -272,7 +285,7 @@ class Trainer:
         row = {"epoch": self.epoch + 1,
                "train_objective": -float(distributed.all_reduce_sum(context, self.epoch_total)) / seen}
         row.update(self.evaluate())
-        compiled = self.compiled_loss
+        compiled = self.compiled
         if compiled is not None and compiled.compile_seconds is not None and not self._compile_reported:
             row["compile_seconds"] = compiled.compile_seconds  # inside this epoch's seconds: the first pays it
             self._compile_reported = True
@@ -292,12 +305,32 @@ class Trainer:
     def train_step(self, xb, *labels, first=False):
         """One SVI step on the minibatch ``xb`` (and its labels, for a model that reads them);
         returns the loss (-objective, summed)."""
+        if not self.objective.kl_schedule.is_constant:
+            self.objective.set_progress(self.epoch + self.step / self.steps_per_epoch)
+        if self._whole_step_compiles(xb, first):
+            out = self.compiled_step(xb)
+            if out is not None:
+                loss, norm = out
+                if not torch.isfinite(loss):  # the graph skipped the update: the state is the last good one
+                    self._diverged(loss, xb)
+                if norm is not None and self.step == self.steps_per_epoch - 1:
+                    self.last_grad_norm = float(norm)
+                return loss
+        return self._eager_step(xb, *labels, first=first)
+
+    def _whole_step_compiles(self, xb, first):
+        """Whether this step runs as the compiled whole step: not the run's first (Pyro validates
+        it eagerly), a full batch (one graph; the last short batch runs eager) and, without
+        clipping, not the epoch's last (whose gradient norm the logs read from the eager step)."""
+        if self.compiled_step is None or first or len(xb) != self.batch_examples:
+            return False
+        return self.options["grad_clip"] > 0 or self.step != self.steps_per_epoch - 1
+
+    def _eager_step(self, xb, *labels, first=False):
         if self.binarize == "dynamic":
             # 1[u < p] with u ~ U[0, 1): on CPU the very draws of torch.bernoulli(p) (tested), in
             # a vectorized kernel; torch.bernoulli's scalar loop took a fifth of the compiled step
             xb = (torch.rand_like(xb) < xb).to(xb.dtype)
-        if not self.objective.kl_schedule.is_constant:
-            self.objective.set_progress(self.epoch + self.step / self.steps_per_epoch)
         self.optimizer.zero_grad(set_to_none=True)
         try:
             with pyro.validation_enabled(True) if first else contextlib.nullcontext():
@@ -342,7 +375,7 @@ class Trainer:
         self.vae.eval()
         row = {}
         # a compiled run's metrics on the same fast kernels as its step (eager runs: PyTorch's own)
-        with self.compiled_loss.kernels if self.compiled_loss is not None else contextlib.nullcontext():
+        with self.compiled.kernels if self.compiled is not None else contextlib.nullcontext():
             self._evaluate_metric_sets(row)
         row["kl"] = row.get("test_kl", row.get("valid_kl", row.get("train_kl")))
         self.vae.train()
