@@ -165,19 +165,24 @@ def test_adam_update_is_torch_adams_fused_step_and_skips_a_non_finite_step():
 def test_a_non_finite_loss_in_the_compiled_step_keeps_the_last_good_state():
     torch.manual_seed(0)
     vae = pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,))
-    trainer = pyrovae.train.Trainer(vae, pyrovae.config.train_options(
-        {"epochs": 1, "batch_size": 64, "device": "cpu", "compile": "on"}))
-    trainer.setup(DATA)
-    trainer.train_step(DATA[:64], first=True)
-    with pyro.validation_enabled(False):  # as fit runs every step after the first
-        trainer.train_step(DATA[64:128])
-        assert trainer.compiled_step.compile_seconds is not None
-        parameters = [p.detach().clone() for p in vae.parameters()]
-        state = {k: v.clone() for entry in trainer.optimizer.state.values() for k, v in entry.items()}
-        poisoned = DATA[:64].clone()
-        poisoned[0, 0, 0, 0] = float("inf")  # past the data checks, as a corrupted batch would be
-        with pytest.raises(pyrovae.train.TrainingDiverged, match="the loss became"):
-            trainer.train_step(poisoned)
-    assert all(torch.equal(a, b) for a, b in zip(parameters, vae.parameters()))
-    after = {k: v for entry in trainer.optimizer.state.values() for k, v in entry.items()}
-    assert all(torch.equal(state[k], after[k]) for k in state)
+    kept = {}
+
+    class CorruptTheData(pyrovae.train.Callback):
+        """After step 2 (compiled), an infinite pixel where step 3's batch gathers it."""
+
+        def on_step_end(self, trainer, step, loss):
+            if step == 1:
+                assert trainer.compiled_step.compile_seconds is not None
+                kept["parameters"] = [p.detach().clone() for p in trainer.vae.parameters()]
+                kept["optimizer"] = trainer.optimizer
+                kept["state"] = {(id(p), k): v.clone() for p, entry in trainer.optimizer.state.items()
+                                 for k, v in entry.items()}
+                trainer.train_x[:] = float("inf")
+
+    with pytest.raises(pyrovae.train.TrainingDiverged, match="the loss became"):
+        pyrovae.fit(vae, DATA, epochs=1, batch_size=64, progress=False, device="cpu", compile="on",
+                    callbacks=[CorruptTheData()])
+    assert all(torch.equal(a, b) for a, b in zip(kept["parameters"], vae.parameters()))
+    state = {(id(p), k): v for p, entry in kept["optimizer"].state.items() for k, v in entry.items()}
+    assert state.keys() == kept["state"].keys()
+    assert all(torch.equal(kept["state"][key], value) for key, value in state.items())

@@ -157,7 +157,8 @@ class CompiledStep:
         g <- g min(1, c / (||g|| + 1e-6))       (``grad_clip`` c > 0: clip_grad_norm_'s rule)
         theta <- Adam(theta, g)                 (PyTorch's fused kernel, the optimizer's state)
 
-    ``step(x)`` returns ``(L, ||g||)`` (the norm where clipping computed it, else None) and leaves
+    ``step(data, index)`` trains on ``data[index]`` (the batch gathered inside the graph) and returns
+    ``(L, finite, ||g||)`` (the norm where clipping computed it, else None), and it leaves
     g in each parameter's ``.grad``, as ``backward`` and clipping leave it. A non-finite
     L leaves the parameters and the optimizer's state as they were (the update is skipped in the
     graph), so the Trainer's divergence error keeps the last good state, as the eager step does.
@@ -178,7 +179,8 @@ class CompiledStep:
         eps, clip = float(group["eps"]), float(grad_clip)
         adam = _adam_operator()  # registered before compiling: the graph only calls it
 
-        def step(x, lr, exp_avgs, exp_avg_sqs, steps):
+        def step(data, index, lr, exp_avgs, exp_avg_sqs, steps):
+            x = data[index]  # the gather fuses with the binarization: the batch is written once
             if binarize:
                 x = (torch.rand_like(x) < x).to(x.dtype)
             with torch.enable_grad():
@@ -192,7 +194,7 @@ class CompiledStep:
                 grads = [g * factor for g in grads]
             found_inf = (~torch.isfinite(loss)).to(params[0].dtype)
             _adam_step(adam, params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps)
-            return loss.detach(), norm, grads
+            return loss.detach(), found_inf, norm, grads
 
         self.compiled = torch.compile(step, dynamic=False, options={"fallback_random": True})
         self.compile_seconds = None
@@ -207,8 +209,9 @@ class CompiledStep:
         return ([state[p]["exp_avg"] for p in self.params], [state[p]["exp_avg_sq"] for p in self.params],
                 [state[p]["step"] for p in self.params])
 
-    def __call__(self, x):
-        """``(loss, grad_norm)`` after the step, or None where this step should run eager (the
+    def __call__(self, data, index):
+        """The step on the batch ``data[index]``: ``(loss, finite, grad_norm)`` after it (``finite``
+        a bool: False where the update was skipped), or None where this step should run eager (the
         compiler failed, or the optimizer has no state yet)."""
         lists = None if self.failed else self.state_lists()
         if lists is None:
@@ -219,12 +222,12 @@ class CompiledStep:
             self._lr_float = lr
         with torch.no_grad():
             if self.compile_seconds is not None:
-                return self._publish(*self.compiled(x, self.lr, *lists))
+                return self._publish(*self.compiled(data, index, self.lr, *lists))
             started = time.perf_counter()
             try:
                 # the flag matters while the compiler traces: later calls run the graph it made
                 with torch._dynamo.config.patch(trace_autograd_ops=True):
-                    out = self.compiled(x, self.lr, *lists)
+                    out = self.compiled(data, index, self.lr, *lists)
             except Exception as error:  # no C++ compiler, an unsupported platform: train eager
                 self.failed = True
                 _compile_failed(error)
@@ -232,7 +235,7 @@ class CompiledStep:
         self.compile_seconds = time.perf_counter() - started
         return self._publish(*out)
 
-    def _publish(self, loss, norm, grads):
+    def _publish(self, loss, found_inf, norm, grads):
         for parameter, grad in zip(self.params, grads):
             parameter.grad = grad
-        return loss, norm
+        return loss, not found_inf.item(), norm

@@ -273,8 +273,11 @@ class Trainer:
         self._call("on_epoch_start")
         for step in range(self.step, self.steps_per_epoch):
             index = context.shard(order[step * batch:(step + 1) * batch])
-            labels = () if self.train_y is None else (self.train_y[index],)
-            loss = self.train_step(self.train_x[index], *labels, first=self.epoch == 0 and step == 0)
+            first = self.epoch == 0 and step == 0
+            loss = self._compiled_step(index, first)
+            if loss is None:
+                labels = () if self.train_y is None else (self.train_y[index],)
+                loss = self.train_step(self.train_x[index], *labels, first=first)
             self.epoch_total += loss.detach()
             self.step = step + 1
             self._call("on_step_end", step, loss)
@@ -302,31 +305,34 @@ class Trainer:
     def batch_examples(self) -> int:
         return min(self.options["batch_size"], len(self.train_x))
 
-    def train_step(self, xb, *labels, first=False):
-        """One SVI step on the minibatch ``xb`` (and its labels, for a model that reads them);
-        returns the loss (-objective, summed)."""
+    def _compiled_step(self, index, first):
+        """The step on ``train_x[index]`` as the compiled whole step, its loss; None where this
+        step runs eager: the run's first (Pyro validates it), a short batch (one graph for the run)
+        and, without clipping, the epoch's last (whose gradient norm the logs read eagerly)."""
+        if self.compiled_step is None or first or len(index) != self.batch_examples:
+            return None
+        if self.options["grad_clip"] <= 0 and self.step == self.steps_per_epoch - 1:
+            return None
+        self._set_kl_progress()
+        out = self.compiled_step(self.train_x, index)
+        if out is None:
+            return None
+        loss, finite, norm = out
+        if not finite:  # the graph skipped the update: the state is the last good one
+            self._diverged(loss, self.train_x[index])
+        if norm is not None and self.step == self.steps_per_epoch - 1:
+            self.last_grad_norm = float(norm)
+        return loss
+
+    def _set_kl_progress(self):
         if not self.objective.kl_schedule.is_constant:
             self.objective.set_progress(self.epoch + self.step / self.steps_per_epoch)
-        if self._whole_step_compiles(xb, first):
-            out = self.compiled_step(xb)
-            if out is not None:
-                loss, norm = out
-                if not torch.isfinite(loss):  # the graph skipped the update: the state is the last good one
-                    self._diverged(loss, xb)
-                if norm is not None and self.step == self.steps_per_epoch - 1:
-                    self.last_grad_norm = float(norm)
-                return loss
-        return self._eager_step(xb, *labels, first=first)
 
-    def _whole_step_compiles(self, xb, first):
-        """Whether this step runs as the compiled whole step: not the run's first (Pyro validates
-        it eagerly), a full batch (one graph; the last short batch runs eager) and, without
-        clipping, not the epoch's last (whose gradient norm the logs read from the eager step)."""
-        if self.compiled_step is None or first or len(xb) != self.batch_examples:
-            return False
-        return self.options["grad_clip"] > 0 or self.step != self.steps_per_epoch - 1
-
-    def _eager_step(self, xb, *labels, first=False):
+    def train_step(self, xb, *labels, first=False):
+        """One SVI step on the minibatch ``xb`` (and its labels, for a model that reads them)
+        through autograd and the optimizer's own ``step`` (the loss compiled where the run compiles
+        the loss alone); returns the loss (-objective, summed)."""
+        self._set_kl_progress()
         if self.binarize == "dynamic":
             # 1[u < p] with u ~ U[0, 1): on CPU the very draws of torch.bernoulli(p) (tested), in
             # a vectorized kernel; torch.bernoulli's scalar loop took a fifth of the compiled step
