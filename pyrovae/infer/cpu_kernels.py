@@ -9,7 +9,7 @@ same products about 1.8x faster on the machine ``benchmarks/peers.py`` was measu
 EPYC, where MKL does not pick its fastest code path). The three products are the same function
 of the same inputs; only the kernel, and so the order of the float32 additions, differs
 (``tests/test_cpu_kernels.py`` compares values and gradients with ``F.linear``'s). The products
-are registered as custom operators (``pyrovae::onednn_linear`` and its two gradients) so that
+are registered as custom operators (``pyrovae::onednn_linear_r2`` and its two gradients) so that
 ``torch.compile`` calls them as opaque kernels: Inductor's own lowering of oneDNN's linear needs
 the weight to be a graph constant, which a weight being trained is not.
 
@@ -50,12 +50,18 @@ def available() -> bool:
     return True
 
 
+# Compiled graphs are cached on disk under a key that names the forward operator but not its
+# backward formula: the revision in every name changes with the kernels' definitions, so a graph
+# cached by an earlier version is never replayed against these.
+REVISION = 2
+
+
 @functools.lru_cache(maxsize=None)
 def _operators():
     """The custom operators, registered on first use (importing pyrovae registers nothing)."""
     pointwise = torch.ops.mkldnn._linear_pointwise
 
-    @torch.library.custom_op("pyrovae::onednn_linear", mutates_args=())
+    @torch.library.custom_op(f"pyrovae::onednn_linear_r{REVISION}", mutates_args=())
     def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         return pointwise(x.contiguous(), weight, bias, "none", [], "")
 
@@ -63,7 +69,7 @@ def _operators():
     def _(x, weight, bias):
         return x.new_empty(x.shape[0], weight.shape[0])
 
-    @torch.library.custom_op("pyrovae::onednn_linear_input_grad", mutates_args=())
+    @torch.library.custom_op(f"pyrovae::onednn_linear_input_grad_r{REVISION}", mutates_args=())
     def input_grad(grad: Tensor, weight: Tensor) -> Tensor:
         """g W, as a linear layer whose weight is W^T."""
         return pointwise(grad.contiguous(), weight.t(), None, "none", [], "")
@@ -72,14 +78,14 @@ def _operators():
     def _(grad, weight):
         return grad.new_empty(grad.shape[0], weight.shape[1])
 
-    @torch.library.custom_op("pyrovae::onednn_linear_weight_grad", mutates_args=())
-    def weight_grad(grad: Tensor, x: Tensor) -> Tensor:
-        """g^T x, as a linear layer applied to g^T whose weight is x^T."""
-        return pointwise(grad.contiguous().t(), x.contiguous().t(), None, "none", [], "")
+    @torch.library.custom_op(f"pyrovae::onednn_linear_weight_grad_r{REVISION}", mutates_args=())
+    def weight_grad(grad_t: Tensor, x_t: Tensor) -> Tensor:
+        """g^T x from g^T and x^T, as a linear layer applied to g^T whose weight is x^T."""
+        return pointwise(grad_t.contiguous(), x_t.contiguous(), None, "none", [], "")
 
     @weight_grad.register_fake
-    def _(grad, x):
-        return grad.new_empty(grad.shape[1], x.shape[1])
+    def _(grad_t, x_t):
+        return grad_t.new_empty(grad_t.shape[0], x_t.shape[0])
 
     def setup_context(ctx, inputs, output):
         x, weight, bias = inputs
@@ -89,7 +95,9 @@ def _operators():
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = input_grad(grad, weight) if ctx.needs_input_grad[0] else None
-        grad_weight = weight_grad(grad, x) if ctx.needs_input_grad[1] else None
+        # the transposes as copies in the traced graph, where the compiler writes them from the
+        # kernels that make g and x; oneDNN then reads both operands in the layout it wants
+        grad_weight = weight_grad(grad.t().contiguous(), x.t().contiguous()) if ctx.needs_input_grad[1] else None
         grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias
 
