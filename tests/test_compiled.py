@@ -103,6 +103,7 @@ def test_the_compiled_estimator_gives_the_eager_estimate():
 
 
 GREY = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+TEST = torch.rand(2500, 1, 8, 8, generator=torch.Generator().manual_seed(2))  # two compiled metric batches and a short one
 
 
 @pytest.mark.parametrize("options", [
@@ -118,7 +119,7 @@ def test_the_whole_compiled_step_binarizes_clips_and_follows_the_schedule_as_eag
         vae = pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,))
         trainer = pyrovae.train.Trainer(vae, pyrovae.config.train_options(
             {"epochs": 3, "batch_size": 64, "device": "cpu", "compile": mode, **options}))
-        history = trainer.fit(GREY)
+        history = trainer.fit(GREY, test=TEST)
         return trainer, history, torch.cat([p.detach().flatten() for p in vae.parameters()])
 
     _, eager_history, eager_parameters = run("off")
@@ -126,9 +127,13 @@ def test_the_whole_compiled_step_binarizes_clips_and_follows_the_schedule_as_eag
     counters.clear()
     trainer, compiled_history, compiled_parameters = run("on")
     assert trainer.compiled_step is not None and trainer.compiled_step.compile_seconds > 0
-    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    # the step and the per-epoch metrics, one graph each
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
+    assert trainer.compiled_terms is not None and not trainer.compiled_terms.failed
     for eager, compiled in zip(eager_history, compiled_history):
         assert compiled["train_objective"] == pytest.approx(eager["train_objective"], rel=1e-5, abs=1e-4)
+        for key in ("train_elbo", "test_elbo", "test_kl", "test_reconstruction"):
+            assert compiled[key] == pytest.approx(eager[key], rel=1e-5, abs=1e-4), key
         assert compiled["lr"] == eager["lr"]
         assert compiled["grad_norm"] == pytest.approx(eager["grad_norm"], rel=1e-4)
     assert torch.allclose(compiled_parameters, eager_parameters, rtol=1e-4, atol=1e-5)

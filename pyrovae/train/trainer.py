@@ -24,7 +24,7 @@ from ..datasets import as_tensor, fixed_binarization, prepare
 from ..evaluation import elbo_terms
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
-from .compiled import AUTO_MIN_STEPS, CompiledLoss, CompiledStep, compile_reason, whole_step_reason
+from .compiled import AUTO_MIN_STEPS, CompiledLoss, CompiledStep, CompiledTerms, compile_reason, whole_step_reason
 from .schedules import make_scheduler
 
 __all__ = ["Trainer", "TrainingDiverged", "stream_seed", "make_optimizer", "OPTIMIZERS", "METRIC_EXAMPLES"]
@@ -153,7 +153,7 @@ class Trainer:
         compiled: the whole step (:class:`CompiledStep`) where the optimizer allows it, else the
         loss (:class:`CompiledLoss`); without either, the reason is in ``compile_note`` (warned
         about under ``compile="on"``)."""
-        self.compiled_loss = self.compiled_step = None
+        self.compiled_loss = self.compiled_step = self.compiled_terms = None
         self._compile_reported = False
         mode = self.options["compile"]
         reason = compile_reason(self) if mode != "off" else "compile='off'"
@@ -169,6 +169,8 @@ class Trainer:
                                                   self.options["grad_clip"], self.device)
             else:
                 self.compiled_loss = CompiledLoss(self.objective, self.device)
+            labelled = any(labels is not None for labels in self.metric_labels.values())
+            self.compiled_terms = None if labelled else CompiledTerms(self.vae, self.compiled.kernels)
         elif mode == "on":
             warnings.warn(f"compile='on': the step trains eager, {reason}", RuntimeWarning, stacklevel=4)
         self.compile_note = reason
@@ -390,8 +392,11 @@ class Trainer:
     def _evaluate_metric_sets(self, row):
         for prefix, x in self.metric_sets.items():
             labels = self.metric_labels.get(prefix)
-            terms = elbo_terms(self.vae, self.context.shard(x),
-                               labels=None if labels is None else self.context.shard(labels))
+            if self.compiled_terms is not None:
+                terms = self.compiled_terms(x)
+            else:
+                terms = elbo_terms(self.vae, self.context.shard(x),
+                                   labels=None if labels is None else self.context.shard(labels))
             keys = sorted(terms)
             sums = torch.stack([terms[key].double().sum() for key in keys])
             sums = distributed.all_reduce_sum(self.context, sums) / len(x)
