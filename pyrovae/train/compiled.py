@@ -12,6 +12,8 @@ Two forms, the first where it applies:
 - :class:`CompiledLoss`, the loss alone (forward and, through AOTAutograd, backward in compiled
   kernels), with the eager optimizer: RMSprop, or where the first form is unavailable.
 
+A compiled run's per-epoch ELBO report is compiled too (:class:`CompiledTerms`).
+
 It is chosen by structure, like the fast path it compiles: the built-in VAE's own model and guide
 (:func:`~pyrovae.infer.fast_path.fast_vae`), one process, no auxiliary programs and no model with
 its own objective; everything else trains eager, unchanged. The compiled graph is the same function
@@ -20,7 +22,8 @@ generator, as in eager mode), so a compiled run follows the eager one within flo
 rounding (``tests/test_compiled.py``). On CPU it runs on faster kernels of the same functions
 (oneDNN's linear layers, a vectorizable Bernoulli log density: :mod:`pyrovae.infer.cpu_kernels`).
 The shapes are static: the last short batch of an epoch runs eager rather than compiling a second
-graph, and the first step runs eager too (with Pyro's validation of the model and guide).
+graph, and the first step runs eager too (with Pyro's validation of the model and guide), as does
+an epoch's last step where no clipping computes the gradient norm that the logs report.
 ``compile="auto"`` compiles where it pays: a run of at least ``AUTO_MIN_STEPS`` steps, which
 amortizes the compile time (about 20 s on 2 CPU cores).
 """
