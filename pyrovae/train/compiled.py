@@ -265,6 +265,7 @@ class CompiledTerms:
         self.terms = terms
         self.compiled = torch.compile(terms, dynamic=False, options={"fallback_random": True})
         self.failed = False
+        self.compile_seconds = None  # of the first compiled batch
 
     def __call__(self, x):
         from ..evaluation import elbo_terms
@@ -275,12 +276,15 @@ class CompiledTerms:
         with torch.no_grad():
             for start in range(0, len(x), self.batch_size):
                 xb = x[start:start + self.batch_size]
+                started = time.perf_counter()
                 try:
                     observed, divergence = (self.compiled if len(xb) == self.batch_size else self.terms)(xb)
                 except Exception as error:  # the step compiled, so this is rare: report it, stay correct
                     self.failed = True
                     _compile_failed(error)
                     return elbo_terms(self.vae, x, batch_size=self.batch_size)
+                if self.compile_seconds is None and len(xb) == self.batch_size:
+                    self.compile_seconds = time.perf_counter() - started
                 recon.append(observed)
                 kl.append(divergence)
         recon, kl = torch.cat(recon), torch.cat(kl)

@@ -154,7 +154,7 @@ class Trainer:
         loss (:class:`CompiledLoss`); without either, the reason is in ``compile_note`` (warned
         about under ``compile="on"``)."""
         self.compiled_loss = self.compiled_step = self.compiled_terms = None
-        self._compile_reported = False
+        self._compile_reported, self.whole_step_note = False, None
         mode = self.options["compile"]
         reason = compile_reason(self) if mode != "off" else "compile='off'"
         total_steps = self.options["epochs"] * self.steps_per_epoch
@@ -292,7 +292,9 @@ class Trainer:
         row.update(self.evaluate())
         compiled = self.compiled
         if compiled is not None and compiled.compile_seconds is not None and not self._compile_reported:
-            row["compile_seconds"] = compiled.compile_seconds  # inside this epoch's seconds: the first pays it
+            # inside this epoch's seconds: the first pays it (the step's graph and the report's)
+            terms_seconds = self.compiled_terms.compile_seconds if self.compiled_terms is not None else None
+            row["compile_seconds"] = compiled.compile_seconds + (terms_seconds or 0.0)
             self._compile_reported = True
         row.update(kl_weight=self.objective.kl_weight, lr=lr,
                    grad_norm=self.last_grad_norm, seconds=self.epoch_seconds(),
