@@ -191,3 +191,21 @@ def test_a_non_finite_loss_in_the_compiled_step_keeps_the_last_good_state():
     state = {(id(p), k): v for p, entry in kept["optimizer"].state.items() for k, v in entry.items()}
     assert state.keys() == kept["state"].keys()
     assert all(torch.equal(kept["state"][key], value) for key, value in state.items())
+
+
+def test_a_compiled_run_resumed_from_its_checkpoint_ends_where_the_uninterrupted_run_ends(tmp_path):
+    """The whole step updates the optimizer's own state tensors, so the checkpoint holds what the
+    next step reads, and a resumed run (its optimizer's tensors new) continues exactly."""
+    def run(epochs, run_dir, resume=False):
+        torch.manual_seed(0)
+        vae = pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,))
+        history = pyrovae.fit(vae, GREY, epochs=epochs, batch_size=64, progress=False, device="cpu", compile="on",
+                              run_dir=run_dir, resume=resume, lr_schedule="exponential", lr_gamma=0.5)
+        return vae, history
+
+    whole, whole_history = run(3, tmp_path / "whole")
+    run(1, tmp_path / "resumed")
+    resumed, resumed_history = run(3, tmp_path / "resumed", resume=True)  # a new process's VAE and optimizer
+    assert [r["train_objective"] for r in resumed_history] == [r["train_objective"] for r in whole_history]
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
