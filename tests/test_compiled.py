@@ -65,6 +65,20 @@ def test_auto_compiles_only_runs_long_enough_to_pay_for_it():
     assert trainer.compiled is not None and trainer.optimizer.defaults["fused"]
 
 
+@pytest.mark.parametrize("options, calls", [
+    ({"epochs": 200}, 1),  # 1000 steps: the longer compilation would not pay
+    ({"epochs": 5000}, 8),  # 25000 steps
+    ({"epochs": 5000, "warmup_epochs": 10.0}, 1),  # a KL weight that changes every step
+    ({"epochs": 200, "steps_per_call": 3}, 3),
+])
+def test_steps_per_call_by_default_follows_the_run_length(options, calls):
+    trainer = pyrovae.train.Trainer(pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,)),
+                                    pyrovae.config.train_options({"batch_size": 64, "device": "cpu", "compile": "on",
+                                                                  **options}))
+    trainer.setup(DATA)
+    assert trainer.compiled_step is not None and trainer.steps_per_call == calls
+
+
 def test_a_compiler_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     def broken(*args, **kwargs):
         def fails(*a, **k):
@@ -108,8 +122,11 @@ TEST = torch.rand(2500, 1, 8, 8, generator=torch.Generator().manual_seed(2))  # 
 
 @pytest.mark.parametrize("options", [
     {"loss": "meanfield", "grad_clip": 0.5, "lr_schedule": "multistep", "lr_milestones": [1], "lr_gamma": 0.5},
+    # two steps a call: the epoch's first four steps as two calls (the run's first two eager, off the grid)
+    {"loss": "meanfield", "grad_clip": 0.5, "lr_schedule": "multistep", "lr_milestones": [1], "lr_gamma": 0.5,
+     "steps_per_call": 2},
     {"loss": "trace", "warmup_epochs": 2.0},
-], ids=["clip-schedule", "trace-warmup"])
+], ids=["clip-schedule", "clip-schedule-2-steps-a-call", "trace-warmup"])
 def test_the_whole_compiled_step_binarizes_clips_and_follows_the_schedule_as_eager_does(options):
     """Grey data: the compiled graph draws the dynamic binarization itself, from torch's generator
     in the eager step's order, so the runs see the same images; clipping and the learning-rate
@@ -185,27 +202,91 @@ def test_a_non_finite_loss_in_the_compiled_step_keeps_the_last_good_state():
                 trainer.train_x[:] = float("inf")
 
     with pytest.raises(pyrovae.train.TrainingDiverged, match="the loss became"):
-        pyrovae.fit(vae, DATA, epochs=1, batch_size=64, progress=False, device="cpu", compile="on",
-                    callbacks=[CorruptTheData()])
+        pyrovae.fit(vae, DATA.clone(), epochs=1, batch_size=64, progress=False, device="cpu", compile="on",
+                    callbacks=[CorruptTheData()])  # a copy: the callback writes into the training tensor
     assert all(torch.equal(a, b) for a, b in zip(kept["parameters"], vae.parameters()))
     state = {(id(p), k): v for p, entry in kept["optimizer"].state.items() for k, v in entry.items()}
     assert state.keys() == kept["state"].keys()
     assert all(torch.equal(kept["state"][key], value) for key, value in state.items())
 
 
-def test_a_compiled_run_resumed_from_its_checkpoint_ends_where_the_uninterrupted_run_ends(tmp_path):
+@pytest.mark.parametrize("steps_per_call", [1, 2])
+def test_a_compiled_run_resumed_from_its_checkpoint_ends_where_the_uninterrupted_run_ends(tmp_path, steps_per_call):
     """The whole step updates the optimizer's own state tensors, so the checkpoint holds what the
     next step reads, and a resumed run (its optimizer's tensors new) continues exactly."""
     def run(epochs, run_dir, resume=False):
         torch.manual_seed(0)
         vae = pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,))
         history = pyrovae.fit(vae, GREY, epochs=epochs, batch_size=64, progress=False, device="cpu", compile="on",
-                              run_dir=run_dir, resume=resume, lr_schedule="exponential", lr_gamma=0.5)
+                              run_dir=run_dir, resume=resume, lr_schedule="exponential", lr_gamma=0.5,
+                              grad_clip=10.0, steps_per_call=steps_per_call)
         return vae, history
 
     whole, whole_history = run(3, tmp_path / "whole")
     run(1, tmp_path / "resumed")
     resumed, resumed_history = run(3, tmp_path / "resumed", resume=True)  # a new process's VAE and optimizer
     assert [r["train_objective"] for r in resumed_history] == [r["train_objective"] for r in whole_history]
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_non_finite_loss_inside_a_call_of_several_steps_keeps_the_state_before_it():
+    """Two steps a call, the second one's batch corrupted: the graph applies the first update and
+    skips the second, so the run stops where the one-step-a-call run stops, at the same step."""
+    from pyrovae.train.trainer import stream_seed
+
+    def run(steps_per_call):
+        torch.manual_seed(0)
+        vae = pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,))
+        trainer = pyrovae.train.Trainer(vae, pyrovae.config.train_options(
+            {"epochs": 3, "batch_size": 64, "device": "cpu", "compile": "on", "grad_clip": 10.0,
+             "steps_per_call": steps_per_call}), callbacks=[CorruptTheSecondBatch()])
+        with pytest.raises(pyrovae.train.TrainingDiverged, match="at epoch 2, step 2;") as error:
+            trainer.fit(DATA.clone())  # the callback writes into the training tensor
+        return trainer, error
+
+    class CorruptTheSecondBatch(pyrovae.train.Callback):
+        """In epoch 2, the images of its second batch made infinite before the epoch starts."""
+
+        def on_epoch_start(self, trainer):
+            if trainer.epoch == 1:
+                order = torch.randperm(len(trainer.train_x), generator=torch.Generator().manual_seed(
+                    stream_seed(trainer.options["seed"], trainer.epoch)))
+                trainer.train_x[order[64:128]] = float("inf")
+
+    one, _ = run(1)
+    two, _ = run(2)
+    assert two.steps_per_call == 2 and two.step == one.step == 1
+    for a, b in zip(one.vae.parameters(), two.vae.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    # every parameter's Adam count: the five steps of epoch 1 and the first of epoch 2, not the skipped one
+    assert all(float(entry["step"]) == 6 for entry in two.optimizer.state.values())
+
+
+def test_a_checkpoint_inside_a_call_of_several_steps_records_the_calls_end_and_resumes_exactly(tmp_path):
+    """checkpoint_every=3 with two steps a call: step 3 ends inside the call of steps 3-4, which
+    reports both after it, so the checkpoint holds the state after step 4, and says so; resumed,
+    the run ends bit for bit where the uninterrupted run ends."""
+    class Crash(Exception):
+        pass
+
+    class CrashAfterTheCheckpoint(pyrovae.train.Callback):
+        def on_step_end(self, trainer, step, loss):
+            if trainer.epoch == 0 and step == 3:  # the checkpoint wrote at step 2's report (step + 1 = 3)
+                raise Crash
+
+    def run(run_dir, resume=False, callbacks=()):
+        torch.manual_seed(0)
+        vae = pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,))
+        pyrovae.fit(vae, GREY, epochs=2, batch_size=64, progress=False, device="cpu", compile="on", run_dir=run_dir,
+                    resume=resume, grad_clip=10.0, steps_per_call=2, checkpoint_every=3, callbacks=callbacks)
+        return vae
+
+    whole = run(tmp_path / "whole")
+    with pytest.raises(Crash):
+        run(tmp_path / "resumed", callbacks=[CrashAfterTheCheckpoint()])
+    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert (state["epoch"], state["step"]) == (0, 4)
+    resumed = run(tmp_path / "resumed", resume=True)
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)

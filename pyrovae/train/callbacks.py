@@ -23,7 +23,9 @@ class Callback:
         pass
 
     def on_step_end(self, trainer, step: int, loss) -> None:
-        """``loss``: the step's loss tensor (-objective summed over the minibatch)."""
+        """``loss``: the step's loss tensor (-objective summed over the minibatch). A compiled
+        run that trains several steps in one call (``Trainer.steps_per_call``) reports each of
+        them after the call, in order, with ``trainer.step`` and the state at the call's end."""
 
     def on_epoch_end(self, trainer, row: Dict[str, float]) -> None:
         pass
@@ -91,7 +93,9 @@ class Checkpoint(Callback):
     def on_step_end(self, trainer, step, loss):
         if trainer.step == trainer.steps_per_epoch:
             return  # the epoch's end writes its own
-        due_by_steps = self.every_steps and trainer.step % self.every_steps == 0
+        # the step just done, not trainer.step: a compiled call of several steps reports each of
+        # them after the call, with trainer.step (what the checkpoint records) at its end
+        due_by_steps = self.every_steps and (step + 1) % self.every_steps == 0
         due_by_time = self.every_seconds and time.monotonic() - self._last >= self.every_seconds
         if due_by_steps or due_by_time:
             self.save(trainer)

@@ -24,7 +24,7 @@ from ..datasets import as_tensor, fixed_binarization, prepare
 from ..evaluation import elbo_terms
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
-from .compiled import AUTO_MIN_STEPS, CompiledLoss, CompiledStep, CompiledTerms, compile_reason, whole_step_reason
+from .compiled import AUTO_MANY_STEPS, AUTO_MIN_STEPS, AUTO_STEPS_PER_CALL, CompiledLoss, CompiledStep, CompiledTerms, compile_reason, whole_step_reason
 from .schedules import make_scheduler
 
 __all__ = ["Trainer", "TrainingDiverged", "stream_seed", "make_optimizer", "OPTIMIZERS", "METRIC_EXAMPLES"]
@@ -164,9 +164,12 @@ class Trainer:
         if reason is None:
             self.objective.weight_as_tensor(self.device)
             self.whole_step_note = whole_step_reason(self.optimizer)
+            calls = self.options["steps_per_call"] or (AUTO_STEPS_PER_CALL if total_steps >= AUTO_MANY_STEPS else 1)
+            if not self.objective.kl_schedule.is_constant:
+                calls = 1  # the graph reads the KL weight once a call, and a schedule changes it every step
             if self.whole_step_note is None:
                 self.compiled_step = CompiledStep(self.objective, self.optimizer, self.binarize == "dynamic",
-                                                  self.options["grad_clip"], self.device)
+                                                  self.options["grad_clip"], self.device, calls)
             else:
                 self.compiled_loss = CompiledLoss(self.objective, self.device)
             labelled = any(labels is not None for labels in self.metric_labels.values())
@@ -273,16 +276,17 @@ class Trainer:
             if context.enabled:  # the same shuffle everywhere, independent noise on each rank
                 torch.manual_seed(stream_seed(options["seed"], self.epoch, context.rank))
         self._call("on_epoch_start")
-        for step in range(self.step, self.steps_per_epoch):
-            index = context.shard(order[step * batch:(step + 1) * batch])
-            first = self.epoch == 0 and step == 0
-            loss = self._compiled_step(index, first)
-            if loss is None:
+        while self.step < self.steps_per_epoch:
+            step = self.step
+            losses = self._compiled_steps(order, step)
+            if losses is None:
+                index = context.shard(order[step * batch:(step + 1) * batch])
                 labels = () if self.train_y is None else (self.train_y[index],)
-                loss = self.train_step(self.train_x[index], *labels, first=first)
-            self.epoch_total += loss.detach()
-            self.step = step + 1
-            self._call("on_step_end", step, loss)
+                losses = self.train_step(self.train_x[index], *labels, first=self.epoch == 0 and step == 0)[None]
+            self.epoch_total += losses.detach().double().sum()
+            self.step = step + len(losses)
+            for done, loss in enumerate(losses, start=step):
+                self._call("on_step_end", done, loss)
         train_seconds = self.epoch_seconds()
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained at
         self.scheduler.step()
@@ -309,24 +313,35 @@ class Trainer:
     def batch_examples(self) -> int:
         return min(self.options["batch_size"], len(self.train_x))
 
-    def _compiled_step(self, index, first):
-        """The step on ``train_x[index]`` as the compiled whole step, its loss; None where this
-        step runs eager: the run's first (Pyro validates it), a short batch (one graph for the run)
-        and, without clipping, the epoch's last (whose gradient norm the logs read eagerly)."""
-        if self.compiled_step is None or first or len(index) != self.batch_examples:
+    @property
+    def steps_per_call(self) -> int:
+        """How many steps one call of the compiled step trains (1 where the run is not compiled
+        whole)."""
+        return self.compiled_step.steps_per_call if self.compiled_step is not None else 1
+
+    def _compiled_steps(self, order, step):
+        """The steps from ``step`` on as one call of the compiled whole step, their losses; None
+        where ``step`` runs eager: the run's first (Pyro validates it), a step from which the call's
+        batches are not all full (one graph for the run), a step not on the calls' grid (a
+        resumed run replays the uninterrupted run's calls) and, without clipping, a call that
+        would take the epoch's last step (whose gradient norm the logs read eagerly)."""
+        calls, batch = self.steps_per_call, self.options["batch_size"]
+        if self.compiled_step is None or (self.epoch == 0 and step == 0) or step % calls:
             return None
-        if self.options["grad_clip"] <= 0 and self.step == self.steps_per_epoch - 1:
+        end = step + calls
+        if end * batch > len(self.train_x) or (self.options["grad_clip"] <= 0 and end >= self.steps_per_epoch):
             return None
         self._set_kl_progress()
-        out = self.compiled_step(self.train_x, index)
+        out = self.compiled_step(self.train_x, order[step * batch:end * batch].view(calls, batch))
         if out is None:
             return None
-        loss, finite, norm = out
-        if not finite:  # the graph skipped the update: the state is the last good one
-            self._diverged(loss, self.train_x[index])
-        if norm is not None and self.step == self.steps_per_epoch - 1:
-            self.last_grad_norm = float(norm)
-        return loss
+        losses, diverged, norms = out
+        if diverged is not None:  # the graph skipped that update and every later one: the state is the last good one
+            self.step = step + diverged
+            self._diverged(losses[diverged], self.train_x[order[self.step * batch:(self.step + 1) * batch]])
+        if norms is not None and end == self.steps_per_epoch:
+            self.last_grad_norm = float(norms[-1])
+        return losses
 
     def _set_kl_progress(self):
         if not self.objective.kl_schedule.is_constant:
