@@ -241,9 +241,9 @@ def test_a_non_finite_loss_inside_a_call_of_several_steps_keeps_the_state_before
         trainer = pyrovae.train.Trainer(vae, pyrovae.config.train_options(
             {"epochs": 3, "batch_size": 64, "device": "cpu", "compile": "on", "grad_clip": 10.0,
              "steps_per_call": steps_per_call}), callbacks=[CorruptTheSecondBatch()])
-        with pytest.raises(pyrovae.train.TrainingDiverged, match="at epoch 2, step 2;") as error:
+        with pytest.raises(pyrovae.train.TrainingDiverged, match="at epoch 2, step 2;"):
             trainer.fit(DATA.clone())  # the callback writes into the training tensor
-        return trainer, error
+        return trainer
 
     class CorruptTheSecondBatch(pyrovae.train.Callback):
         """In epoch 2, the images of its second batch made infinite before the epoch starts."""
@@ -254,8 +254,7 @@ def test_a_non_finite_loss_inside_a_call_of_several_steps_keeps_the_state_before
                     stream_seed(trainer.options["seed"], trainer.epoch)))
                 trainer.train_x[order[64:128]] = float("inf")
 
-    one, _ = run(1)
-    two, _ = run(2)
+    one, two = run(1), run(2)
     assert two.steps_per_call == 2 and two.step == one.step == 1
     for a, b in zip(one.vae.parameters(), two.vae.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -267,6 +266,8 @@ def test_a_checkpoint_inside_a_call_of_several_steps_records_the_calls_end_and_r
     """checkpoint_every=3 with two steps a call: step 3 ends inside the call of steps 3-4, which
     reports both after it, so the checkpoint holds the state after step 4, and says so; resumed,
     the run ends bit for bit where the uninterrupted run ends."""
+    from pyrovae.run_folder import read_checkpoint
+
     class Crash(Exception):
         pass
 
@@ -285,7 +286,7 @@ def test_a_checkpoint_inside_a_call_of_several_steps_records_the_calls_end_and_r
     whole = run(tmp_path / "whole")
     with pytest.raises(Crash):
         run(tmp_path / "resumed", callbacks=[CrashAfterTheCheckpoint()])
-    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    state = read_checkpoint(tmp_path / "resumed")
     assert (state["epoch"], state["step"]) == (0, 4)
     resumed = run(tmp_path / "resumed", resume=True)
     for a, b in zip(whole.parameters(), resumed.parameters()):

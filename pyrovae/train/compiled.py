@@ -44,8 +44,8 @@ from torch import Tensor
 from ..infer.cpu_kernels import cpu_kernels
 from ..infer.fast_path import fast_vae, vae_weight_parts
 
-__all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "AUTO_MANY_STEPS", "compile_reason", "whole_step_reason", "CompiledLoss", "CompiledStep", "CompiledTerms",
-           "adam_update_"]
+__all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "AUTO_MANY_STEPS", "compile_reason", "whole_step_reason",
+           "CompiledLoss", "CompiledStep", "CompiledTerms", "adam_update_"]
 
 AUTO_MIN_STEPS = 5000
 # steps_per_call=0: AUTO_STEPS_PER_CALL steps a call for runs of AUTO_MANY_STEPS steps or more. Eight

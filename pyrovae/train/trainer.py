@@ -24,7 +24,8 @@ from ..datasets import as_tensor, fixed_binarization, prepare
 from ..evaluation import elbo_terms
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
-from .compiled import AUTO_MANY_STEPS, AUTO_MIN_STEPS, AUTO_STEPS_PER_CALL, CompiledLoss, CompiledStep, CompiledTerms, compile_reason, whole_step_reason
+from .compiled import (AUTO_MANY_STEPS, AUTO_MIN_STEPS, AUTO_STEPS_PER_CALL, CompiledLoss, CompiledStep, CompiledTerms,
+                       compile_reason, whole_step_reason)
 from .schedules import make_scheduler
 
 __all__ = ["Trainer", "TrainingDiverged", "stream_seed", "make_optimizer", "OPTIMIZERS", "METRIC_EXAMPLES"]
@@ -325,7 +326,8 @@ class Trainer:
         batches are not all full (one graph for the run), a step not on the calls' grid (a
         resumed run replays the uninterrupted run's calls) and, without clipping, a call that
         would take the epoch's last step (whose gradient norm the logs read eagerly)."""
-        calls, batch = self.steps_per_call, self.options["batch_size"]
+        # batch_examples, not batch_size: a training set smaller than one batch is one full batch
+        calls, batch = self.steps_per_call, self.batch_examples
         if self.compiled_step is None or (self.epoch == 0 and step == 0) or step % calls:
             return None
         end = step + calls
