@@ -15,6 +15,7 @@ try:
 except ImportError as error:  # pragma: no cover
     raise ImportError("pyrovae.lightning needs Lightning: pip install 'pyrovae[lightning]'") from error
 
+from .datasets import bernoulli_pixels
 from .evaluation import elbo_terms
 from .config import train_options
 from .train.trainer import make_optimizer
@@ -63,7 +64,7 @@ class VAEModule(L.LightningModule):
 
     def _prepare(self, batch):
         x = _examples(batch).float()
-        return torch.bernoulli(x) if self.binarize == "dynamic" else x
+        return bernoulli_pixels(x) if self.binarize == "dynamic" else x
 
     def training_step(self, batch, batch_idx):
         x = self._prepare(batch)

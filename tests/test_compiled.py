@@ -122,7 +122,8 @@ TEST = torch.rand(2500, 1, 8, 8, generator=torch.Generator().manual_seed(2))  # 
 
 @pytest.mark.parametrize("options", [
     {"loss": "meanfield", "grad_clip": 0.5, "lr_schedule": "multistep", "lr_milestones": [1], "lr_gamma": 0.5},
-    # two steps a call: the epoch's first four steps as two calls (the run's first two eager, off the grid)
+    # two steps a call: the epoch's first four steps as two calls (the run's first eager, its second
+    # off the grid, in the one-step graph), the short fifth eager
     {"loss": "meanfield", "grad_clip": 0.5, "lr_schedule": "multistep", "lr_milestones": [1], "lr_gamma": 0.5,
      "steps_per_call": 2},
     {"loss": "trace", "warmup_epochs": 2.0},
@@ -144,8 +145,9 @@ def test_the_whole_compiled_step_binarizes_clips_and_follows_the_schedule_as_eag
     counters.clear()
     trainer, compiled_history, compiled_parameters = run("on")
     assert trainer.compiled_step is not None and trainer.compiled_step.compile_seconds > 0
-    # the step and the per-epoch metrics, one graph each
-    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
+    # the step (and with several steps a call, the one-step graph) and the per-epoch metrics
+    assert counters["stats"]["unique_graphs"] == 2 + (options.get("steps_per_call", 1) > 1)
+    assert not counters["graph_break"]
     assert trainer.compiled_terms is not None and not trainer.compiled_terms.failed
     for eager, compiled in zip(eager_history, compiled_history):
         assert compiled["train_objective"] == pytest.approx(eager["train_objective"], rel=1e-5, abs=1e-4)
@@ -291,3 +293,47 @@ def test_a_checkpoint_inside_a_call_of_several_steps_records_the_calls_end_and_r
     resumed = run(tmp_path / "resumed", resume=True)
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_calls_keep_to_their_grid_and_steps_off_it_take_the_one_step_graph(monkeypatch):
+    """Seven full batches and a short one an epoch, three steps a call: the run's first step and
+    each epoch's short batch run eager; steps 0 and 3 start calls of three, and steps off the
+    grid (6, and the first epoch's 1 and 2, after its eager first step) take one-step calls: two
+    graphs, both compiled in the first epoch."""
+    from pyrovae.train.compiled import CompiledStep
+
+    calls = []
+    original = CompiledStep.__call__
+
+    def recording(self, data, indices):
+        calls.append((trainer.epoch, trainer.step, len(indices)))
+        return original(self, data, indices)
+
+    monkeypatch.setattr(CompiledStep, "__call__", recording)
+    torch.manual_seed(0)
+    trainer = pyrovae.train.Trainer(pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,)), pyrovae.config.train_options(
+        {"epochs": 2, "batch_size": 16, "device": "cpu", "compile": "on", "steps_per_call": 3}))
+    history = trainer.fit(DATA[:7 * 16 + 5])
+    assert calls == [(0, 1, 1), (0, 2, 1), (0, 3, 3), (0, 6, 1), (1, 0, 3), (1, 3, 3), (1, 6, 1)]
+    assert trainer.compiled_step.compiled_calls == {1, 3}
+    assert history[0]["compile_seconds"] > 0 and "compile_seconds" not in history[1]
+    # every step counted once by Adam: eight an epoch
+    assert all(float(entry["step"]) == 16 for entry in trainer.optimizer.state.values())
+
+
+def test_a_recompiled_step_still_traces_its_gradient_into_one_graph():
+    """A guard that fails after the first compilation (here a batch of another size) makes the
+    compiler trace again: the new graph must hold the gradient too (no graph break at
+    torch.autograd.grad), and the call updates the state as a step does."""
+    torch._dynamo.reset()  # the earlier tests' graphs count against the compiler's recompile limit
+    torch.manual_seed(0)
+    trainer = pyrovae.train.Trainer(pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,)), pyrovae.config.train_options(
+        {"epochs": 1, "batch_size": 64, "device": "cpu", "compile": "on"}))
+    trainer.fit(DATA)
+    counters.clear()
+    before = [p.detach().clone() for p in trainer.vae.parameters()]
+    with pyro.validation_enabled(False):  # as fit trains
+        losses, diverged, _ = trainer.compiled_step(trainer.train_x, torch.arange(32).view(1, 32))
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert diverged is None and torch.isfinite(losses).all()
+    assert all(not torch.equal(a, b) for a, b in zip(before, trainer.vae.parameters()))

@@ -1,13 +1,16 @@
 """The compiled CPU paths' kernels compute the functions they stand for: oneDNN's linear layer
 against ``F.linear`` (values and the three gradients, in float64 as the reference), the log(1 + t)
 Bernoulli density against ``binary_cross_entropy_with_logits`` in float64, and every call the
-kernels do not take passed to PyTorch untouched."""
+kernels do not take passed to PyTorch untouched; and the CPU's dynamic binarization (21-bit
+uniforms from int64 draws) against Bernoulli frequencies and its construction decoded in NumPy."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyrovae.datasets import bernoulli_pixels
 from pyrovae.infer import cpu_kernels
 from pyrovae.infer.cpu_kernels import CpuKernels, bernoulli_log_density, linear
 
@@ -45,14 +48,23 @@ def test_onednn_linear_has_the_value_and_gradients_of_f_linear(batch_shape, with
 
 
 @needs_onednn
-def test_the_custom_operator_passes_pytorchs_operator_checks():
-    from pyrovae.infer.cpu_kernels import _operators
+def test_the_operators_pass_pytorchs_operator_checks():
+    """Schema, fake kernel and CPU kernel agree (torch.library.opcheck) for the three products."""
+    from pyrovae.infer.cpu_kernels import REVISION, _operators
 
-    operator = _operators()._opoverload
-    for args in [(torch.randn(5, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True),
-                  torch.randn(4, requires_grad=True)),
-                 (torch.randn(5, 3), torch.randn(4, 3, requires_grad=True), None)]:
-        torch.library.opcheck(operator, args)
+    _operators()
+    ops = torch.ops.pyrovae
+    forward = getattr(ops, f"onednn_linear_r{REVISION}").default
+    input_grad = getattr(ops, f"onednn_linear_input_grad_r{REVISION}").default
+    weight_grad = getattr(ops, f"onednn_linear_weight_grad_r{REVISION}").default
+    x, weight, grad = torch.randn(5, 3), torch.randn(4, 3), torch.randn(5, 4)
+    for args in [(x, weight, torch.randn(4)), (x, weight, None)]:
+        torch.library.opcheck(forward, args, test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(input_grad, (grad, weight), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(weight_grad, (grad.t().contiguous(), x.t().contiguous()),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.testing.assert_close(input_grad(grad, weight), grad @ weight)
+    torch.testing.assert_close(weight_grad(grad.t().contiguous(), x.t().contiguous()), grad.t() @ x)
 
 
 def test_calls_the_kernels_do_not_take_are_pytorchs_own():
@@ -104,11 +116,39 @@ def test_the_mode_routes_a_likelihoods_density_and_gradient_through_the_kernels(
     torch.testing.assert_close(fast_grad, plain_grad, rtol=1e-4, atol=1e-4)
 
 
-def test_the_trainers_dynamic_binarization_draws_what_torch_bernoulli_draws():
-    """The trainer binarizes with 1[u < p] (a vectorized kernel): on CPU the very draws of
-    torch.bernoulli(p) from the same generator state, so runs keep their random streams."""
-    p = torch.rand(128, 784, generator=torch.Generator().manual_seed(3))
-    torch.manual_seed(4)
-    expected = torch.bernoulli(p)
-    torch.manual_seed(4)
-    assert torch.equal((torch.rand_like(p) < p).to(p.dtype), expected)
+def test_the_dynamic_binarization_is_bernoulli_at_each_probability_and_pixel():
+    """bernoulli_pixels on CPU: each pixel's frequency of ones over 4000 draws is its p within
+    5 binomial standard errors (p = 0 and p = 1 exactly), and pixels that share a random word
+    (three a word) are uncorrelated."""
+    levels = torch.tensor([0.0, 1e-3, 0.1, 0.25, 0.5, 0.75, 0.999, 1.0])
+    p = levels.repeat(3, 5)[:, :40].reshape(3, 40)  # 120 pixels, neighbours at different levels
+    torch.manual_seed(0)
+    draws = torch.stack([bernoulli_pixels(p) for _ in range(4000)]).double()
+    assert set(draws.unique().tolist()) <= {0.0, 1.0}
+    frequency = draws.mean(0)
+    standard_error = (p.double() * (1 - p.double()) / len(draws)).sqrt()
+    assert torch.all((frequency - p.double()).abs() <= 5 * standard_error + 1e-12)
+    assert torch.all(frequency[p == 0] == 0) and torch.all(frequency[p == 1] == 1)
+    half = torch.full((4000, 3 * 100), 0.5)
+    flat = bernoulli_pixels(half).double()
+    centred = flat - 0.5
+    for lag in (1, 2):  # within a word, and across words
+        correlation = (centred[:, :-lag] * centred[:, lag:]).mean() / 0.25
+        assert abs(float(correlation)) < 5 / (len(flat) * (flat.shape[1] - lag)) ** 0.5
+
+
+def test_the_dynamic_binarization_compares_21_bit_uniforms_from_int64_draws():
+    """The documented construction, decoded independently in NumPy from the same generator state:
+    element i is 1[k_i < p_i 2^21], k_i the 21 bits at 21 (i mod 3) of the (i // 3)-th int64 that
+    torch.randint draws over [0, 2^63) (shifted from [-2^62, 2^62)); the shape, dtype and the number of draws spent follow."""
+    p = torch.rand(7, 11, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(2)
+    x = bernoulli_pixels(p)
+    after = torch.rand(())
+    torch.manual_seed(2)
+    words = (torch.randint(-2 ** 62, 2 ** 62, (-(-p.numel() // 3),)) + 2 ** 62).numpy().astype(np.uint64)
+    assert torch.rand(()) == after  # ceil(77 / 3) = 26 draws, no more
+    k = np.stack([(words >> np.uint64(s)) & np.uint64(2 ** 21 - 1) for s in (0, 21, 42)], 1).reshape(-1)[:p.numel()]
+    expected = (k.astype(np.float64) < p.numpy().reshape(-1).astype(np.float64) * 2 ** 21).reshape(p.shape)
+    assert x.dtype == p.dtype and x.shape == p.shape
+    assert np.array_equal(x.numpy().astype(bool), expected)

@@ -21,18 +21,18 @@ of the same random draws (``fallback_random``: the normal and Bernoulli draws co
 generator, as in eager mode), so a compiled run follows the eager one within floating-point
 rounding (``tests/test_compiled.py``). On CPU it runs on faster kernels of the same functions
 (oneDNN's linear layers, a vectorizable Bernoulli log density: :mod:`pyrovae.infer.cpu_kernels`).
-The shapes are static: the last short batch of an epoch runs eager rather than compiling a second
-graph, and the first step runs eager too (with Pyro's validation of the model and guide), as does
-an epoch's last step where no clipping computes the gradient norm that the logs report. With
+The shapes are static: the last short batch of an epoch runs eager rather than compiling another
+graph, and the first step runs eager too (with Pyro's validation of the model and guide). With
 several steps a call the calls keep to a grid (steps 0, S, 2S, ... of each epoch, so a resumed run
 makes the uninterrupted run's calls): a step off it, or from which the call's batches would not
-all be full, runs eager as well.
+all be full, runs in a second graph of one step a call.
 ``compile="auto"`` compiles where it pays: a run of at least ``AUTO_MIN_STEPS`` steps, which
 amortizes the compile time (3-10 s on 2 CPU cores); ``steps_per_call=0`` unrolls
 ``AUTO_STEPS_PER_CALL`` steps into each call of the whole step in runs of ``AUTO_MANY_STEPS``
 steps or more, which amortize its longer compilation.
 """
 
+import contextlib
 import functools
 import time
 import warnings
@@ -41,6 +41,7 @@ from typing import List
 import torch
 from torch import Tensor
 
+from ..datasets import bernoulli_pixels
 from ..infer.cpu_kernels import cpu_kernels
 from ..infer.fast_path import fast_vae, vae_weight_parts
 
@@ -162,6 +163,21 @@ def whole_step_reason(optimizer):
     return None
 
 
+@contextlib.contextmanager
+def _tracing_autograd_ops():
+    """Dynamo's ``trace_autograd_ops`` on for the call: the flag matters only while the compiler
+    traces, but a guard that fails later (say the Pyro validation flag the objective reads) makes
+    it trace again, and without the flag the gradient would split the step into several graphs.
+    Set and restored by hand: ``config.patch`` costs 17 us a call, this 3."""
+    config = torch._dynamo.config
+    before = config.trace_autograd_ops
+    config.trace_autograd_ops = True
+    try:
+        yield
+    finally:
+        config.trace_autograd_ops = before
+
+
 class CompiledStep:
     """One training step of ``objective`` with ``optimizer`` (fused Adam), compiled whole:
 
@@ -199,7 +215,7 @@ class CompiledStep:
 
         def one_step(x, lr, exp_avgs, exp_avg_sqs, steps, skipped):
             if binarize:
-                x = (torch.rand_like(x) < x).to(x.dtype)
+                x = bernoulli_pixels(x)
             with torch.enable_grad():
                 with kernels:
                     loss = objective(x)
@@ -226,8 +242,11 @@ class CompiledStep:
             norms = torch.stack(norms) if clip > 0 else None
             return torch.stack(losses), torch.stack(skips), norms, grads
 
+        # a graph for calls of steps_per_call steps and one for single steps (off the calls' grid):
+        # shapes are static, so each is compiled once, on its first call
         self.compiled = torch.compile(step, dynamic=False, options={"fallback_random": True})
-        self.compile_seconds = None
+        self.compile_seconds = None  # all graphs' compilation so far
+        self.compiled_calls = set()  # the numbers of steps a call whose graphs exist
         self.failed = False
 
     def state_lists(self):
@@ -240,14 +259,15 @@ class CompiledStep:
                 [state[p]["step"] for p in self.params])
 
     def __call__(self, data, indices):
-        """``steps_per_call`` steps, on the batches ``data[indices[i]]`` in turn (``indices`` of
-        shape ``(steps_per_call, batch)``): ``(losses, diverged, grad_norms)`` after them, the
-        losses and (where clipping computes them) the norms per step, and ``diverged`` the first
-        step whose loss was not finite, which and every later step of the call left the state
-        alone, or None; or None where the steps should run eager (the compiler failed, or the
-        optimizer has no state yet)."""
-        if indices.dim() != 2 or len(indices) != self.steps_per_call:
-            raise ValueError(f"indices must have shape ({self.steps_per_call}, batch), got {tuple(indices.shape)}")
+        """``steps_per_call`` steps (or one), on the batches ``data[indices[i]]`` in turn
+        (``indices`` of shape ``(steps_per_call, batch)`` or ``(1, batch)``): ``(losses, diverged,
+        grad_norms)`` after them, the losses and (where clipping computes them) the norms per step,
+        and ``diverged`` the first step whose loss was not finite, which and every later step of
+        the call left the state alone, or None; or None where the steps should run eager (the
+        compiler failed, or the optimizer has no state yet)."""
+        if indices.dim() != 2 or len(indices) not in (1, self.steps_per_call):
+            raise ValueError(f"indices must have shape ({self.steps_per_call}, batch) or (1, batch), "
+                             f"got {tuple(indices.shape)}")
         lists = None if self.failed else self.state_lists()
         if lists is None:
             return None
@@ -255,19 +275,18 @@ class CompiledStep:
         if lr != self._lr_float:  # a schedule's new rate: an input of the graph, not a constant
             self.lr.fill_(lr)
             self._lr_float = lr
-        with torch.no_grad():
-            if self.compile_seconds is not None:
+        with torch.no_grad(), _tracing_autograd_ops():
+            if len(indices) in self.compiled_calls:
                 return self._publish(*self.compiled(data, indices, self.lr, *lists))
             started = time.perf_counter()
             try:
-                # the flag matters while the compiler traces: later calls run the graph it made
-                with torch._dynamo.config.patch(trace_autograd_ops=True):
-                    out = self.compiled(data, indices, self.lr, *lists)
+                out = self.compiled(data, indices, self.lr, *lists)
             except Exception as error:  # no C++ compiler, an unsupported platform: train eager
                 self.failed = True
                 _compile_failed(error)
                 return None
-        self.compile_seconds = time.perf_counter() - started
+        self.compile_seconds = (self.compile_seconds or 0.0) + time.perf_counter() - started
+        self.compiled_calls.add(len(indices))
         return self._publish(*out)
 
     def _publish(self, losses, skipped, norms, grads):

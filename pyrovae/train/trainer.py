@@ -20,7 +20,7 @@ import pyro
 import torch
 
 from .. import distributed
-from ..datasets import as_tensor, fixed_binarization, prepare
+from ..datasets import as_tensor, bernoulli_pixels, fixed_binarization, prepare
 from ..evaluation import elbo_terms
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
@@ -49,6 +49,12 @@ METRIC_EXAMPLES = 10000
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+def _gradient_norm(parameters) -> float:
+    """The 2-norm of all the parameters' gradients together, as ``clip_grad_norm_`` measures it."""
+    return float(torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(p.grad) for p in parameters if p.grad is not None])))
 
 
 def stream_seed(*keys: int) -> int:
@@ -322,17 +328,20 @@ class Trainer:
 
     def _compiled_steps(self, order, step):
         """The steps from ``step`` on as one call of the compiled whole step, their losses; None
-        where ``step`` runs eager: the run's first (Pyro validates it), a step from which the call's
-        batches are not all full (one graph for the run), a step not on the calls' grid (a
-        resumed run replays the uninterrupted run's calls) and, without clipping, a call that
-        would take the epoch's last step (whose gradient norm the logs read eagerly)."""
+        where ``step`` runs eager: the run's first (Pyro validates it) and the epoch's short last
+        batch (one batch shape for the run). A call takes ``steps_per_call`` steps from a step on
+        their grid (0, S, 2S, ...: a resumed run replays the uninterrupted run's calls) whose
+        batches are all full, one step otherwise."""
         # batch_examples, not batch_size: a training set smaller than one batch is one full batch
         calls, batch = self.steps_per_call, self.batch_examples
-        if self.compiled_step is None or (self.epoch == 0 and step == 0) or step % calls:
+        if self.compiled_step is None or (self.epoch == 0 and step == 0):
             return None
+        full_steps = len(self.train_x) // batch
+        if step >= full_steps:
+            return None
+        if step % calls or step + calls > full_steps:
+            calls = 1
         end = step + calls
-        if end * batch > len(self.train_x) or (self.options["grad_clip"] <= 0 and end >= self.steps_per_epoch):
-            return None
         self._set_kl_progress()
         out = self.compiled_step(self.train_x, order[step * batch:end * batch].view(calls, batch))
         if out is None:
@@ -341,8 +350,8 @@ class Trainer:
         if diverged is not None:  # the graph skipped that update and every later one: the state is the last good one
             self.step = step + diverged
             self._diverged(losses[diverged], self.train_x[order[self.step * batch:(self.step + 1) * batch]])
-        if norms is not None and end == self.steps_per_epoch:
-            self.last_grad_norm = float(norms[-1])
+        if end == self.steps_per_epoch:  # the epoch's last gradient norm, for the logs
+            self.last_grad_norm = float(norms[-1]) if norms is not None else _gradient_norm(self.vae.parameters())
         return losses
 
     def _set_kl_progress(self):
@@ -355,9 +364,9 @@ class Trainer:
         the loss alone); returns the loss (-objective, summed)."""
         self._set_kl_progress()
         if self.binarize == "dynamic":
-            # 1[u < p] with u ~ U[0, 1): on CPU the very draws of torch.bernoulli(p) (tested), in
-            # a vectorized kernel; torch.bernoulli's scalar loop took a fifth of the compiled step
-            xb = (torch.rand_like(xb) < xb).to(xb.dtype)
+            # the compiled step draws the same function: bernoulli_pixels, not torch.bernoulli,
+            # whose serial loop over the generator took a fifth of the compiled step
+            xb = bernoulli_pixels(xb)
         self.optimizer.zero_grad(set_to_none=True)
         try:
             with pyro.validation_enabled(True) if first else contextlib.nullcontext():
@@ -379,8 +388,7 @@ class Trainer:
             if self.step == self.steps_per_epoch - 1:
                 self.last_grad_norm = float(norm)
         elif self.step == self.steps_per_epoch - 1:  # the epoch's last gradient norm, for the logs
-            self.last_grad_norm = float(torch.linalg.vector_norm(torch.stack(
-                [torch.linalg.vector_norm(p.grad) for p in self.vae.parameters() if p.grad is not None])))
+            self.last_grad_norm = _gradient_norm(self.vae.parameters())
         self.optimizer.step()
         return loss
 
