@@ -114,3 +114,31 @@ def vae_flops_per_example(data_dim=784, hidden=400, latent_dim=50, particles=1):
     encoder = data_dim * hidden + 2 * hidden * latent_dim
     decoder = latent_dim * hidden + hidden * data_dim
     return 2 * (encoder + particles * decoder)
+
+
+def pythae_networks(hidden, latent, data_dim=784):
+    """pythae encoder and decoder for the MLP VAE of the benchmarks: data_dim-hidden-latent ReLU,
+    the encoder's heads the mean and log sigma^2 (pythae's ``log_covariance``), the decoder's
+    output a sigmoid of ``logits`` (kept apart, so the weights map onto a pyrovae VAE's)."""
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+
+    class Encoder(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(data_dim, hidden), nn.ReLU())
+            self.loc, self.log_var = nn.Linear(hidden, latent), nn.Linear(hidden, latent)
+
+        def forward(self, x):
+            h = self.body(x)
+            return ModelOutput(embedding=self.loc(h), log_covariance=self.log_var(h))
+
+    class Decoder(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.logits = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, data_dim))
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=self.logits(z).sigmoid().reshape(-1, 1, 28, 28))
+
+    return Encoder(), Decoder()

@@ -146,38 +146,21 @@ def run_pythae(epochs):
 
     import torch
     from pythae.models import VAE, VAEConfig
-    from pythae.models.base.base_utils import ModelOutput
-    from pythae.models.nn import BaseDecoder, BaseEncoder
     from pythae.trainers import BaseTrainer, BaseTrainerConfig
-    from torch import nn
 
     import pyrovae
 
-    class Encoder(BaseEncoder):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, HIDDEN), nn.ReLU())
-            self.loc, self.log_var = nn.Linear(HIDDEN, LATENT), nn.Linear(HIDDEN, LATENT)
-
-        def forward(self, x):
-            h = self.body(x)
-            return ModelOutput(embedding=self.loc(h), log_covariance=self.log_var(h))
-
-    class Decoder(BaseDecoder):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(LATENT, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 784), nn.Sigmoid())
-
-        def forward(self, z):
-            return ModelOutput(reconstruction=self.net(z).reshape(-1, 1, 28, 28))
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import pythae_networks
 
     data = pyrovae.datasets.load("mnist", split="train").data
     from pythae.data.datasets import BaseDataset
 
     binary = BaseDataset(torch.bernoulli(data, generator=torch.Generator().manual_seed(0)), torch.zeros(len(data)))
     torch.manual_seed(0)
+    encoder, decoder = pythae_networks(HIDDEN, LATENT)
     model = VAE(VAEConfig(input_dim=(1, 28, 28), latent_dim=LATENT, reconstruction_loss="bce"),
-                encoder=Encoder(), decoder=Decoder())
+                encoder=encoder, decoder=decoder)
     seconds = []
 
     class Timer:  # pythae's callbacks see each epoch's end

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine  # noqa: E402
+from common import machine, pythae_networks  # noqa: E402
 
 from pyrovae.run_folder import atomic_write_text  # noqa: E402
 
@@ -36,32 +36,6 @@ RESULTS = ROOT / "benchmarks" / "results-pythae-static-mnist-cpu.json"
 HIDDEN, LATENT, BATCH, LR = 400, 40, 100, 1e-4
 MILESTONES, GAMMA = [200, 350, 500, 750, 1000], 10 ** (-1 / 5)
 PYTHAE_REFERENCE = 89.78
-
-
-def pythae_networks():
-    from pythae.models.base.base_utils import ModelOutput
-    from pythae.models.nn import BaseDecoder, BaseEncoder
-    from torch import nn
-
-    class Encoder(BaseEncoder):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, HIDDEN), nn.ReLU())
-            self.loc, self.log_var = nn.Linear(HIDDEN, LATENT), nn.Linear(HIDDEN, LATENT)
-
-        def forward(self, x):
-            h = self.body(x)
-            return ModelOutput(embedding=self.loc(h), log_covariance=self.log_var(h))
-
-    class Decoder(BaseDecoder):
-        def __init__(self):
-            super().__init__()
-            self.logits = nn.Sequential(nn.Linear(LATENT, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 784))
-
-        def forward(self, z):
-            return ModelOutput(reconstruction=self.logits(z).sigmoid().reshape(-1, 1, 28, 28))
-
-    return Encoder(), Decoder()
 
 
 def as_pyrovae(model):
@@ -102,7 +76,7 @@ def main():
         return pyrovae.datasets.load("binarized-mnist", split=name).data
 
     train, valid, test = split("train"), split("valid"), split("test")
-    encoder, decoder = pythae_networks()
+    encoder, decoder = pythae_networks(HIDDEN, LATENT)
     torch.manual_seed(args.seed)
     model = VAE(VAEConfig(input_dim=(1, 28, 28), latent_dim=LATENT, reconstruction_loss="bce"),
                 encoder=encoder, decoder=decoder)
