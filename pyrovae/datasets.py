@@ -18,8 +18,8 @@ import torch
 
 from .validation import require, require_finite
 
-__all__ = ["ArrayDataset", "load", "load_array", "search_paths", "NAMES", "binarize", "bernoulli_pixels", "as_tensor", "prepare",
-           "fixed_binarization", "BINARIZATIONS", "split_validation", "has_split"]
+__all__ = ["ArrayDataset", "load", "load_array", "search_paths", "NAMES", "binarize", "bernoulli_pixels", "mix64",
+           "as_tensor", "prepare", "fixed_binarization", "BINARIZATIONS", "split_validation", "has_split"]
 
 NAMES = ("mnist", "fashion-mnist", "frey", "binarized-mnist")
 BINARIZATIONS = ("auto", "dynamic", "threshold", "none")
@@ -272,9 +272,33 @@ def load(name, split="train", data_dir=None, download=None):
     raise ValueError(f"unknown dataset {name!r}; choose one of {list(NAMES)} or a path to a .npy/.npz file")
 
 
-# 21 bits of each uniform from the 63 random bits of one int64 draw: three uniforms a draw
+# 21 bits of each uniform, three uniforms from each 64-bit random word
 UNIFORM_BITS = 21
 _UNIFORM_MASK = (1 << UNIFORM_BITS) - 1
+
+
+def _as_int64(constant: int) -> int:
+    """A 64-bit constant as the int64 with the same bits (two's complement)."""
+    return constant - (1 << 64) if constant >= 1 << 63 else constant
+
+
+# SplitMix64's output function (Steele, Lea and Flood 2014; Stafford's "Mix13")
+_MIX_MULTIPLIERS = (_as_int64(0xBF58476D1CE4E5B9), _as_int64(0x94D049BB133111EB))
+
+
+def _logical_shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """z >>> bits on the 64 bits of an int64 (``>>`` on int64 is the arithmetic shift)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix64(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's output function on int64 tensors, elementwise, in two's-complement arithmetic:
+    z ^= z >>> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >>> 27; z *= 0x94D049BB133111EB; z ^= z >>> 31.
+    A bijection of the 64-bit words whose every output bit depends on every input bit; over the
+    Weyl sequence z_t = a + t c (c odd) it is SplitMix64, which passes BigCrush."""
+    z = (z ^ _logical_shift_right(z, 30)) * _MIX_MULTIPLIERS[0]
+    z = (z ^ _logical_shift_right(z, 27)) * _MIX_MULTIPLIERS[1]
+    return z ^ _logical_shift_right(z, 31)
 
 
 def bernoulli_pixels(probs: torch.Tensor) -> torch.Tensor:
@@ -282,21 +306,32 @@ def bernoulli_pixels(probs: torch.Tensor) -> torch.Tensor:
     the trainer draws each step (eager and compiled alike), from torch's global generator.
 
     On CUDA u is ``torch.rand_like``'s float32 uniform. On CPU, where PyTorch's generator is a
-    serial Mersenne twister and ``torch.rand`` spends one 32-bit draw (and a float conversion) on
-    every pixel, u = k / 2^21 with k uniform on {0, ..., 2^21 - 1}: three such k from the 63
-    random bits of each int64 that ``torch.randint`` draws over a range of 2^63, a sixth of the
-    generator's time. Then P(x = 1) = ceil(p 2^21) / 2^21, within 2^-21 (5e-7) of p, as float32's
-    u = k / 2^24 is within 2^-24 of it; x = 1[k < p 2^21] is exact in float32 (k < 2^24, p 2^21 a power-of-two scaling).
-    Element i takes bits 21 (i mod 3) to 21 (i mod 3) + 20 of draw i // 3, in row-major order.
+    serial Mersenne twister (one 32-bit draw a pixel for ``torch.rand``, a fifth of a compiled
+    training step), the generator draws two int64 words a and b per call and the pixels' random
+    bits come from a counter-based generator that the compiler vectorizes: with the pixels as a
+    (rows, D) grid (``probs.reshape(len(probs), -1)``; a tensor of fewer than two dimensions is one
+    row) and m = ceil(D / 3), word t of the row-major (rows, m) grid is
+
+        w_t = mix64(a + t (b | 1))                    (SplitMix64, :func:`mix64`)
+
+    and pixel (r, c) takes its 21 bits k at 21 (c // m) of word (r, c mod m): u = k / 2^21. Then
+    P(x = 1) = ceil(p 2^21) / 2^21, within 2^-21 (5e-7) of p, as float32's u = k / 2^24 is within
+    2^-24 of it; x = 1[k < p 2^21] is exact in float32 (k < 2^24, p 2^21 a power-of-two scaling).
+    A random odd step b keeps the counters of different calls apart without an index constant
+    that overflows the compiler's index arithmetic.
     """
     if probs.device.type != "cpu":
         return (torch.rand_like(probs) < probs).to(probs.dtype)
+    grid = probs.reshape(len(probs), -1) if probs.dim() >= 2 else probs.reshape(1, -1)
+    rows, columns = grid.shape
+    per_row = -(-columns // 3)
     # [-2^62, 2^62) is a range of 2^63: PyTorch keeps the low 63 bits of two 32-bit draws, unbiased
-    # (random_ draws the same bits, but the compiler does not trace an in-place draw)
-    words = torch.randint(-(1 << 62), 1 << 62, (-(-probs.numel() // 3),), device=probs.device) + (1 << 62)
-    shifts = torch.arange(0, 3 * UNIFORM_BITS, UNIFORM_BITS, device=probs.device)
-    k = ((words[:, None] >> shifts) & _UNIFORM_MASK).flatten()[:probs.numel()].reshape(probs.shape)
-    return (k < probs * float(1 << UNIFORM_BITS)).to(probs.dtype)
+    a, b = torch.randint(-(1 << 62), 1 << 62, (2,), device=probs.device).unbind()
+    counter = torch.arange(rows * per_row, device=probs.device).view(rows, per_row)
+    words = mix64(a + counter * (b | 1))
+    # bits 0-62: an arithmetic shift's sign bits fall outside each field's mask
+    k = torch.cat([(words >> (UNIFORM_BITS * j)) & _UNIFORM_MASK for j in range(3)], dim=1)
+    return (k[:, :columns] < grid * float(1 << UNIFORM_BITS)).to(probs.dtype).reshape(probs.shape)
 
 
 def binarize(data, mode, generator=None):

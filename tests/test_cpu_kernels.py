@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyrovae.datasets import bernoulli_pixels
+from pyrovae.datasets import bernoulli_pixels, mix64
 from pyrovae.infer import cpu_kernels
 from pyrovae.infer.cpu_kernels import CpuKernels, bernoulli_log_density, linear
 
@@ -118,8 +118,9 @@ def test_the_mode_routes_a_likelihoods_density_and_gradient_through_the_kernels(
 
 def test_the_dynamic_binarization_is_bernoulli_at_each_probability_and_pixel():
     """bernoulli_pixels on CPU: each pixel's frequency of ones over 4000 draws is its p within
-    5 binomial standard errors (p = 0 and p = 1 exactly), and pixels that share a random word
-    (three a word) are uncorrelated."""
+    5 binomial standard errors (p = 0 and p = 1 exactly), and pixels are uncorrelated: those that
+    share a random word (columns c, c + m and c + 2m of a row, m = ceil(D / 3)), neighbouring words,
+    and the same pixel in consecutive calls."""
     levels = torch.tensor([0.0, 1e-3, 0.1, 0.25, 0.5, 0.75, 0.999, 1.0])
     p = levels.repeat(3, 5)[:, :40].reshape(3, 40)  # 120 pixels, neighbours at different levels
     torch.manual_seed(0)
@@ -130,25 +131,57 @@ def test_the_dynamic_binarization_is_bernoulli_at_each_probability_and_pixel():
     assert torch.all((frequency - p.double()).abs() <= 5 * standard_error + 1e-12)
     assert torch.all(frequency[p == 0] == 0) and torch.all(frequency[p == 1] == 1)
     half = torch.full((4000, 3 * 100), 0.5)
-    flat = bernoulli_pixels(half).double()
-    centred = flat - 0.5
-    for lag in (1, 2):  # within a word, and across words
+    centred = bernoulli_pixels(half).double() - 0.5
+    for lag in (1, 100, 200):  # neighbouring words; one word's three fields
         correlation = (centred[:, :-lag] * centred[:, lag:]).mean() / 0.25
-        assert abs(float(correlation)) < 5 / (len(flat) * (flat.shape[1] - lag)) ** 0.5
+        assert abs(float(correlation)) < 5 / (len(centred) * (centred.shape[1] - lag)) ** 0.5
+    rows = (centred[:-1] * centred[1:]).mean() / 0.25  # the last word of a row and the first of the next
+    calls = torch.stack([bernoulli_pixels(torch.full((50, 20), 0.5)) for _ in range(2000)]).double() - 0.5
+    consecutive = (calls[:-1] * calls[1:]).mean() / 0.25
+    assert abs(float(rows)) < 5 / centred[:-1].numel() ** 0.5
+    assert abs(float(consecutive)) < 5 / calls[:-1].numel() ** 0.5
 
 
-def test_the_dynamic_binarization_compares_21_bit_uniforms_from_int64_draws():
+def test_mix64_is_splitmix64():
+    """mix64 over the Weyl sequence t * 0x9E3779B97F4A7C15 is SplitMix64: its first outputs from
+    seed 0 are the published ones (Vigna's splitmix64.c)."""
+    gamma = 0x9E3779B97F4A7C15 - (1 << 64)
+    words = mix64(torch.arange(1, 4) * gamma)
+    assert [int(w) % (1 << 64) for w in words] == [16294208416658607535, 7960286522194355700, 487617019471545679]
+
+
+def _numpy_bernoulli_pixels(p, a, b):
+    """The documented construction of bernoulli_pixels, in NumPy's unsigned 64-bit arithmetic."""
+    grid = p.reshape(len(p), -1) if p.ndim >= 2 else p.reshape(1, -1)
+    rows, columns = grid.shape
+    per_row = -(-columns // 3)
+    with np.errstate(over="ignore"):
+        z = np.uint64(a % 2 ** 64) + np.arange(rows * per_row, dtype=np.uint64).reshape(rows, per_row) * np.uint64(
+            (b | 1) % 2 ** 64)
+        for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            z = (z ^ (z >> np.uint64(shift))) * np.uint64(multiplier)
+        z = z ^ (z >> np.uint64(31))
+    k = np.concatenate([(z >> np.uint64(21 * j)) & np.uint64(2 ** 21 - 1) for j in range(3)], 1)[:, :columns]
+    return (k.astype(np.float64) < grid.astype(np.float64) * 2 ** 21).reshape(p.shape)
+
+
+@pytest.mark.parametrize("shape", [(7, 11), (4, 1, 5, 5), (10,), (3, 3)])
+def test_the_dynamic_binarization_compares_21_bit_uniforms_from_splitmix64(shape):
     """The documented construction, decoded independently in NumPy from the same generator state:
-    element i is 1[k_i < p_i 2^21], k_i the 21 bits at 21 (i mod 3) of the (i // 3)-th int64 that
-    torch.randint draws over [0, 2^63) (shifted from [-2^62, 2^62)); the shape, dtype and the number of draws spent follow."""
-    p = torch.rand(7, 11, generator=torch.Generator().manual_seed(1))
+    two int64 draws a and b from torch.randint over [-2^62, 2^62), word t = SplitMix64's output on
+    a + t (b | 1), pixel (r, c) the 21 bits at 21 (c // m) of word (r, c mod m); the shape, dtype
+    and the number of draws spent (two) follow, and the compiled function draws the same."""
+    p = torch.rand(shape, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(2)
     x = bernoulli_pixels(p)
     after = torch.rand(())
     torch.manual_seed(2)
-    words = (torch.randint(-2 ** 62, 2 ** 62, (-(-p.numel() // 3),)) + 2 ** 62).numpy().astype(np.uint64)
-    assert torch.rand(()) == after  # ceil(77 / 3) = 26 draws, no more
-    k = np.stack([(words >> np.uint64(s)) & np.uint64(2 ** 21 - 1) for s in (0, 21, 42)], 1).reshape(-1)[:p.numel()]
-    expected = (k.astype(np.float64) < p.numpy().reshape(-1).astype(np.float64) * 2 ** 21).reshape(p.shape)
+    a, b = (int(v) for v in torch.randint(-2 ** 62, 2 ** 62, (2,)))
+    assert torch.rand(()) == after
     assert x.dtype == p.dtype and x.shape == p.shape
+    expected = _numpy_bernoulli_pixels(p.numpy(), a, b)
     assert np.array_equal(x.numpy().astype(bool), expected)
+    if shape == (4, 1, 5, 5):
+        torch.manual_seed(2)
+        compiled = torch.compile(bernoulli_pixels, dynamic=False, options={"fallback_random": True})(p)
+        assert np.array_equal(compiled.numpy().astype(bool), expected)
