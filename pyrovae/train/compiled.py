@@ -49,6 +49,8 @@ __all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "AUTO_MANY_STEPS", "compile_
            "CompiledLoss", "CompiledStep", "CompiledTerms", "adam_update_"]
 
 AUTO_MIN_STEPS = 5000
+# in the operator's name, as cpu_kernels.REVISION: a graph cached on disk by an earlier definition never replays
+ADAM_REVISION = 1
 # steps_per_call=0: AUTO_STEPS_PER_CALL steps a call for runs of AUTO_MANY_STEPS steps or more. Eight
 # steps a call save about 0.3 ms a step on 2 CPU cores (784-400-50, batch 128) for some 7 s more
 # compilation: paid back after about 25000 steps.
@@ -112,24 +114,29 @@ def _compile_failed(error):
 
 @functools.lru_cache(maxsize=None)
 def _adam_operator():
-    """``pyrovae::adam_update_``, registered on first use: PyTorch's fused Adam kernel as one
-    opaque, mutating operator, so a compiled graph calls the very kernel that
-    ``torch.optim.Adam(fused=True)`` calls (the compiler has no lowering of ``_fused_adam_``)."""
+    """``pyrovae::adam_update_``, registered on first use (importing pyrovae registers nothing):
+    PyTorch's fused Adam kernel as one opaque, mutating operator, so a compiled graph calls the
+    very kernel that ``torch.optim.Adam(fused=True)`` calls (the compiler has no lowering of
+    ``_fused_adam_``, and the Adam it generates from the formula compiles six times longer and
+    runs slower). Defined on ``torch.library.Library`` with a CPU, a CUDA and a fake kernel, as the
+    linear layers are (:func:`pyrovae.infer.cpu_kernels._operators`): a call costs a few us over
+    the kernel, against some 25 us through ``torch.library.custom_op``'s Python layers. Returns
+    ``(operator, library)``; the library lives in the cache, as dropping it deregisters the op."""
+    library = torch.library.Library("pyrovae", "FRAGMENT")
+    name = f"adam_update_r{ADAM_REVISION}_"
+    library.define(name + "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+                   "Tensor[] steps, Tensor lr, Tensor found_inf, float beta1, float beta2, float eps) -> ()")
 
-    @torch.library.custom_op("pyrovae::adam_update_", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
-    def adam_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
-                    steps: List[Tensor], lr: Tensor, found_inf: Tensor, beta1: float, beta2: float,
-                    eps: float) -> None:
+    def adam_update(params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps):
         # on CPU torch.optim.Adam hands the kernel its rate as a float; on CUDA a tensor may stay one
         torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr.item() if lr.device.type == "cpu"
                            else lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False,
                            maximize=False, grad_scale=None, found_inf=found_inf)
 
-    @adam_update.register_fake
-    def _(params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps):
-        return None
-
-    return adam_update
+    for device in ("CPU", "CUDA"):
+        library.impl(name, adam_update, device)
+    torch.library.register_fake(f"pyrovae::{name}", lambda *args: None, lib=library)
+    return getattr(torch.ops.pyrovae, name).default, library
 
 
 def adam_update_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps):
@@ -137,7 +144,7 @@ def adam_update_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, bet
     tensors, in place, as its ``step`` makes it (``torch/optim/adam.py``, ``_fused_adam``): the
     step counts advance, then the fused kernel updates. Where ``found_inf`` is 1, nothing changes:
     the counts stay and the kernel skips the update, as under a gradient scaler."""
-    _adam_step(_adam_operator(), params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps)
+    _adam_step(_adam_operator()[0], params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps)
 
 
 def _adam_step(operator, params, grads, exp_avgs, exp_avg_sqs, steps, lr, found_inf, beta1, beta2, eps):
@@ -211,7 +218,7 @@ class CompiledStep:
         self.lr = torch.tensor(self._lr_float, dtype=torch.float64, device=params[0].device)
         beta1, beta2 = (float(b) for b in group["betas"])
         eps, clip = float(group["eps"]), float(grad_clip)
-        adam = _adam_operator()  # registered before compiling: the graph only calls it
+        adam = _adam_operator()[0]  # registered before compiling: the graph only calls it
 
         def one_step(x, lr, exp_avgs, exp_avg_sqs, steps, skipped):
             if binarize:
