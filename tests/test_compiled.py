@@ -4,6 +4,7 @@ epoch, per KL weight or for the last short batch); eager, with the reason, every
 
 import warnings
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -337,3 +338,20 @@ def test_a_recompiled_step_still_traces_its_gradient_into_one_graph():
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
     assert diverged is None and torch.isfinite(losses).all()
     assert all(not torch.equal(a, b) for a, b in zip(before, trainer.vae.parameters()))
+
+
+def test_every_model_structure_has_its_own_recompilation_budget():
+    """Dynamo counts recompilations per code object: runs whose steps shared one would, past its
+    limit, train eagerly without a word. With the limit at 1, two models of different latent
+    sizes in one process still compile a graph each, and a third run of the first shares its
+    graph."""
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for latent_dim in (2, 3, 2):
+            torch.manual_seed(0)
+            vae = pyrovae.VAE((1, 8, 8), latent_dim=latent_dim, hidden=(16,))
+            history = pyrovae.fit(vae, DATA, epochs=1, batch_size=64, progress=False, device="cpu", compile="on",
+                                  loss="meanfield")
+            assert np.isfinite(history[-1]["train_elbo"])
+    assert counters["stats"]["unique_graphs"] == 2

@@ -35,6 +35,7 @@ steps or more, which amortize its longer compilation.
 import contextlib
 import functools
 import time
+import types
 import warnings
 from typing import List
 
@@ -87,7 +88,8 @@ class CompiledLoss:
             with kernels:
                 return objective(x)
 
-        self.compiled = torch.compile(objective_on_fast_kernels, dynamic=False, options={"fallback_random": True})
+        self.compiled = _compiled(objective_on_fast_kernels, _structure(
+            objective.vae, objective.loss_name, objective.num_particles, objective.estimator, str(device)))
         self.compile_seconds = None
         self.failed = False
 
@@ -105,6 +107,30 @@ class CompiledLoss:
             return self.objective(x)
         self.compile_seconds = time.perf_counter() - started
         return loss
+
+
+# one code object per (function, structure): see _compiled
+_CODE_COPIES = {}
+
+
+def _compiled(function, structure):
+    """``function`` under ``torch.compile`` (static shapes; torch's generator draws the random
+    numbers, as in eager mode), on a code object of its own for each ``structure`` (a hashable
+    summary of what shapes the graph: the model's config, the loss, the step's options). Dynamo
+    keeps compiled graphs, and its limit of recompilations (8), per code object, and every
+    instance of these classes defines its function from the same code: with one code object a
+    process that compiles more than eight differently shaped models (a sweep) would train the
+    later ones eagerly; with one per structure, runs of one structure share their graphs (no
+    recompilation) and each other structure has a cache of its own."""
+    code = _CODE_COPIES.setdefault((function.__code__, structure), function.__code__.replace())
+    own = types.FunctionType(code, function.__globals__, function.__name__, function.__defaults__,
+                             function.__closure__)
+    return torch.compile(own, dynamic=False, options={"fallback_random": True})
+
+
+def _structure(vae, *options):
+    """What shapes a compiled graph of ``vae``, for :func:`_compiled`."""
+    return (type(vae).__qualname__, repr(sorted(vae.config.items())), *options)
 
 
 def _compile_failed(error):
@@ -251,7 +277,9 @@ class CompiledStep:
 
         # a graph for calls of steps_per_call steps and one for single steps (off the calls' grid):
         # shapes are static, so each is compiled once, on its first call
-        self.compiled = torch.compile(step, dynamic=False, options={"fallback_random": True})
+        self.compiled = _compiled(step, _structure(
+            objective.vae, objective.loss_name, objective.num_particles, objective.estimator, binarize, clip,
+            steps_per_call, beta1, beta2, eps, str(device)))
         self.compile_seconds = None  # all graphs' compilation so far
         self.compiled_calls = set()  # the numbers of steps a call whose graphs exist
         self.failed = False
@@ -323,7 +351,7 @@ class CompiledTerms:
             return parts.observed, parts.kl
 
         self.terms = terms
-        self.compiled = torch.compile(terms, dynamic=False, options={"fallback_random": True})
+        self.compiled = _compiled(terms, _structure(vae, batch_size))
         self.failed = False
         self.compile_seconds = None  # of the first compiled batch
 
