@@ -297,7 +297,7 @@ def _logical_shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
 
 def mix64(z: torch.Tensor) -> torch.Tensor:
     """SplitMix64's output function on int64 tensors, elementwise, in two's-complement arithmetic:
-    z ^= z >>> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >>> 27; z *= 0x94D049BB133111EB; z ^= z >>> 31.
+    ``z ^= z >>> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >>> 27; z *= 0x94D049BB133111EB; z ^= z >>> 31``.
     A bijection of the 64-bit words whose every output bit depends on every input bit; over the
     Weyl sequence z_t = a + t 0x9E3779B97F4A7C15 it is the generator SplitMix64 (Java's
     ``SplittableRandom``), which passes TestU01's BigCrush."""
