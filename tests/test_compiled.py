@@ -355,3 +355,16 @@ def test_every_model_structure_has_its_own_recompilation_budget():
                                   loss="meanfield")
             assert np.isfinite(history[-1]["train_elbo"])
     assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_the_adam_operator_passes_opcheck():
+    """``pyrovae::adam_update_r1_``'s schema (which lists it mutates), fake kernel and dispatch, as
+    torch.library.opcheck checks an operator that compiled graphs call."""
+    from pyrovae.train.compiled import _adam_operator
+
+    operator = _adam_operator()[0]
+    params = [torch.randn(4, 3), torch.randn(3)]
+    args = (params, [torch.randn_like(p) for p in params], [torch.zeros_like(p) for p in params],
+            [torch.zeros_like(p) for p in params], [torch.ones(()) for _ in params],
+            torch.tensor(1e-3, dtype=torch.float64), torch.zeros(()), 0.9, 0.999, 1e-8)
+    torch.library.opcheck(operator, args)
