@@ -8,7 +8,6 @@ users who bring their own Trainer (several GPUs, mixed precision, their loggers)
 Needs the optional extra: ``pip install pyrovae[lightning]``.
 """
 
-import torch
 
 try:
     import lightning as L

@@ -2,7 +2,7 @@
 against ``F.linear`` (values and the three gradients, in float64 as the reference), the log(1 + t)
 Bernoulli density against ``binary_cross_entropy_with_logits`` in float64, and every call the
 kernels do not take passed to PyTorch untouched; and the CPU's dynamic binarization (21-bit
-uniforms from int64 draws) against Bernoulli frequencies and its construction decoded in NumPy."""
+uniforms from SplitMix64 words) against Bernoulli frequencies and its construction decoded in NumPy."""
 
 import numpy as np
 import pytest
@@ -135,7 +135,7 @@ def test_the_dynamic_binarization_is_bernoulli_at_each_probability_and_pixel():
     for lag in (1, 100, 200):  # neighbouring words; one word's three fields
         correlation = (centred[:, :-lag] * centred[:, lag:]).mean() / 0.25
         assert abs(float(correlation)) < 5 / (len(centred) * (centred.shape[1] - lag)) ** 0.5
-    rows = (centred[:-1] * centred[1:]).mean() / 0.25  # the last word of a row and the first of the next
+    rows = (centred[:-1] * centred[1:]).mean() / 0.25  # one column in neighbouring rows: words t and t + m
     calls = torch.stack([bernoulli_pixels(torch.full((50, 20), 0.5)) for _ in range(2000)]).double() - 0.5
     consecutive = (calls[:-1] * calls[1:]).mean() / 0.25
     assert abs(float(rows)) < 5 / centred[:-1].numel() ** 0.5

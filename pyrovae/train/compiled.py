@@ -37,10 +37,8 @@ import functools
 import time
 import types
 import warnings
-from typing import List
 
 import torch
-from torch import Tensor
 
 from ..datasets import bernoulli_pixels
 from ..infer.cpu_kernels import cpu_kernels
