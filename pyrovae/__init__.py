@@ -9,7 +9,7 @@ Beyond the plain VAE: :class:`pyrovae.CVAE` (conditional), :class:`pyrovae.M2` (
 labels summed out by enumeration), :class:`pyrovae.HVAE` (two stochastic layers).
 """
 
-from . import datasets, exact, infer, likelihoods, priors
+from . import datasets, distributions, exact, infer, likelihoods, priors
 from .run_folder import load
 from .evaluation import check_bounds, elbo, iwae_bound, log_likelihood
 from .model import VAE

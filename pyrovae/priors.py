@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.distributions import kl_divergence
 
+from .distributions import DiagonalNormalMixture
 from .registry import Component, Registry, hold_callable
 
 __all__ = [
@@ -100,8 +101,7 @@ class Mixture(Prior):
         return self
 
     def forward(self):
-        components = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return DiagonalNormalMixture(self.logits, self.locs, self.log_scales.exp())
 
 
 @PRIORS.register("vamp")
@@ -126,8 +126,8 @@ class VampPrior(Prior):
 
     def forward(self):
         loc, scale = self.__dict__["_encoder"](self.pseudo_inputs)
-        uniform = torch.zeros(self.components, device=loc.device)
-        return dist.MixtureSameFamily(dist.Categorical(logits=uniform), dist.Normal(loc, scale).to_event(1))
+        uniform = torch.zeros(self.components, device=loc.device, dtype=loc.dtype)
+        return DiagonalNormalMixture(uniform, loc, scale)
 
 
 @PRIORS.register("flow")

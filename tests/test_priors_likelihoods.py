@@ -94,6 +94,84 @@ def test_prior_log_prob_agrees_with_an_independent_computation(name):
     np.testing.assert_allclose(ours, independent_prior_log_prob(vae, name, z), rtol=1e-4, atol=1e-4)
 
 
+def vamp_like_mixture(num_components=500, num_dims=40, seed=0):
+    """The VampPrior's hard regime: many components, scales down to the gated encoder's floor
+    exp(-3) ~ 0.05, points a few units out, where the expanded quadratic's terms cancel most."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_components, generator=g)
+    locs = 2.0 * torch.randn(num_components, num_dims, generator=g)
+    scales = 0.05 + 0.5 * torch.rand(num_components, num_dims, generator=g)
+    return logits, locs, scales
+
+
+def test_diagonal_normal_mixture_log_prob_is_the_mixture_density_in_float64():
+    """Against scipy in float64: the float32 inputs' exact density, to float32 output rounding."""
+    logits, locs, scales = vamp_like_mixture()
+    g = torch.Generator().manual_seed(1)
+    # points near components (the density's bulk) and far out (the tails)
+    z = torch.cat([locs[:64] + scales[:64] * torch.randn(64, 40, generator=g), 4.0 * torch.randn(16, 40, generator=g)])
+    ours = pyrovae.distributions.DiagonalNormalMixture(logits, locs, scales).log_prob(z)
+    zn, loc, scale = z.double().numpy(), locs.double().numpy(), scales.double().numpy()
+    per = scipy.stats.norm.logpdf(zn[:, None, :], loc[None], scale[None]).sum(-1)
+    expected = scipy.special.logsumexp(per + scipy.special.log_softmax(logits.double().numpy()), -1)
+    assert ours.dtype == torch.float32 and ours.shape == (80,)
+    np.testing.assert_allclose(ours.double().numpy(), expected, rtol=2e-7, atol=1e-3)
+    # the (N, K, D) form in float32, as torch computes it, is the looser of the two
+    reference = dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1))
+    assert (ours.double() - torch.from_numpy(expected)).abs().max() <= (
+        reference.log_prob(z).double() - torch.from_numpy(expected)).abs().max() + 1e-3
+
+
+def test_diagonal_normal_mixture_gradients_are_torch_mixture_gradients():
+    logits, locs, scales = (t.clone().requires_grad_() for t in vamp_like_mixture(50, 8))
+    z = (1.5 * torch.randn(6, 8)).requires_grad_()
+    ours = pyrovae.distributions.DiagonalNormalMixture(logits, locs, scales).log_prob(z)
+    reference = dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1)).log_prob(z)
+    weights = torch.randn(6)  # a generic cotangent, not just the sum
+    for mine, theirs in zip(torch.autograd.grad((ours * weights).sum(), [z, logits, locs, scales]),
+                            torch.autograd.grad((reference * weights).sum(), [z, logits, locs, scales])):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_diagonal_normal_mixture_in_a_plate_is_expanded_without_copies():
+    """pyro.plate broadcasts the prior to the batch: the expanded distribution keeps the (K, D)
+    parameters and gives every batch element the unexpanded density."""
+    logits, locs, scales = vamp_like_mixture(20, 3)
+    prior = pyrovae.distributions.DiagonalNormalMixture(logits, locs, scales)
+    reference = dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1))
+    z = torch.randn(5, 4, 3)
+
+    def model():
+        with pyro.plate("particles", 5, dim=-2), pyro.plate("batch", 4, dim=-1):
+            pyro.sample("z", prior, obs=z)
+
+    trace = pyro.poutine.trace(model).get_trace()
+    trace.compute_log_prob()
+    site = trace.nodes["z"]
+    assert isinstance(site["fn"], pyrovae.distributions.DiagonalNormalMixture) and site["fn"].batch_shape == (5, 4)
+    assert site["fn"].locs is locs
+    torch.testing.assert_close(site["log_prob"], reference.log_prob(z))
+    # a point without the batch dimensions broadcasts against them
+    assert prior.expand((2, 4)).log_prob(torch.randn(3)).shape == (2, 4)
+    samples = prior.expand((4,)).sample((100,))
+    assert samples.shape == (100, 4, 3)
+
+
+def test_diagonal_normal_mixture_rejects_batched_or_mismatched_parameters():
+    logits, locs, scales = vamp_like_mixture(5, 2)
+    with pytest.raises(ValueError, match=r"logits of shape \(K,\).*locs \(3, 5, 2\)"):
+        pyrovae.distributions.DiagonalNormalMixture(logits, locs.expand(3, 5, 2), scales)
+    with pytest.raises(ValueError, match=r"scales \(5, 3\)"):
+        pyrovae.distributions.DiagonalNormalMixture(logits, locs, torch.ones(5, 3))
+    with pytest.raises(ValueError, match="parameter scale .*GreaterThan"):
+        pyrovae.distributions.DiagonalNormalMixture(logits, locs, -scales, validate_args=True)
+
+
+@pytest.mark.parametrize("name", ["mixture", "vamp"])
+def test_mixture_priors_are_diagonal_normal_mixtures(name):
+    assert isinstance(prior_vae(name).prior(), pyrovae.distributions.DiagonalNormalMixture)
+
+
 def two_cluster_data(n=256, dim=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     centres = torch.stack([torch.linspace(-1, 1, dim), torch.linspace(1, -1, dim)])
