@@ -25,7 +25,7 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
     so the N x K Mahalanobis terms of N points are two (N, D) x (D, K) matrix products instead of
     elementwise passes over an (N, K, D) tensor (for the VampPrior's 500 components in 40
     dimensions, 200 MB for a chunk of 2500 points). The products run in float64: the three
-    terms are each up to D max(w) max(z^2), about 1e5 for s = 0.05 and |z| = 3, and in float32
+    terms are each up to D max(w) max(z^2), about 1e5 for s = 0.05 and abs(z) = 3, and in float32
     their cancellation cost 2e-3 nats there (500 components, 40 dimensions), six times the
     error of the direct form in float32; in float64 it is below float32's output rounding.
 
