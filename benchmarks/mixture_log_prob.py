@@ -73,9 +73,9 @@ def main():
     x = runs._load_test(config).data[::10]
     built_in = priors.VampPrior.forward
 
-    def torch_forward(prior):
-        loc, scale = prior.__dict__["_encoder"](prior.pseudo_inputs)
-        return torch_mixture(torch.zeros(prior.components, dtype=loc.dtype), loc, scale)
+    def torch_forward(prior):  # the same parameters, in the (N, K, D) form
+        mixture = built_in(prior)
+        return torch_mixture(mixture.logits, mixture.locs, mixture.scales)
 
     seconds = {}
     try:

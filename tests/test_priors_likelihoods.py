@@ -45,6 +45,14 @@ def test_prior_shapes_and_finite_log_prob(name):
     assert vae.sample(4).shape == (4, 6)
 
 
+def scipy_mixture_log_prob(z, logits, locs, scales):
+    """log sum_k softmax(logits)_k prod_d N(z_d; locs_kd, scales_kd) in float64, by scipy."""
+    zn, weights = z.detach().double().numpy(), scipy.special.log_softmax(logits.detach().double().numpy())
+    locs, scales = locs.detach().double().numpy(), scales.detach().double().numpy()
+    per = np.stack([scipy.stats.norm.logpdf(zn, locs[k], scales[k]).sum(-1) for k in range(len(weights))], -1)
+    return scipy.special.logsumexp(per + weights, -1)
+
+
 def independent_prior_log_prob(vae, name, z):
     zn = z.detach().double().numpy()
     if name == "normal":
@@ -55,15 +63,10 @@ def independent_prior_log_prob(vae, name, z):
         return scipy.stats.t.logpdf(zn, df=3.0).sum(-1)
     if name == "mixture":
         pr = vae.prior
-        weights = scipy.special.log_softmax(pr.logits.detach().double().numpy())
-        locs, scales = pr.locs.detach().double().numpy(), pr.log_scales.exp().detach().double().numpy()
-        per = np.stack([scipy.stats.norm.logpdf(zn, locs[k], scales[k]).sum(-1) for k in range(len(weights))], -1)
-        return scipy.special.logsumexp(per + weights, -1)
+        return scipy_mixture_log_prob(z, pr.logits, pr.locs, pr.log_scales.exp())
     if name == "vamp":
         loc, scale = vae.encoder(vae.prior.pseudo_inputs)
-        loc, scale = loc.detach().double().numpy(), scale.detach().double().numpy()
-        per = np.stack([scipy.stats.norm.logpdf(zn, loc[k], scale[k]).sum(-1) for k in range(len(loc))], -1)
-        return scipy.special.logsumexp(per, -1) - math.log(len(loc))
+        return scipy_mixture_log_prob(z, torch.zeros(len(loc)), loc, scale)
     if name == "flow":
         # change of variables, the Jacobian by autograd: log p(z) = log N(f^-1(z)) + log|det df^-1/dz|
         transforms = vae.prior._transforms
@@ -111,9 +114,7 @@ def test_diagonal_normal_mixture_log_prob_is_the_mixture_density_in_float64():
     # points near components (the density's bulk) and far out (the tails)
     z = torch.cat([locs[:64] + scales[:64] * torch.randn(64, 40, generator=g), 4.0 * torch.randn(16, 40, generator=g)])
     ours = pyrovae.distributions.DiagonalNormalMixture(logits, locs, scales).log_prob(z)
-    zn, loc, scale = z.double().numpy(), locs.double().numpy(), scales.double().numpy()
-    per = scipy.stats.norm.logpdf(zn[:, None, :], loc[None], scale[None]).sum(-1)
-    expected = scipy.special.logsumexp(per + scipy.special.log_softmax(logits.double().numpy()), -1)
+    expected = scipy_mixture_log_prob(z, logits, locs, scales)
     assert ours.dtype == torch.float32 and ours.shape == (80,)
     np.testing.assert_allclose(ours.double().numpy(), expected, rtol=2e-7, atol=1e-3)
     # the (N, K, D) form in float32, as torch computes it, is the looser of the two
