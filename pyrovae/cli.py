@@ -58,8 +58,9 @@ def build_parser():
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--repeats", type=int, default=1, help="R independent estimates: their mean and sd")
-    evaluate.add_argument("--checkpoint", default="last", choices=["last", "best"],
-                          help="best: best.pt, the epoch with the best validation ELBO")
+    evaluate.add_argument("--checkpoint", default="auto", choices=["auto", "last", "best"],
+                          help="best: best.pt, the epoch with the best validation ELBO (m2: accuracy); last: "
+                          "checkpoint.pt; auto: best.pt for m2 where the run has one, else the last")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
@@ -141,8 +142,8 @@ def main(argv=None):
             config = config_from_args(args)
             _, history = runs.train_run(config, args.out, resume=args.resume, progress=not args.no_progress,
                                         trust=args.trust_checkpoint)
-            if history and distributed.process_context(config["train"]["device"]).is_main:
-                print(json.dumps(history[-1]))
+            if distributed.process_context(config["train"]["device"]).is_main:
+                print(json.dumps(history[-1]) if history else "no epoch trained: the run folder holds the untrained model")
                 print(f"run folder: {args.out}")
         elif args.command == "evaluate":
             result = runs.evaluate_run(args.run_dir, args.num_samples, args.split, args.limit, args.device,

@@ -23,7 +23,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "LoggingConfig", "SECTIONS", "default_config", "load_toml",
-           "merge", "validate", "dumps", "parse_value", "parse_assignments", "resolve_likelihood",
+           "merge", "validate", "family_defaults", "dumps", "parse_value", "parse_assignments", "resolve_likelihood",
            "DATASET_LIKELIHOODS", "nearest", "train_options"]
 
 
@@ -54,7 +54,7 @@ class ModelConfig:
     network: str = option("mlp", "encoder and decoder networks: mlp, conv, or gated (Tomczak & Welling's gated "
                           "units, He-normal weights, log-variance in [-6, 2])", choices=("mlp", "conv", "gated"))
     activation: str = option("relu", "the networks' nonlinearity (gated: on each unit's value branch; identity in "
-                             "the paper)", choices=("relu", "tanh", "identity"))
+                             "the paper)", choices=("relu", "tanh", "softplus", "identity"))
     prior: Dict[str, Any] = option({"kind": "normal"}, "prior name (normal, laplace, student_t, mixture, vamp, flow)")
     likelihood: Dict[str, Any] = option({"kind": "auto"}, "likelihood name (bernoulli, continuous_bernoulli, "
                                         "gaussian, laplace, beta, logistic256)")
@@ -64,6 +64,8 @@ class ModelConfig:
                                   "right)", minimum=1)
     baseline_hidden: List[int] = option([500, 500], "cvae: the hidden widths of the quadrant task's baseline network")
     num_classes: int = option(10, "cvae (label) and m2: the number of classes", minimum=2)
+    init_std: float = option(0.0, "m2: draw the hidden layers' weights and biases from N(0, init_std^2) (Pyro's "
+                             "ss_vae example: 0.001); 0: PyTorch's default initialization", minimum=0)
     middle_dim: int = option(100, "hvae: dimension of the middle stochastic layer z1", minimum=1)
     middle_hidden: List[int] = option([100, 100], "hvae: hidden widths between z1 and z2")
 
@@ -72,8 +74,9 @@ class ModelConfig:
 class TrainConfig:
     """The keywords of :func:`pyrovae.fit` (and of :class:`pyrovae.lightning.VAEModule`)."""
 
-    loss: str = option("meanfield", "meanfield (closed-form KL), trace (Monte Carlo KL) or iwae",
-                       choices=("meanfield", "trace", "iwae"))
+    loss: str = option("auto", "meanfield (closed-form KL), trace (Monte Carlo KL) or iwae; auto: the model "
+                       "family's own (meanfield for vae and cvae, trace for m2 and hvae)",
+                       choices=("auto", "meanfield", "trace", "iwae"))
     num_particles: int = option(1, "K: draws of z per example", minimum=1)
     estimator: str = option("standard", "gradient estimator: stl (trace, iwae), dreg (iwae)",
                             choices=("standard", "stl", "dreg"))
@@ -82,6 +85,8 @@ class TrainConfig:
     optimizer: str = option("adam", "adam or rmsprop (PyTorch's defaults besides the learning rate)",
                             choices=("adam", "rmsprop"))
     lr: float = option(1e-3, "the optimizer's learning rate", positive=True)
+    adam_beta1: float = option(0.9, "Adam's beta1, the decay of its running mean of the gradient (Pyro's ss_vae "
+                               "example: 0.95)", minimum=0)
     lr_schedule: str = option("constant", "learning-rate schedule, stepped each epoch: multistep (lr_milestones, "
                               "lr_gamma), exponential (lr_gamma), cosine (to 0 at the last epoch), burda (3^i epochs "
                               "at lr 10^(-i/7), i = 0..7)",
@@ -105,8 +110,8 @@ class TrainConfig:
                                  "0: 8 for runs of 25000 steps or more, else 1", minimum=0)
     labels: Optional[int] = option(None, "m2: labelled training examples, class-balanced, drawn by the seed "
                                    "(default: every training label)", minimum=1)
-    aux_weight: float = option(50.0, "m2: alpha, the weight of the classification term log q(y|x) of a labelled "
-                               "example", minimum=0)
+    aux_weight: float = option(46.0, "m2: alpha, the weight of the classification term log q(y|x) in the step "
+                               "on a labelled batch (Pyro's ss_vae example: 46)", minimum=0)
     checkpoint_minutes: float = option(5.0, "also checkpoint when this many minutes passed since the last one "
                                        "(0: at epoch ends only)", minimum=0)
 
@@ -145,8 +150,10 @@ def nearest(word, choices):
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def train_options(options):
-    """``fit``'s keywords checked against :class:`TrainConfig`: a dict with every option."""
+def train_options(options, model=None):
+    """``fit``'s keywords checked against :class:`TrainConfig`: a dict with every option, and
+    where ``model`` is given, ``"auto"`` values replaced by the family's own
+    (:func:`family_defaults`)."""
     known = {f.name: f for f in fields(TrainConfig)}
     if isinstance(options.get("compile"), bool):  # fit(compile=False), as torch users write it
         options = {**options, "compile": "on" if options["compile"] else "off"}
@@ -156,7 +163,17 @@ def train_options(options):
         raise TypeError(f"unknown training option {key!r}{nearest(key, known)}; the options are {sorted(known)}")
     table = {name: _default(f) for name, f in known.items()}
     table.update(options)
-    return _check_table("train", table)
+    table = _check_table("train", table)
+    return table if model is None else family_defaults(table, model)
+
+
+def family_defaults(train, model):
+    """The training options ``train`` with each ``"auto"`` replaced by what the model family
+    trains with (its class attribute ``training_defaults``): a CLI run or a ``fit`` call that
+    leaves the loss unset gets a loss that model can train with, while an explicit choice is
+    kept (and checked against the model)."""
+    defaults = {"loss": "meanfield", **getattr(model, "training_defaults", {})}
+    return {key: defaults[key] if value == "auto" and key in defaults else value for key, value in train.items()}
 
 
 def load_toml(path):
@@ -224,6 +241,8 @@ def _check_table(section, table):
             raise ValueError(f"[{section}] valid_fraction must be in [0, 1); got {value!r}")
         if key == "lr_milestones" and list(value) != sorted(set(value)):
             raise ValueError(f"[{section}] lr_milestones must be increasing epochs; got {value!r}")
+        if key == "adam_beta1" and not value < 1:
+            raise ValueError(f"[{section}] adam_beta1 must be in [0, 1); got {value!r}")
         if key == "lr_milestones" and any(v < 1 for v in value):
             raise ValueError(f"[{section}] lr_milestones must be epochs >= 1; got {value!r}")
         choices = f.metadata.get("choices")

@@ -398,7 +398,9 @@ def prepare(vae, data, binarization, what):
     if binarization not in BINARIZATIONS:
         raise ValueError(f"unknown binarize {binarization!r}; choose one of {list(BINARIZATIONS)}")
     if binarization == "auto":
-        binarization = "dynamic" if isinstance(vae.likelihood, Bernoulli) and not _is_binary(data) else "none"
+        grey_scored = getattr(vae.likelihood, "grey", False)  # the user asked for grey values as they are
+        binarization = ("dynamic" if isinstance(vae.likelihood, Bernoulli) and not grey_scored and not _is_binary(data)
+                        else "none")
     if binarization == "dynamic":
         if low < 0 or high > 1:
             require(data, (data >= 0) & (data <= 1), f"{what} data: dynamic binarization needs values in [0, 1]")

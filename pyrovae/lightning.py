@@ -43,7 +43,7 @@ class VAEModule(L.LightningModule):
         if binarize not in ("dynamic", "none"):
             raise ValueError(f"binarize must be 'dynamic' or 'none'; got {binarize!r}")
         self.vae = vae
-        self.options = train_options(options)
+        self.options = train_options(options, vae)
         o = self.options
         check_training_options(vae, o["loss"], o["num_particles"], o["estimator"], o["free_bits"])
         schedule = KLSchedule(o["beta"], o["warmup_epochs"], o["free_bits"])

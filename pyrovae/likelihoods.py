@@ -67,24 +67,28 @@ class Likelihood(Component):
 class BernoulliLogits(TorchDistribution):
     """Independent Bernoulli(sigmoid(l_d)) over a whole example (event_shape = the data shape):
     log p(x) = sum_d [x_d l_d - softplus(l_d)], the same number as
-    ``Bernoulli(logits=l).to_event(k).log_prob(x)`` in one fused pass over memory."""
+    ``Bernoulli(logits=l).to_event(k).log_prob(x)`` in one fused pass over memory. With
+    ``grey=True`` its support is [0, 1]: the same formula scores grey values (a cross-entropy,
+    not a normalized density of grey data)."""
 
     arg_constraints = {"logits": constraints.real}
     has_rsample = False
 
-    def __init__(self, logits, event_dim, validate_args=None):
+    def __init__(self, logits, event_dim, validate_args=None, grey=False):
         self.logits = logits
         self._event_dims = event_dim
+        self.grey = grey
         split = logits.dim() - event_dim
         super().__init__(logits.shape[:split], logits.shape[split:], validate_args=validate_args)
 
     @constraints.dependent_property
     def support(self):
-        return constraints.independent(constraints.boolean, self._event_dims)
+        return constraints.independent(constraints.unit_interval if self.grey else constraints.boolean,
+                                       self._event_dims)
 
     def expand(self, batch_shape, _instance=None):
         logits = self.logits.expand(torch.Size(batch_shape) + self.event_shape)
-        return BernoulliLogits(logits, self._event_dims, validate_args=False)
+        return BernoulliLogits(logits, self._event_dims, validate_args=False, grey=self.grey)
 
     @property
     def mean(self):
@@ -111,17 +115,34 @@ class BernoulliLogits(TorchDistribution):
 
 @LIKELIHOODS.register("bernoulli")
 class Bernoulli(Likelihood):
-    """x_d ~ Bernoulli(sigmoid(l_d)), parameterized by logits l: for binary {0, 1} data."""
+    """x_d ~ Bernoulli(sigmoid(l_d)), parameterized by logits l: for binary {0, 1} data.
+
+    :param grey: also score grey values x_d in [0, 1] by the same formula,
+        x_d log p_d + (1 - x_d) log(1 - p_d), as Pyro's semi-supervised example (``ss_vae_M2.py``)
+        scores MNIST's grey pixels. That is a cross-entropy, not a density of grey data: its
+        "log-likelihood" is comparable only with other runs on the same grey data, never with a
+        binarized MNIST's. Data are then used as they are (``binarize="auto"`` means ``"none"``).
+    """
+
+    def __init__(self, grey: bool = False):
+        super().__init__()
+        if not isinstance(grey, bool):
+            raise ValueError(f"bernoulli's grey must be true or false; got {grey!r}")
+        self.grey = grey
 
     def forward(self, params):
         (logits,) = self._split(params)
-        return BernoulliLogits(logits, self.event_dim)
+        return BernoulliLogits(logits, self.event_dim, grey=self.grey)
 
     def mean(self, params):
         return torch.sigmoid(self._split(params)[0])
 
     def check_support(self, x):
-        _raise_first_violation(x, (x == 0) | (x == 1), "bernoulli needs binary values in {0, 1} (binarize grey data)")
+        if self.grey:
+            _raise_first_violation(x, (x >= 0) & (x <= 1), "bernoulli with grey = true needs values in [0, 1]")
+        else:
+            _raise_first_violation(x, (x == 0) | (x == 1), "bernoulli needs binary values in {0, 1} (binarize grey "
+                                   "data, or score grey values with likelihood bernoulli, grey = true)")
 
 
 @LIKELIHOODS.register("continuous_bernoulli")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 __all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "GatedDense", "GatedEncoder", "GatedDecoder",
-           "build_networks", "NETWORKS", "ACTIVATIONS"]
+           "build_networks", "NETWORKS", "ACTIVATIONS", "init_normal", "hidden_linears"]
 
 
 def _mlp(sizes, activation):
@@ -207,7 +207,21 @@ class GatedDecoder(nn.Module):
 
 
 NETWORKS = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder), "gated": (GatedEncoder, GatedDecoder)}
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "identity": nn.Identity}
+
+
+def init_normal(layers, std: float) -> None:
+    """Draws the weights and biases of the linear ``layers`` from N(0, std^2), as Pyro's
+    semi-supervised example initializes its MLPs' hidden layers (std 0.001)."""
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.normal_(0.0, std)
+            layer.bias.normal_(0.0, std)
+
+
+def hidden_linears(network: nn.Sequential):
+    """The linear layers of an MLP (:func:`_mlp`) but its last, the output layer."""
+    return [m for m in network if isinstance(m, nn.Linear)][:-1]
 
 
 def build_networks(network, data_shape, latent_dim, hidden, num_params, activation="relu"):

@@ -18,7 +18,7 @@ from .objectives import check_training_options
 from .report import write_report
 from .run_folder import RunFolder, load, vae_from_state
 from .train import LogLikelihoodCurve, fit, stream_seed
-from .train.callbacks import BEST
+from .train.callbacks import BEST, selection_metric
 from .validation import require_positive_int
 
 __all__ = ["train_run", "evaluate_run", "plot_run", "report_run", "PLOT_KINDS", "read_run_config"]
@@ -89,6 +89,7 @@ def train_run(config, out, resume=False, progress=True, trust=False):
                          "(--valid-fraction) or use a dataset with a validation split")
     torch.manual_seed(t["seed"])  # the initial weights follow the run's seed
     vae = build_model(config, train)
+    config["train"] = t = cfg.family_defaults(t, vae)  # the run folder records the loss it trained with
     check_training_options(vae, t["loss"], t["num_particles"], t["estimator"], t["free_bits"])
     datasets.prepare(vae, train.data, config["data"]["binarize"], "train")
     if not context.is_main:  # under torchrun only rank 0 writes files
@@ -141,20 +142,27 @@ def _evaluation_data(config, vae, split, limit, device):
 
 
 def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="auto", ks=None, progress=True, seed=0,
-                 vae=None, model_class=None, trust=False, repeats=1, checkpoint="last"):
+                 vae=None, model_class=None, trust=False, repeats=1, checkpoint="auto"):
     """Writes ``evaluation.json`` and ``jensen_gap.png``; returns the evaluation dict. Every
     number comes from the VAE's own model: pass ``vae`` (or ``model_class``) for a subclass.
 
     :param repeats: R independent importance-sampling estimates; ``log_likelihood`` is their mean
         and ``log_likelihood_sd`` their standard deviation (as pythae reports them).
-    :param checkpoint: ``"last"`` (``checkpoint.pt``) or ``"best"`` (``best.pt``, the epoch with the
-        best validation ELBO).
+    :param checkpoint: ``"last"`` (``checkpoint.pt``), ``"best"`` (``best.pt``, the epoch with the
+        best validation ELBO, or the family's own validation number: m2's accuracy) or
+        ``"auto"``: ``best.pt`` where the family selects by its own number and the run has one
+        (m2, as Pyro's example reports the test accuracy at the best validation accuracy), else
+        the last.
     """
     run = RunFolder(run_dir)
     require_positive_int(num_samples, "--num-samples")
     require_positive_int(repeats, "--repeats")
-    if checkpoint not in ("last", "best"):
-        raise ValueError(f"--checkpoint must be 'best' or 'last'; got {checkpoint!r}")
+    if checkpoint not in ("auto", "last", "best"):
+        raise ValueError(f"--checkpoint must be 'auto', 'best' or 'last'; got {checkpoint!r}")
+    if checkpoint == "auto":
+        family = _model_family(run, trust)
+        own_selection = family is not None and selection_metric(family) != "valid_elbo"
+        checkpoint = "best" if own_selection and run.file(BEST).is_file() else "last"
     source = run.checkpoint if checkpoint == "last" else run.file(BEST)
     if checkpoint == "best" and not source.is_file():
         raise FileNotFoundError(f"--checkpoint best: no {BEST} in {str(run.path)!r} (a run writes it when it has a "
@@ -280,6 +288,9 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
             fig = plots.attributes(vae, x, vectors, names, amounts=(-1.5, -0.75, 0, 0.75, 1.5), examples=3)
         else:
             history = RunFolder(run_dir).read_metrics()
+            if not history and kind in ("all", "standard"):
+                print("curves skipped: no epoch trained yet", file=sys.stderr)
+                continue
             fig = plots.curves(history)
         written.append(plots.save(fig, run_dir / f"{k}.png"))
     return written
@@ -294,6 +305,14 @@ def model_kinds(config):
     if name == "m2":
         return model_class("m2").plot_kinds
     return PLOT_KINDS
+
+
+def _model_family(run, trust):
+    """The class of a run folder's model family, or None where its config cannot say."""
+    try:
+        return model_class(read_run_config(run.path, trust=trust)["model"]["model"])
+    except (OSError, ValueError):
+        return None
 
 
 def _data_shape(run, trust):

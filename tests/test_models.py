@@ -60,7 +60,7 @@ def test_a_labelled_batch_gives_the_supervised_elbo_plus_the_auxiliary_term():
     y = torch.tensor([0, 1, 2, 2, 1, 0])
     objective = m2.make_objective("trace", 1, KLSchedule(), "standard", x, y, None, 0, 7.5, 6)
     pyro.set_rng_seed(2)
-    value = objective.labelled_terms(x, y)
+    value = objective.supervised_loss(x, y) + objective.classifier_loss(x, y)
     pyro.set_rng_seed(2)
     z = poutine.trace(m2.guide).get_trace(x, y).nodes["z"]["value"]
     onehot = F.one_hot(y, 3).float()
@@ -254,6 +254,59 @@ def test_train_evaluate_plot_report_on_each_model(tmp_path, labelled_npz, capsys
     assert type(loaded) is MODELS[flags[1]]
 
 
+@pytest.mark.parametrize("family", ["vae", "cvae", "m2", "hvae"])
+def test_the_bare_command_of_each_family_trains_and_evaluates(tmp_path, labelled_npz, family):
+    """No --loss: each family gets the loss it trains with (m2 and hvae: trace), recorded in the
+    run's config."""
+    out = tmp_path / "run"
+    extra = ["--labels", "9", "--num-classes", "3"] if family == "m2" else []
+    assert main(["train", "--model", family, "--dataset", str(labelled_npz), "--epochs", "1", "--out", str(out),
+                 "--no-progress", "--no-plots", "--device", "cpu", *extra]) == 0
+    recorded = pyrovae.config.load_toml(out / "config.toml")["train"]["loss"]
+    assert recorded == {"vae": "meanfield", "cvae": "meanfield", "m2": "trace", "hvae": "trace"}[family]
+    assert main(["evaluate", str(out), "--num-samples", "5", "--limit", "20", "--device", "cpu", "--no-progress"]) == 0
+
+
+def test_an_explicit_loss_a_family_cannot_train_with_stays_an_error(tmp_path, labelled_npz, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "hvae", "--loss", "meanfield", "--dataset", str(labelled_npz), "--epochs", "1",
+                 "--out", str(out), "--no-progress", "--device", "cpu"]) == 2
+    assert "loss='meanfield' takes each latent site's KL in closed form" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="m2 trains with loss='trace'"):
+        pyrovae.fit(M2((1, 8, 8), latent_dim=2, hidden=(8,), num_classes=3), pyrovae.datasets.load(str(labelled_npz)),
+                    epochs=1, loss="meanfield", labels=6, progress=False, device="cpu")
+
+
+def test_m2_keeps_the_epoch_of_best_validation_accuracy_and_evaluate_reads_it(tmp_path, labelled_npz):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "m2", "--num-classes", "3", "--labels", "6", "--dataset", str(labelled_npz),
+                 "--valid-fraction", "0.25", "--epochs", "4", "--batch-size", "30", "--hidden", "16", "--lr", "3e-3",
+                 "--out", str(out), "--no-progress", "--no-plots", "--device", "cpu"]) == 0
+    history = pyrovae.run_folder.RunFolder(out).read_metrics()
+    accuracies = [row["valid_accuracy"] for row in history]
+    assert all(0 <= a <= 1 for a in accuracies) and all(0 <= row["test_accuracy"] <= 1 for row in history)
+    best = max(range(len(accuracies)), key=lambda i: (accuracies[i], -i))
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == best + 1
+    result = pyrovae.runs.evaluate_run(out, num_samples=5, limit=20, device="cpu", progress=False)
+    assert result["checkpoint"] == "best" and result["epoch"] == best + 1
+    last = pyrovae.runs.evaluate_run(out, num_samples=5, limit=20, device="cpu", progress=False, checkpoint="last")
+    assert last["epoch"] == 4
+
+
+def test_m2_hidden_layers_start_as_pyros_example_starts_them():
+    torch.manual_seed(0)
+    m2 = M2((784,), latent_dim=50, hidden=(500,), num_classes=10, activation="softplus", init_std=0.001)
+    hidden = [m2.encoder.body[0], m2.decoder.net[0], m2.classifier[0]]
+    for layer in hidden:
+        assert 0.0008 < float(layer.weight.std()) < 0.0012 and float(layer.bias.abs().max()) < 0.01
+    outputs = [m2.encoder.loc, m2.encoder.log_scale, m2.decoder.net[-1], m2.classifier[-1]]
+    for layer in outputs:  # PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert float(layer.weight.abs().max()) > 0.02
+    assert isinstance(m2.encoder.body[1], torch.nn.Softplus)
+    with pytest.raises(ValueError, match="init_std"):
+        M2((10,), init_std=-1.0)
+
+
 def test_m2_accuracy_beats_chance_on_separable_classes(labelled_npz):
     data = pyrovae.datasets.load(str(labelled_npz))
     test = pyrovae.datasets.load(str(labelled_npz), split="test")
@@ -350,17 +403,59 @@ def test_a_resumed_run_of_a_labelled_model_ends_where_the_uninterrupted_one_does
         assert torch.equal(a, b)
 
 
-def test_each_step_weighs_the_labelled_terms_by_their_share_of_the_data():
-    """forward = U(batch) + (N_l / N_u)(b_u / b_l) [L + alpha log q](labelled batch): unbiased for
-    Kingma et al.'s sum over the data, each labelled example counting once an epoch."""
+def test_the_labelled_batches_come_as_steps_of_their_own_each_example_once_an_epoch():
+    """Pyro's ss_vae_M2.py recipe: an unlabelled step's loss is -sum U(x) alone, and after every
+    interval-th unlabelled step a labelled batch takes two steps of its own (the ELBO with y
+    observed, then the classifier term), so every labelled example is seen once an epoch."""
     m2, x = tiny_m2(), binary(30, (10,))
     y = torch.arange(30) % 3
-    objective = m2.make_objective("trace", 1, KLSchedule(), "standard", x, y, 6, 0, 5.0, 10)
-    batch = x[:10]
+    objective = m2.make_objective("trace", 1, KLSchedule(), "standard", x, y, 6, 0, 5.0, 4)
+    batch = x[:4]
     pyro.set_rng_seed(7)
-    total = objective(batch)
+    unlabelled = objective(batch)
     pyro.set_rng_seed(7)
-    pick = torch.randint(6, (6,))
-    unsupervised = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m2.model, m2.guide, batch)
-    labelled = objective.labelled_terms(objective.labelled_x[pick], objective.labelled_y[pick])
-    assert torch.allclose(total, unsupervised + (6 / 30) * (10 / 6) * labelled, rtol=1e-5)
+    assert torch.equal(unlabelled, TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m2.model, m2.guide, batch))
+    steps_per_epoch = 8  # 30 images in batches of 4
+    for epoch in (0, 1):
+        seen, where = [], []
+        for step in range(steps_per_epoch):
+            losses = objective.interleaved_losses(epoch, step, steps_per_epoch)
+            if losses:
+                assert len(losses) == 2
+                where.append(step)
+                batch = objective.labelled_batch_at(epoch, step, steps_per_epoch)
+                seen.append(batch)
+        assert where == [0, 4] and seen == [0, 1]  # 6 labelled examples: batches of 4 and 2, spread evenly
+    # the two steps' losses: the supervised bound and alpha times the classifier term, on the labelled examples
+    captured = []
+    objective.supervised_loss = lambda xb, yb: captured.append(("elbo", xb, yb))
+    objective.classifier_loss = lambda xb, yb: captured.append(("classifier", xb, yb))
+    examples = []
+    for step in (0, 4):
+        for loss_fn in objective.interleaved_losses(0, step, steps_per_epoch):
+            loss_fn()
+    assert [kind for kind, _, _ in captured] == ["elbo", "classifier", "elbo", "classifier"]
+    for _, xb, yb in captured[::2]:
+        examples += [(tuple(row.tolist()), int(label)) for row, label in zip(xb, yb)]
+    labelled = sorted((tuple(row.tolist()), int(label)) for row, label in zip(objective.labelled_x, objective.labelled_y))
+    assert sorted(examples) == labelled
+
+
+def test_a_labelled_step_trains_the_classifier_with_its_own_optimizer_step(labelled_npz):
+    """The trainer takes 2 optimizer steps per labelled batch beside the unlabelled ones."""
+    data = pyrovae.datasets.load(str(labelled_npz))
+    torch.manual_seed(0)
+    m2 = M2((1, 8, 8), latent_dim=2, hidden=(8,), num_classes=3)
+    steps = []
+    original = torch.optim.Adam.step
+
+    def counting_step(self, *args, **kwargs):
+        steps.append(1)
+        return original(self, *args, **kwargs)
+
+    torch.optim.Adam.step = counting_step
+    try:
+        pyrovae.fit(m2, data, epochs=1, batch_size=30, progress=False, device="cpu", labels=6, compile="off")
+    finally:
+        torch.optim.Adam.step = original
+    assert len(steps) == math.ceil(len(data) / 30) + 2  # one labelled batch of 6: two steps of its own

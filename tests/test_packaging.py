@@ -36,9 +36,16 @@ def test_wheel_and_sdist_carry_the_package_and_its_data(dist):
 
 def test_the_wheel_installs_into_a_fresh_environment_and_trains(dist, tmp_path, binary_npy):
     venv = tmp_path / "venv"
-    # the dependencies (torch, pyro) come from this machine's site-packages; the wheel is the package
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python, tool = venv / "bin" / "python", venv / "bin" / "pyrovae"
+    # The dependencies (torch, pyro) come from the site-packages of the interpreter running the
+    # tests, which in a virtual environment are not the base interpreter's (what
+    # --system-site-packages would give): their folders go behind the new environment's own, as
+    # plain path lines, so no .pth of theirs (an editable pyrovae) runs and the wheel comes first.
+    inner = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    outer = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+    (Path(inner) / "outer-site-packages.pth").write_text("".join(p + "\n" for p in outer))
     wheel = next(dist.glob("pyrovae-*.whl"))
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True)
     where = subprocess.run([str(python), "-c", "import pyrovae; print(pyrovae.__file__)"], check=True,

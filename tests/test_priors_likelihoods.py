@@ -448,3 +448,28 @@ def test_a_user_likelihood_function():
         pyrovae.fit(vae, bad, epochs=1, progress=False)
     with pytest.raises(ValueError, match=r"event_shape \(6,\)"):
         pyrovae.VAE((6,), likelihood=lambda p: dist.Normal(p, 1.0))
+
+
+def test_bernoulli_with_grey_scores_grey_pixels_by_the_cross_entropy_and_keeps_them_grey():
+    """Pyro's semi-supervised example scores MNIST's grey values under a Bernoulli:
+    x log p + (1 - x) log(1 - p), summed over the pixels."""
+    torch.manual_seed(0)
+    logits, x = torch.randn(4, 1, 3, 3), torch.rand(4, 1, 3, 3)
+    likelihood = likelihoods.make_likelihood({"kind": "bernoulli", "grey": True}).bind((1, 3, 3))
+    p = scipy.special.expit(logits.double().numpy())
+    expected = (x.double().numpy() * np.log(p) + (1 - x.double().numpy()) * np.log1p(-p)).sum((1, 2, 3))
+    with pyro.validation_enabled(True):
+        got = likelihood(logits[:, None]).log_prob(x)
+    assert np.allclose(got.double().numpy(), expected, rtol=1e-5)
+    likelihood.check_support(x)
+    with pytest.raises(ValueError, match=r"grey = true needs values in \[0, 1\]"):
+        likelihood.check_support(x + 1)
+    binary_only = likelihoods.make_likelihood("bernoulli").bind((1, 3, 3))
+    with pytest.raises(ValueError, match="grey = true"):  # the error names the way out
+        binary_only.check_support(x)
+    with pytest.raises(ValueError, match="grey must be true or false"):
+        likelihoods.make_likelihood({"kind": "bernoulli", "grey": "yes"})
+    vae = pyrovae.VAE((1, 3, 3), latent_dim=2, hidden=(4,), likelihood={"kind": "bernoulli", "grey": True})
+    data, binarization = pyrovae.datasets.prepare(vae, x, "auto", "train")
+    assert binarization == "none" and torch.equal(data, x)
+    assert vae.config["likelihood"] == {"kind": "bernoulli", "grey": True}

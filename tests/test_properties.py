@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tomli_w
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import pyrovae
@@ -63,6 +63,7 @@ flags = st.sampled_from(["--latent-dim", "--hidden", "--epochs", "--batch-size",
 
 @SETTINGS
 @given(st.lists(st.tuples(flags, flag_values), max_size=4))
+@example([("--epochs", "0")])  # the untrained model's run folder, which a derandomized profile may never draw
 def test_any_command_line_trains_or_exits_2_without_a_run_folder(tmp_path_factory, binary_npy_small, pairs):
     out = tmp_path_factory.mktemp("cli") / "run"
     argv = ["train", "--dataset", str(binary_npy_small), "--out", str(out), "--no-progress", "--no-plots",

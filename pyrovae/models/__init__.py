@@ -19,7 +19,7 @@ MODELS = {"vae": VAE, "cvae": CVAE, "m2": M2, "hvae": HVAE}
 MODEL_OPTIONS = {
     "vae": (),
     "cvae": ("condition", "given_quadrants", "num_classes", "baseline_hidden"),
-    "m2": ("num_classes",),
+    "m2": ("num_classes", "init_std"),
     "hvae": ("middle_dim", "middle_hidden"),
 }
 

@@ -35,6 +35,7 @@ class HVAE(VAE):
     # q(z2 | z1) depends on the draw of z1, so a per-site closed-form KL (TraceMeanField_ELBO's)
     # integrates z1 with z2 held fixed: biased. The KL is estimated by Monte Carlo instead.
     mean_field_guide = False
+    training_defaults = {"loss": "trace"}
 
     def __init__(self, data_shape: Union[int, Sequence[int]], latent_dim: int = 50,
                  hidden: Union[int, Sequence[int]] = (200, 200), likelihood: Any = "bernoulli", prior: Any = "normal",

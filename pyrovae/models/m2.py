@@ -19,6 +19,7 @@ z_ky ~ q(z | x, y), whose mean over k is unbiased for p(x).
 import math
 from typing import Any, Sequence, Union
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -26,10 +27,11 @@ import torch.nn.functional as F
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 from torch import nn
 
+from ..datasets import bernoulli_pixels
 from ..infer.elbo import VAE_ELBO
 from ..infer.weights import log_weight_parts
 from ..model import VAE
-from ..networks import ACTIVATIONS, MLPDecoder, MLPEncoder, _mlp
+from ..networks import ACTIVATIONS, MLPDecoder, MLPEncoder, _mlp, hidden_linears, init_normal
 from ..validation import require_positive_int
 from .labels import balanced_labelled_subset, check_labels, concat_broadcast
 
@@ -42,14 +44,19 @@ class M2(VAE):
     :param hidden: hidden widths of the encoder q(z|x,y), the decoder p(x|y,z) and the classifier
         q(y|x).
     :param num_classes: C, the number of classes.
+    :param init_std: where positive, the hidden layers' weights and biases are drawn from
+        N(0, init_std^2), as in Pyro's ``ss_vae_M2.py`` (0.001); 0 keeps PyTorch's initialization.
     """
 
     semi_supervised = True
+    training_defaults = {"loss": "trace"}  # TraceEnum_ELBO: y summed exactly, z by Monte Carlo
+    selection_metric = "valid_accuracy"  # best.pt, early stopping: as Pyro's example selects
     plot_kinds = ("analogies", "classes", "curves")
 
     def __init__(self, data_shape: Union[int, Sequence[int]], latent_dim: int = 50,
                  hidden: Union[int, Sequence[int]] = (500,), likelihood: Any = "bernoulli", prior: Any = "normal",
-                 network: str = "mlp", name: str = "vae", activation: str = "relu", num_classes: int = 10):
+                 network: str = "mlp", name: str = "vae", activation: str = "relu", num_classes: int = 10,
+                 init_std: float = 0.0):
         if network != "mlp":
             raise ValueError(f"m2 is built of MLPs; got network={network!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
@@ -62,7 +69,12 @@ class M2(VAE):
         self.encoder = MLPEncoder((self.data_dim + num_classes,), latent_dim, hidden, act)
         self.decoder = MLPDecoder(self.data_shape, latent_dim + num_classes, hidden, self.likelihood.num_params, act)
         self.classifier = _mlp([self.data_dim, *hidden, num_classes], act)
-        self.config.update(model="m2", num_classes=num_classes)
+        if not (isinstance(init_std, (int, float)) and not isinstance(init_std, bool) and init_std >= 0):
+            raise ValueError(f"init_std must be a number >= 0; got {init_std!r}")
+        if init_std > 0:
+            encoder_hidden = [m for m in self.encoder.body if isinstance(m, nn.Linear)]  # its heads are apart
+            init_normal([*encoder_hidden, *hidden_linears(self.decoder.net), *hidden_linears(self.classifier)], init_std)
+        self.config.update(model="m2", num_classes=num_classes, init_std=float(init_std))
 
     # -- the Pyro programs ------------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor = None) -> None:
@@ -177,32 +189,39 @@ class M2(VAE):
         return self.likelihood.mean(self.decoder(torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], -1)))
 
     def make_objective(self, loss, num_particles, kl_schedule, estimator, train_x, train_y, labels, seed,
-                       aux_weight, batch_size):
+                       aux_weight, batch_size, binarize="none"):
         """The training objective of a semi-supervised run (see :class:`M2Loss`)."""
         return M2Loss(self, loss, num_particles, kl_schedule, estimator, train_x, train_y, labels, seed, aux_weight,
-                      batch_size)
+                      batch_size, binarize)
 
 
 class M2Loss(nn.Module):
-    """An unbiased one-step estimate of Kingma et al.'s objective
+    """Kingma et al.'s objective
     J = sum over unlabelled U(x_u) + sum over labelled [L(x_l, y_l) + alpha log q(y_l | x_l)],
-    scaled by b_u / N_u (nats per unlabelled example of the batch, like the VAE's loss): the
-    trainer's batch of b_u training images (every image counts as unlabelled, its label unused,
-    as in Kingma et al.) and b_l examples drawn from the N_l labelled ones (torch's generator, so a
-    resumed run draws the same), their terms weighted by (N_l / N_u) (b_u / b_l). Over an epoch
-    each labelled example thus counts once, as in Pyro's ``ss_vae_M2.py``, where the labelled
-    batches are interleaved with the unlabelled ones.
+    trained as Pyro's ``ss_vae_M2.py`` trains it: every training image is an unlabelled example
+    (its label unused, as in Kingma et al.), and the labelled examples come as batches of their
+    own, each labelled example once an epoch, spread evenly over the epoch's unlabelled steps.
 
-    U is Pyro's ``TraceEnum_ELBO`` (Monte Carlo in z, y summed exactly), L the package's trace ELBO
-    (:class:`~pyrovae.infer.elbo.VAE_ELBO`), the classifier term the observed site of
-    ``classifier_model``; alpha is ``aux_weight``.
+    - ``forward(x)``: the loss of a step on an unlabelled batch, -sum U(x), by Pyro's
+      ``TraceEnum_ELBO`` (z by Monte Carlo, y summed exactly under q(y|x));
+    - ``interleaved_losses(epoch, step, steps_per_epoch)``: after the unlabelled step ``step``,
+      the labelled batch due there as two steps of their own, as Pyro's two SVI objects take them:
+      -sum L(x_l, y_l) (the trace ELBO with y observed), then -alpha sum log q(y_l | x_l) (the
+      observed site of ``classifier_model``).
+
+    Each loss is a sum over its batch (no 1/N scaling), so alpha means what Pyro's
+    ``aux_loss_multiplier`` means (46 there). Adam sees the labelled gradients at full size; a
+    single step that mixes the labelled terms into the unlabelled loss, weighted by how rarely
+    they come, drowns them (the note in docs/models.md).
 
     :param labels: the number of labelled examples (class-balanced, drawn by ``seed``), or None
         for every training label.
+    :param binarize: ``"dynamic"`` draws each labelled batch's pixels afresh, as the trainer
+        draws the unlabelled ones.
     """
 
     def __init__(self, m2, loss, num_particles, kl_schedule, estimator, train_x, train_y, labels, seed, aux_weight,
-                 batch_size):
+                 batch_size, binarize="none"):
         super().__init__()
         if loss != "trace" or estimator != "standard":
             raise ValueError(f"m2 trains with loss='trace' (TraceEnum_ELBO: y summed exactly, z by Monte Carlo) "
@@ -222,22 +241,47 @@ class M2Loss(nn.Module):
         self.register_buffer("labelled_x", train_x[index.to(train_x.device)], persistent=False)
         self.register_buffer("labelled_y", train_y[index.to(train_y.device)], persistent=False)
         self.labelled_batch = min(batch_size, len(index))
-        self.labelled_fraction = len(index) / len(train_x)  # N_l / N_u
+        self.labelled_batches = math.ceil(len(index) / self.labelled_batch)
         self.aux_weight = float(aux_weight)
+        self.seed, self.dynamic = int(seed), binarize == "dynamic"
         self.elbo = TraceEnum_ELBO(max_plate_nesting=1, num_particles=num_particles, vectorize_particles=True)
         self.supervised = VAE_ELBO("trace", num_particles)  # y observed: nothing to enumerate
 
     def set_progress(self, epochs_done):
         """The bound has no schedule."""
 
-    def labelled_terms(self, x, y):
-        """-sum_l [L(x_l, y_l) + alpha log q(y_l | x_l)]."""
-        supervised = self.supervised.differentiable_loss(self.vae.model, self.vae.guide, x, y)
-        classifier = -log_weight_parts(self.vae.classifier_model, self.vae.classifier_guide, x, y).observed.sum()
-        return supervised + self.aux_weight * classifier
-
     def forward(self, x):
-        pick = torch.randint(len(self.labelled_x), (self.labelled_batch,), device=self.labelled_x.device)
-        unsupervised = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x)
-        weight = self.labelled_fraction * len(x) / self.labelled_batch
-        return unsupervised + weight * self.labelled_terms(self.labelled_x[pick], self.labelled_y[pick])
+        """-sum over the batch of U(x): the loss of an unlabelled step."""
+        return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x)
+
+    def supervised_loss(self, x, y):
+        """-sum_l L(x_l, y_l)."""
+        return self.supervised.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+
+    def classifier_loss(self, x, y):
+        """-alpha sum_l log q(y_l | x_l)."""
+        return -self.aux_weight * log_weight_parts(self.vae.classifier_model, self.vae.classifier_guide, x,
+                                                   y).observed.sum()
+
+    def labelled_batch_at(self, epoch, step, steps_per_epoch):
+        """Which of the epoch's labelled batches follows unlabelled step ``step`` (None if none):
+        batch j after step j * interval, interval = steps_per_epoch // (number of batches)."""
+        interval = max(1, steps_per_epoch // self.labelled_batches)
+        if step % interval or step // interval >= self.labelled_batches:
+            return None
+        return step // interval
+
+    def interleaved_losses(self, epoch, step, steps_per_epoch):
+        """The losses of the steps of their own that follow unlabelled step ``step`` (zero-argument
+        callables, each optimized in turn): the labelled batch due there, or nothing."""
+        batch = self.labelled_batch_at(epoch, step, steps_per_epoch)
+        if batch is None:
+            return []
+        # the epoch's order of the labelled examples, the same on a resumed run
+        order_seed = int(np.random.SeedSequence([self.seed, epoch, 0x5EED]).generate_state(1)[0])
+        order = torch.randperm(len(self.labelled_x), generator=torch.Generator().manual_seed(order_seed))
+        pick = order[batch * self.labelled_batch:(batch + 1) * self.labelled_batch].to(self.labelled_x.device)
+        x, y = self.labelled_x[pick], self.labelled_y[pick]
+        if self.dynamic:
+            x = bernoulli_pixels(x)
+        return [lambda: self.supervised_loss(x, y), lambda: self.classifier_loss(x, y)]

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from ..evaluation import log_likelihood
 
 __all__ = ["Callback", "ProgressBar", "MetricsFile", "Checkpoint", "CheckpointWriteError", "BestCheckpoint",
-           "EarlyStopping", "LogLikelihoodCurve", "FunctionCallback", "format_row", "best_epoch", "BEST"]
+           "EarlyStopping", "LogLikelihoodCurve", "FunctionCallback", "format_row", "best_epoch", "selection_metric", "BEST"]
 
 
 class Callback:
@@ -38,6 +38,9 @@ def format_row(row):
     parts = [f"epoch {row['epoch']:>3}", f"train objective {row['train_objective']:9.3f}"]
     if "test_elbo" in row:
         parts.append(f"test ELBO {row['test_elbo']:9.3f} (recon {row['test_reconstruction']:9.3f}, KL {row['test_kl']:7.3f})")
+    accuracies = [f"{split} accuracy {100 * row[f'{split}_accuracy']:.2f}%" for split in ("valid", "test")
+                  if f"{split}_accuracy" in row]
+    parts += accuracies
     parts.append(f"{row['seconds']:.1f} s")
     return " | ".join(parts)
 
@@ -75,9 +78,14 @@ class MetricsFile(Callback):
     def on_epoch_end(self, trainer, row):
         trainer.run.write_metrics(trainer.history)
 
+    def on_fit_end(self, trainer):
+        if not trainer.run.metrics.exists():  # epochs=0: an empty file, so the folder reads as a run
+            trainer.run.write_metrics(trainer.history)
+
 
 class Checkpoint(Callback):
-    """``checkpoint.pt`` in the run folder, written atomically after every epoch, and inside an
+    """``checkpoint.pt`` in the run folder, written atomically after every epoch (and at the end
+    of a run of no epoch: the untrained model, epoch 0), and inside an
     epoch every ``every_steps`` steps and whenever ``every_minutes`` passed since the last one:
     what ``resume=True`` continues from, bit for bit. A failed write (a full disk, a read-only
     folder) leaves the previous checkpoint as it was and stops the run with
@@ -103,6 +111,10 @@ class Checkpoint(Callback):
     def on_epoch_end(self, trainer, row):
         self.save(trainer)
 
+    def on_fit_end(self, trainer):
+        if not trainer.run.checkpoint.exists():  # epochs=0: the run folder holds the untrained model
+            self.save(trainer)
+
     def save(self, trainer):
         try:
             trainer.run.save_checkpoint(trainer.state_dict())
@@ -121,6 +133,12 @@ class CheckpointWriteError(OSError):
 BEST = "best.pt"
 
 
+def selection_metric(vae):
+    """The validation number a run keeps its best epoch by: the ELBO, or a model family's own
+    (``vae.selection_metric``: m2's validation accuracy, as Pyro's ss_vae example selects)."""
+    return getattr(vae, "selection_metric", "valid_elbo")
+
+
 def best_epoch(history, key="valid_elbo"):
     """(index of the row with the highest ``key``, its value), the first such row on ties."""
     values = [row[key] for row in history if key in row]
@@ -131,18 +149,20 @@ def best_epoch(history, key="valid_elbo"):
 
 
 class BestCheckpoint(Callback):
-    """``best.pt`` beside the last checkpoint: the epoch with the highest validation ELBO so far
-    (``pyrovae evaluate --checkpoint best`` evaluates it)."""
+    """``best.pt`` beside the last checkpoint: the epoch with the highest validation ELBO so far,
+    or the model family's own validation number (:func:`selection_metric`; ``pyrovae evaluate
+    --checkpoint best`` evaluates it)."""
 
     def on_epoch_end(self, trainer, row):
-        index, _ = best_epoch(trainer.history)
+        index, _ = best_epoch(trainer.history, selection_metric(trainer.vae))
         if index == len(trainer.history) - 1:
             trainer.run.save_checkpoint(trainer.state_dict(), path=trainer.run.file(BEST))
 
 
 class EarlyStopping(Callback):
-    """Stops training after ``patience`` epochs without a higher validation ELBO. The count is
-    read from the history, so a resumed run stops where the uninterrupted one would."""
+    """Stops training after ``patience`` epochs without a higher validation ELBO (or the model
+    family's own validation number, :func:`selection_metric`). The count is read from the
+    history, so a resumed run stops where the uninterrupted one would."""
 
     def __init__(self, patience: int):
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
@@ -153,7 +173,7 @@ class EarlyStopping(Callback):
         self.on_epoch_end(trainer, None)  # a resumed run that had stopped stays stopped
 
     def on_epoch_end(self, trainer, row):
-        index, _ = best_epoch(trainer.history)
+        index, _ = best_epoch(trainer.history, selection_metric(trainer.vae))
         if index is not None and len(trainer.history) - 1 - index >= self.patience:
             trainer.should_stop = True
             trainer.stopped_early = True

@@ -20,6 +20,7 @@ import pyro
 import torch
 
 from .. import distributed
+from ..config import family_defaults
 from ..datasets import as_tensor, bernoulli_pixels, fixed_binarization, prepare
 from ..evaluation import elbo_terms
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
@@ -34,13 +35,15 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 
 
 def make_optimizer(parameters, options: Dict, fused: bool = False) -> torch.optim.Optimizer:
-    """``options["optimizer"]`` (adam or rmsprop, PyTorch's defaults besides ``options["lr"]``)
-    over ``parameters``; Adam's fused kernel where the step is compiled (``fused``: one pass over
-    the parameters), the foreach kernels otherwise."""
+    """``options["optimizer"]`` (adam or rmsprop, PyTorch's defaults besides ``options["lr"]``
+    and Adam's ``options["adam_beta1"]``) over ``parameters``; Adam's fused kernel where the step
+    is compiled (``fused``: one pass over the parameters), the foreach kernels otherwise."""
     name = options.get("optimizer", "adam")
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     kernel = {"fused": True} if fused and name == "adam" else {"foreach": True}
+    if name == "adam":
+        kernel["betas"] = (options.get("adam_beta1", 0.9), 0.999)
     return OPTIMIZERS[name](parameters, lr=options["lr"], **kernel)
 
 # The per-epoch ELBO report looks at up to this many training examples (and the whole test set).
@@ -77,7 +80,7 @@ class Trainer:
     def __init__(self, vae, options: Dict, binarize: str = "auto", run=None, callbacks: Sequence[Callback] = (),
                  fast_path: bool = True, context: Optional[distributed.Context] = None, trust: bool = False):
         self.vae = vae
-        self.options = options
+        self.options = options = family_defaults(options, vae)
         self.binarize = binarize
         self.run = run
         self.callbacks = list(callbacks)
@@ -130,12 +133,16 @@ class Trainer:
                 self.metric_sets[name] = fixed_binarization(held_out[name].to(self.device), self.binarize,
                                                             stream_seed(seed, stream))
                 self.metric_labels[name] = held_labels[name].to(self.device) if needs_labels else None
+        # a semi-supervised model's held-out accuracy each epoch (what its best.pt is chosen by)
+        self.accuracy_labels = {name: held_labels[name].to(self.device) for name in ("valid", "test")
+                                if getattr(self.vae, "semi_supervised", False) and name in held_out}
         schedule = KLSchedule(options["beta"], options["warmup_epochs"], options["free_bits"])
         make_objective = getattr(self.vae, "make_objective", None)
         if make_objective is not None:  # a model with its own training objective (m2)
             self.objective = make_objective(options["loss"], options["num_particles"], schedule, options["estimator"],
                                             self.train_x, None if train_y is None else train_y.to(self.device),
-                                            options["labels"], seed, options["aux_weight"], options["batch_size"])
+                                            options["labels"], seed, options["aux_weight"], options["batch_size"],
+                                            binarize=self.binarize)
         else:
             self.objective = ELBOLoss(self.vae, options["loss"], options["num_particles"], schedule,
                                       options["estimator"], self.fast_path)
@@ -283,6 +290,7 @@ class Trainer:
             if context.enabled:  # the same shuffle everywhere, independent noise on each rank
                 torch.manual_seed(stream_seed(options["seed"], self.epoch, context.rank))
         self._call("on_epoch_start")
+        interleaved = getattr(self.objective, "interleaved_losses", None)
         while self.step < self.steps_per_epoch:
             step = self.step
             losses = self._compiled_steps(order, step)
@@ -291,6 +299,9 @@ class Trainer:
                 labels = () if self.train_y is None else (self.train_y[index],)
                 losses = self.train_step(self.train_x[index], *labels, first=self.epoch == 0 and step == 0)[None]
             self.epoch_total += losses.detach().double().sum()
+            if interleaved is not None:  # steps of their own after this one (m2's labelled batches)
+                for loss_fn in interleaved(self.epoch, step, self.steps_per_epoch):
+                    self._optimize(loss_fn, first=self.epoch == 0 and step == 0)
             self.step = step + len(losses)
             for done, loss in enumerate(losses, start=step):
                 self._call("on_step_end", done, loss)
@@ -367,11 +378,20 @@ class Trainer:
             # the compiled step draws the same function: bernoulli_pixels, not torch.bernoulli,
             # whose serial loop over the generator took a fifth of the compiled step
             xb = bernoulli_pixels(xb)
+
+        def loss_fn():
+            compiled = self.compiled_loss is not None and not first and len(xb) == self.batch_examples
+            return self.compiled_loss(xb) if compiled else self.step_loss(xb, *labels)
+
+        return self._optimize(loss_fn, first, xb)
+
+    def _optimize(self, loss_fn, first=False, xb=None):
+        """One optimizer step on the loss ``loss_fn()`` returns: gradient, clipping, the epoch's
+        last gradient norm for the logs, a clear error where the loss is not finite."""
         self.optimizer.zero_grad(set_to_none=True)
         try:
             with pyro.validation_enabled(True) if first else contextlib.nullcontext():
-                compiled = self.compiled_loss is not None and not first and len(xb) == self.batch_examples
-                loss = self.compiled_loss(xb) if compiled else self.step_loss(xb, *labels)
+                loss = loss_fn()
         except ValueError:
             # Pyro's argument validation rejects NaN parameters before a loss exists.
             if all(bool(torch.isfinite(p).all()) for p in self.vae.parameters()):
@@ -395,7 +415,7 @@ class Trainer:
     def _diverged(self, loss, xb):
         kept = (f"the last good checkpoint {str(self.run.checkpoint)!r} is kept" if self.run is not None
                 else "no checkpoint was written")
-        largest = float(xb.detach().abs().max()) if xb.numel() else 0.0
+        largest = float(xb.detach().abs().max()) if xb is not None and xb.numel() else 0.0
         # a loss that is not finite before any update comes from the data, not from the optimizer
         hint = (f" The minibatch's values reach {largest:.3g}: the likelihood's log density "
                 f"overflows in {xb.dtype}; standardize or rescale the data." if largest > 1e6 else
@@ -428,6 +448,9 @@ class Trainer:
             sums = torch.stack([terms[key].double().sum() for key in keys])
             sums = distributed.all_reduce_sum(self.context, sums) / len(x)
             row.update({f"{prefix}_{key}": float(value) for key, value in zip(keys, sums)})
+            if prefix in self.accuracy_labels:
+                row.update({f"{prefix}_{key}": value for key, value in
+                            self.vae.extra_metrics(x, self.accuracy_labels[prefix], None).items()})
 
     def _call(self, hook, *args):
         for callback in self.callbacks:
