@@ -112,6 +112,10 @@ class TrainConfig:
                                    "(default: every training label)", minimum=1)
     aux_weight: float = option(46.0, "m2: alpha, the weight of the classification term log q(y|x) in the step "
                                "on a labelled batch (Pyro's ss_vae example: 46)", minimum=0)
+    every_batch_classifier_step: bool = option(False, "m2: the classifier's optimizer step after every batch, "
+                                               "labelled or not, moving every parameter (a zero gradient where the "
+                                               "classifier term has none), as Pyro's ss_vae example's second SVI "
+                                               "object steps")
     checkpoint_minutes: float = option(5.0, "also checkpoint when this many minutes passed since the last one "
                                        "(0: at epoch ends only)", minimum=0)
 

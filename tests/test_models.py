@@ -421,7 +421,7 @@ def test_the_labelled_batches_come_as_steps_of_their_own_each_example_once_an_ep
         for step in range(steps_per_epoch):
             losses = objective.interleaved_losses(epoch, step, steps_per_epoch)
             if losses:
-                assert len(losses) == 2
+                assert [every for _, every in losses] == [False, False]
                 where.append(step)
                 batch = objective.labelled_batch_at(epoch, step, steps_per_epoch)
                 seen.append(batch)
@@ -432,7 +432,7 @@ def test_the_labelled_batches_come_as_steps_of_their_own_each_example_once_an_ep
     objective.classifier_loss = lambda xb, yb: captured.append(("classifier", xb, yb))
     examples = []
     for step in (0, 4):
-        for loss_fn in objective.interleaved_losses(0, step, steps_per_epoch):
+        for loss_fn, _ in objective.interleaved_losses(0, step, steps_per_epoch):
             loss_fn()
     assert [kind for kind, _, _ in captured] == ["elbo", "classifier", "elbo", "classifier"]
     for _, xb, yb in captured[::2]:
@@ -459,3 +459,37 @@ def test_a_labelled_step_trains_the_classifier_with_its_own_optimizer_step(label
     finally:
         torch.optim.Adam.step = original
     assert len(steps) == math.ceil(len(data) / 30) + 2  # one labelled batch of 6: two steps of its own
+
+
+def test_every_batch_classifier_step_moves_every_parameter_as_pyros_second_svi_object_does(labelled_npz):
+    """Pyro's example steps its classifier SVI after every batch: the loss is empty on an
+    unlabelled batch, yet Adam steps every parameter with the zero gradient left in place."""
+    data = pyrovae.datasets.load(str(labelled_npz))
+    torch.manual_seed(0)
+    m2 = M2((1, 8, 8), latent_dim=2, hidden=(8,), num_classes=3)
+    steps = []
+    original = torch.optim.Adam.step
+
+    def counting_step(self, *args, **kwargs):
+        steps.append(sum(1 for group in self.param_groups for p in group["params"] if p.grad is not None))
+        return original(self, *args, **kwargs)
+
+    torch.optim.Adam.step = counting_step
+    try:
+        pyrovae.fit(m2, data, epochs=1, batch_size=30, progress=False, device="cpu", labels=6, compile="off",
+                    every_batch_classifier_step=True)
+    finally:
+        torch.optim.Adam.step = original
+    unlabelled = math.ceil(len(data) / 30)
+    assert len(steps) == 2 * unlabelled + 2  # each batch twice, the labelled one's two steps
+    everything = len(list(m2.parameters()))
+    assert steps.count(everything) == len(steps)  # every step reaches every parameter
+    # one zero-gradient Adam step moves a parameter along its running mean, as torch's Adam does
+    weight = torch.nn.Parameter(torch.ones(3))
+    adam = torch.optim.Adam([weight], lr=0.1, betas=(0.95, 0.999))
+    weight.grad = torch.ones(3)
+    adam.step()
+    before = weight.detach().clone()
+    weight.grad.zero_()
+    adam.step()
+    assert bool((weight < before).all())

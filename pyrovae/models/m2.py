@@ -189,10 +189,10 @@ class M2(VAE):
         return self.likelihood.mean(self.decoder(torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], -1)))
 
     def make_objective(self, loss, num_particles, kl_schedule, estimator, train_x, train_y, labels, seed,
-                       aux_weight, batch_size, binarize="none"):
+                       aux_weight, batch_size, binarize="none", every_batch_classifier_step=False):
         """The training objective of a semi-supervised run (see :class:`M2Loss`)."""
         return M2Loss(self, loss, num_particles, kl_schedule, estimator, train_x, train_y, labels, seed, aux_weight,
-                      batch_size, binarize)
+                      batch_size, binarize, every_batch_classifier_step)
 
 
 class M2Loss(nn.Module):
@@ -218,10 +218,17 @@ class M2Loss(nn.Module):
         for every training label.
     :param binarize: ``"dynamic"`` draws each labelled batch's pixels afresh, as the trainer
         draws the unlabelled ones.
+    :param every_batch_classifier_step: take the classifier's step after every batch, as Pyro's
+        example runs its second SVI object: on an unlabelled batch its loss is empty, but
+        ``SVI.step`` still steps every parameter (``pyro.module`` puts them all in its trace), with
+        the zero gradient ``zero_grads`` left, so Adam moves each once more along its running mean;
+        on a labelled batch every step moves every parameter so (q(y|x) in the ELBO step, the rest
+        in the classifier's). Off: the classifier's step on labelled batches alone, and each step
+        moves only the parameters its loss reaches.
     """
 
     def __init__(self, m2, loss, num_particles, kl_schedule, estimator, train_x, train_y, labels, seed, aux_weight,
-                 batch_size, binarize="none"):
+                 batch_size, binarize="none", every_batch_classifier_step=False):
         super().__init__()
         if loss != "trace" or estimator != "standard":
             raise ValueError(f"m2 trains with loss='trace' (TraceEnum_ELBO: y summed exactly, z by Monte Carlo) "
@@ -244,6 +251,7 @@ class M2Loss(nn.Module):
         self.labelled_batches = math.ceil(len(index) / self.labelled_batch)
         self.aux_weight = float(aux_weight)
         self.seed, self.dynamic = int(seed), binarize == "dynamic"
+        self.every_batch = bool(every_batch_classifier_step)
         self.elbo = TraceEnum_ELBO(max_plate_nesting=1, num_particles=num_particles, vectorize_particles=True)
         self.supervised = VAE_ELBO("trace", num_particles)  # y observed: nothing to enumerate
 
@@ -272,11 +280,13 @@ class M2Loss(nn.Module):
         return step // interval
 
     def interleaved_losses(self, epoch, step, steps_per_epoch):
-        """The losses of the steps of their own that follow unlabelled step ``step`` (zero-argument
-        callables, each optimized in turn): the labelled batch due there, or nothing."""
+        """The steps of their own that follow unlabelled step ``step``, each optimized in turn as
+        (loss, every_parameter): ``loss`` a zero-argument callable, ``every_parameter`` whether
+        the parameters its loss does not reach step too (with a zero gradient; see
+        ``every_batch_classifier_step``). The labelled batch due there, or nothing."""
         batch = self.labelled_batch_at(epoch, step, steps_per_epoch)
         if batch is None:
-            return []
+            return [(self.empty_loss, True)] if self.every_batch else []
         # the epoch's order of the labelled examples, the same on a resumed run
         order_seed = int(np.random.SeedSequence([self.seed, epoch, 0x5EED]).generate_state(1)[0])
         order = torch.randperm(len(self.labelled_x), generator=torch.Generator().manual_seed(order_seed))
@@ -284,4 +294,10 @@ class M2Loss(nn.Module):
         x, y = self.labelled_x[pick], self.labelled_y[pick]
         if self.dynamic:
             x = bernoulli_pixels(x)
-        return [lambda: self.supervised_loss(x, y), lambda: self.classifier_loss(x, y)]
+        labelled = [(lambda: self.supervised_loss(x, y), self.every_batch),
+                    (lambda: self.classifier_loss(x, y), self.every_batch)]
+        return [(self.empty_loss, True)] + labelled if self.every_batch else labelled
+
+    def empty_loss(self):
+        """The classifier term of an unlabelled batch: none (a zero reaching no parameter)."""
+        return torch.zeros((), device=self.labelled_x.device, requires_grad=True)

@@ -142,7 +142,8 @@ class Trainer:
             self.objective = make_objective(options["loss"], options["num_particles"], schedule, options["estimator"],
                                             self.train_x, None if train_y is None else train_y.to(self.device),
                                             options["labels"], seed, options["aux_weight"], options["batch_size"],
-                                            binarize=self.binarize)
+                                            binarize=self.binarize,
+                                            every_batch_classifier_step=options["every_batch_classifier_step"])
         else:
             self.objective = ELBOLoss(self.vae, options["loss"], options["num_particles"], schedule,
                                       options["estimator"], self.fast_path)
@@ -300,8 +301,8 @@ class Trainer:
                 losses = self.train_step(self.train_x[index], *labels, first=self.epoch == 0 and step == 0)[None]
             self.epoch_total += losses.detach().double().sum()
             if interleaved is not None:  # steps of their own after this one (m2's labelled batches)
-                for loss_fn in interleaved(self.epoch, step, self.steps_per_epoch):
-                    self._optimize(loss_fn, first=self.epoch == 0 and step == 0)
+                for loss_fn, every_parameter in interleaved(self.epoch, step, self.steps_per_epoch):
+                    self._optimize(loss_fn, first=self.epoch == 0 and step == 0, every_parameter=every_parameter)
             self.step = step + len(losses)
             for done, loss in enumerate(losses, start=step):
                 self._call("on_step_end", done, loss)
@@ -385,10 +386,12 @@ class Trainer:
 
         return self._optimize(loss_fn, first, xb)
 
-    def _optimize(self, loss_fn, first=False, xb=None):
+    def _optimize(self, loss_fn, first=False, xb=None, every_parameter=False):
         """One optimizer step on the loss ``loss_fn()`` returns: gradient, clipping, the epoch's
-        last gradient norm for the logs, a clear error where the loss is not finite."""
-        self.optimizer.zero_grad(set_to_none=True)
+        last gradient norm for the logs, a clear error where the loss is not finite.
+        ``every_parameter``: a parameter the loss does not reach steps with a zero gradient
+        (PyTorch's optimizers skip one whose gradient is None)."""
+        self.optimizer.zero_grad(set_to_none=not every_parameter)
         try:
             with pyro.validation_enabled(True) if first else contextlib.nullcontext():
                 loss = loss_fn()
