@@ -17,6 +17,7 @@ import pyro
 import torch
 
 from .infer.cpu_kernels import cpu_kernels
+from .infer.psis import ImportanceDiagnostics, effective_sample_size, pareto_k
 from .infer.weights import log_weight_parts
 from .validation import require_positive_int
 
@@ -200,7 +201,7 @@ _LIBC = _load_libc()
 def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Optional[int] = None,
                    return_stderr: bool = False, seed: Optional[int] = None,
                    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, progress: bool = False, example_offset: int = 0,
-                   labels: Optional[torch.Tensor] = None, compile: str = "auto"):
+                   labels: Optional[torch.Tensor] = None, compile: str = "auto", return_diagnostics: bool = False):
     """Importance-sampled log p(x_n) ~ logsumexp_k log w_kn - log K, per example, in nats
     (log p(x_n | y_n) for a model conditioned on ``labels``).
 
@@ -214,6 +215,12 @@ def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Op
     sqrt((mean w^2 / (mean w)^2 - 1) / K), from the same weights. With a ``seed`` each batch of
     examples draws from ``seed + example_offset + its first index``, so a dataset split into
     pieces (``example_offset`` = each piece's start, on a batch boundary) gives the same numbers.
+
+    With ``return_diagnostics`` also gives :class:`~pyrovae.infer.psis.ImportanceDiagnostics`:
+    per example the Pareto k of the weights (k > 0.7: not to be trusted; 0.5-0.7: slow
+    convergence, the standard error understated) and their effective sample size, from each
+    batch's weights as they are made (the weights of the whole set are never held at once).
+    Returns the estimate, then the stderr and the diagnostics where asked, in that order.
     """
     _check_inputs(vae, x, num_samples)
     x = _to_vae_device(vae, x)
@@ -223,7 +230,7 @@ def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Op
     weights = _log_weights
     if compile == "on" or (compile == "auto" and len(x) * num_samples >= COMPILE_MIN_WORK):
         weights = _compiled_weights(vae) or _log_weights
-    estimates, stderrs = [], []
+    estimates, stderrs, ks, sizes = [], [], [], []
     with _seeded(seed, x.device), _progress(len(x) * num_samples, "log p(x)", progress) as bar, \
             torch.no_grad(), pyro.validation_enabled(False):
         for start in range(0, len(x), batch):
@@ -244,10 +251,16 @@ def log_likelihood(vae, x: torch.Tensor, num_samples: int = 1000, batch_size: Op
             # mean(w^2) / mean(w)^2 = exp(lse2 - 2 lse1 + log K) >= 1
             ratio = torch.exp(lse2 - 2 * lse1 + math.log(num_samples))
             stderrs.append(((ratio - 1).clamp_min(0) / num_samples).sqrt())
+            if return_diagnostics:
+                ks.append(pareto_k(lw))
+                sizes.append(effective_sample_size(lw))
             if (start // batch) % max(1, MAX_BATCH // batch) == 0:  # about every thousand examples
                 _return_freed_heap_to_os()
     estimate = torch.cat(estimates).to(x.dtype)
-    return (estimate, torch.cat(stderrs).to(x.dtype)) if return_stderr else estimate
+    out = (estimate,) + ((torch.cat(stderrs).to(x.dtype),) if return_stderr else ())
+    if return_diagnostics:
+        out += (ImportanceDiagnostics(torch.cat(ks), torch.cat(sizes), num_samples),)
+    return out if len(out) > 1 else estimate
 
 
 def _replicated_bound(vae, x, k, num_replicates, batch_size, chunk_elements, labels=None):

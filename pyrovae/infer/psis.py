@@ -1,0 +1,68 @@
+r"""How far an importance-sampling estimate can be trusted, per example, from its own weights.
+
+- **Pareto k** (Vehtari et al. 2015/2024, "Pareto smoothed importance sampling"): the shape of a
+  generalized Pareto distribution fitted (Zhang & Stephens 2009) to the largest
+  M = min(K / 5, 3 sqrt(K)) weights. The weights' distribution has finite moments of order < 1/k:
+  k < 0.5, a finite variance, the estimate converges at the usual rate; 0.5 <= k < 0.7, a finite
+  mean but an infinite variance, the estimate converges slowly and its standard error is not to
+  be trusted; k >= 0.7, the estimate may be far off and more samples will not fix it soon (the
+  proposal q(z|x) is too narrow for the posterior). The fit is ArviZ's (``arviz_stats``), the
+  reference implementation of PSIS.
+- **Effective sample size** of the self-normalized weights, (sum w)^2 / sum w^2 = 1 / sum w~^2:
+  near K where q(z|x) is the posterior, near 1 where one draw dominates.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["ImportanceDiagnostics", "pareto_k", "effective_sample_size", "PARETO_K_BAD", "PARETO_K_SLOW"]
+
+PARETO_K_SLOW = 0.5  # above: an infinite variance, slow convergence
+PARETO_K_BAD = 0.7  # above: not to be trusted (Vehtari et al.'s threshold for large K)
+
+
+@dataclass
+class ImportanceDiagnostics:
+    """Per example: ``pareto_k`` and ``ess`` (effective sample size, out of ``num_samples``)."""
+
+    pareto_k: torch.Tensor
+    ess: torch.Tensor
+    num_samples: int
+
+    def summary(self):
+        """The numbers a report gives: the share and count of examples with k > 0.7, of those
+        with 0.5 < k <= 0.7, the worst and median k, the median ESS."""
+        k = self.pareto_k.double()
+        bad = k > PARETO_K_BAD
+        slow = (k > PARETO_K_SLOW) & ~bad
+        return {"pareto_k_above_0.7": int(bad.sum()), "pareto_k_above_0.7_share": float(bad.double().mean()),
+                "pareto_k_0.5_to_0.7": int(slow.sum()), "pareto_k_max": float(k.max()),
+                "pareto_k_median": float(k.median()), "ess_median": float(self.ess.double().median()),
+                "num_samples": self.num_samples}
+
+
+def _arviz_psis():
+    try:
+        from arviz_stats.base.array import array_stats
+    except ImportError as error:  # pragma: no cover - a dependency of the package
+        raise ImportError("the Pareto k diagnostic needs arviz-stats (pip install arviz-stats; Python >= 3.11)") from error
+    return array_stats
+
+
+def pareto_k(log_weights: torch.Tensor) -> torch.Tensor:
+    """The PSIS shape k per example of log weights shaped (K, N) (samples first), by ArviZ's
+    generalized Pareto fit to the largest weights."""
+    if log_weights.dim() != 2:
+        raise ValueError(f"log_weights must be (num_samples, num_examples); got shape {tuple(log_weights.shape)}")
+    array = log_weights.detach().double().cpu().numpy()
+    # arviz's psislw takes the negated log ratios (its LOO convention: ratios 1 / p(y_i | theta))
+    _, k = _arviz_psis().psislw(-array, r_eff=1.0, axis=0)
+    return torch.as_tensor(np.asarray(k, dtype=np.float64), device=log_weights.device)
+
+
+def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:
+    """(sum_k w_k)^2 / sum_k w_k^2 per example of log weights shaped (K, N)."""
+    lw = log_weights.double()
+    return torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))

@@ -1,0 +1,121 @@
+"""Annealed importance sampling, BDMC and the Pareto k diagnostic against the linear-Gaussian
+VAE's closed forms: exact log p(x), and a guide set to the exact posterior's mean with its
+standard deviations scaled by r, whose weights have a known tail (Pareto shape k = 1 - r^2)."""
+
+import math
+
+import pytest
+import torch
+
+import pyrovae
+from pyrovae import exact
+from pyrovae.infer.ais import ais_log_likelihood, annealing_schedule, bdmc
+from pyrovae.models import M2
+
+LATENT, DATA, SIGMA = 3, 7, 0.5
+
+
+@pytest.fixture(scope="module")
+def linear_gaussian():
+    """A linear-Gaussian VAE with orthogonal decoder columns (so the exact posterior is
+    mean-field), data drawn from it with their latent draws, and exact log p(x)."""
+    torch.manual_seed(0)
+    vae = pyrovae.VAE(DATA, latent_dim=LATENT, hidden=(), likelihood={"kind": "gaussian", "scale": SIGMA})
+    q, _ = torch.linalg.qr(torch.randn(DATA, LATENT))
+    weight = q * torch.tensor([3.0, 2.0, 1.0])
+    with torch.no_grad():
+        vae.decoder.net[0].weight.copy_(weight)
+        vae.decoder.net[0].bias.zero_()
+    posterior_cov = torch.linalg.inv(torch.eye(LATENT) + weight.T @ weight / SIGMA**2)
+    z = torch.randn(64, LATENT)
+    with torch.no_grad():
+        x = vae.likelihood(vae.decoder(z)).sample()
+    return vae, weight, posterior_cov, z, x, exact.linear_gaussian_log_likelihood(vae, x)
+
+
+def set_guide(vae, weight, posterior_cov, ratio):
+    """q(z|x) = Normal(the exact posterior mean, ratio x the exact posterior sd)."""
+    with torch.no_grad():
+        vae.encoder.loc.weight.copy_(posterior_cov @ weight.T / SIGMA**2)
+        vae.encoder.loc.bias.zero_()
+        vae.encoder.log_scale.weight.zero_()
+        vae.encoder.log_scale.bias.copy_(0.5 * posterior_cov.diagonal().log() + math.log(ratio))
+
+
+@pytest.mark.parametrize("ratio", [0.6, 0.8])
+def test_pareto_k_finds_the_tail_index_of_an_under_dispersed_guide(linear_gaussian, ratio):
+    """With q's sd r times the posterior's, w = p(z|x) / q(z|x) has P(w > t) ~ t^(-1 / (1 - r^2)):
+    the Pareto shape is 1 - r^2 (0.64: slow convergence; 0.36: fine)."""
+    vae, weight, cov, _, x, truth = linear_gaussian
+    set_guide(vae, weight, cov, ratio)
+    estimate, stderr, diagnostics = pyrovae.log_likelihood(vae, x, 20000, return_stderr=True, return_diagnostics=True,
+                                                            seed=0)
+    assert diagnostics.pareto_k.shape == (len(x),) and diagnostics.ess.shape == (len(x),)
+    assert abs(float(diagnostics.pareto_k.median()) - (1 - ratio**2)) < 0.07
+    assert bool((diagnostics.ess <= 20000 + 1e-6).all()) and bool((diagnostics.ess >= 1).all())
+    summary = diagnostics.summary()
+    assert summary["pareto_k_above_0.7"] == int((diagnostics.pareto_k > 0.7).sum())
+    assert summary["num_samples"] == 20000
+
+
+def test_pareto_k_is_low_and_ess_near_k_where_the_guide_covers_the_posterior(linear_gaussian):
+    vae, weight, cov, _, x, truth = linear_gaussian
+    set_guide(vae, weight, cov, 1.2)  # wider than the posterior: bounded weights
+    estimate, diagnostics = pyrovae.log_likelihood(vae, x, 20000, return_diagnostics=True, seed=0)
+    assert float(diagnostics.pareto_k.max()) < 0.5
+    assert float(diagnostics.ess.median()) > 0.8 * 20000
+    assert float((estimate - truth).abs().max()) < 0.02
+
+
+def test_ais_is_within_its_monte_carlo_error_of_the_exact_log_likelihood(linear_gaussian):
+    vae, weight, cov, _, x, truth = linear_gaussian
+    set_guide(vae, weight, cov, 0.5)
+    x, truth = x[:32], truth[:32]
+    result = ais_log_likelihood(vae.model, vae.guide, x, num_chains=16, num_steps=200, num_leapfrog=5, seed=0)
+    error = result.log_likelihood - truth
+    assert result.chain_log_weights.shape == (16, 32) and result.chain_sd.shape == (32,)
+    assert abs(float(error.mean())) < 3 * float(error.std()) / math.sqrt(len(x)) + 0.01
+    assert float(error.abs().median()) < 0.1
+    assert 0.5 < float(result.acceptance.mean()) <= 1.0
+
+
+def test_bdmc_sandwiches_the_exact_log_likelihood_on_simulated_data(linear_gaussian):
+    vae, weight, cov, z, x, truth = linear_gaussian
+    set_guide(vae, weight, cov, 0.5)
+    result = bdmc(vae.model, vae.guide, x[:32], {"z": z[:32]}, num_chains=8, num_steps=100, num_leapfrog=5, seed=0)
+    lower, upper, truth = result.lower.double(), result.upper.double(), truth[:32]
+    se = lambda v: float(v.std()) / math.sqrt(len(v))  # noqa: E731
+    assert float((lower - truth).mean()) <= 3 * se(lower - truth)
+    assert float((upper - truth).mean()) >= -3 * se(upper - truth)
+    assert torch.allclose(result.gap, result.upper - result.lower)
+
+
+def test_annealing_schedules_run_from_zero_to_one():
+    for name in ("linear", "sigmoid"):
+        betas = annealing_schedule(10, name)
+        assert len(betas) == 11 and float(betas[0]) == 0 and float(betas[-1]) == 1 and bool((betas.diff() > 0).all())
+    sigmoid = annealing_schedule(100, "sigmoid")
+    assert float(sigmoid[1]) < 0.01 and float(sigmoid[50]) == pytest.approx(0.5)  # dense near both ends
+    with pytest.raises(ValueError, match="unknown schedule 'cubic'"):
+        annealing_schedule(10, "cubic")
+    with pytest.raises(ValueError, match="increase strictly from 0 to 1"):
+        annealing_schedule(3, torch.tensor([0.0, 0.7, 0.5, 1.0]))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_chains": 0}, "num_chains"), ({"num_steps": -1}, "num_steps"), ({"proposal": "posterior"}, "proposal"),
+    ({"target_accept": 1.5}, "target_accept"), ({"step_size": 0}, "step_size")])
+def test_bad_ais_arguments_are_clear_errors(linear_gaussian, kwargs, message):
+    vae, _, _, _, x, _ = linear_gaussian
+    with pytest.raises(ValueError, match=message):
+        ais_log_likelihood(vae.model, vae.guide, x[:2], **kwargs)
+
+
+def test_ais_refuses_a_discrete_latent_and_names_what_works():
+    m2 = M2((10,), latent_dim=2, hidden=(4,), num_classes=3)
+    x = torch.bernoulli(torch.full((4, 10), 0.5))
+    with pytest.raises(ValueError, match="needs continuous ones; site 'y'"):
+        ais_log_likelihood(m2.model, m2.guide, x, num_chains=2, num_steps=2)
+    # given y, the latent is continuous: what pyrovae evaluate --method ais does for each class
+    result = ais_log_likelihood(m2.model, m2.guide, x, torch.zeros(4, dtype=torch.long), num_chains=2, num_steps=2)
+    assert result.log_likelihood.shape == (4,)
