@@ -12,6 +12,7 @@ labels summed out by enumeration), :class:`pyrovae.HVAE` (two stochastic layers)
 from . import datasets, distributions, exact, infer, likelihoods, priors
 from .run_folder import load
 from .evaluation import check_bounds, elbo, iwae_bound, log_likelihood
+from .infer.ais import ais_log_likelihood, bdmc
 from .model import VAE
 from .infer import IWAE_ELBO, VAE_ELBO, log_weight_parts, make_elbo
 from .objectives import ELBOLoss, KLSchedule
@@ -26,6 +27,8 @@ __all__ = [
     "fit",
     "load",
     "log_likelihood",
+    "ais_log_likelihood",
+    "bdmc",
     "elbo",
     "iwae_bound",
     "check_bounds",

@@ -61,6 +61,13 @@ def build_parser():
     evaluate.add_argument("--checkpoint", default="auto", choices=["auto", "last", "best"],
                           help="best: best.pt, the epoch with the best validation ELBO (m2: accuracy); last: "
                           "checkpoint.pt; auto: best.pt for m2 where the run has one, else the last")
+    evaluate.add_argument("--method", default="is", choices=list(runs.METHODS),
+                          help="is: importance sampling with q(z|x) and its Pareto k diagnostics (always run); ais: "
+                          "also annealed importance sampling (HMC); bdmc: also the BDMC sandwich on data simulated "
+                          "from the model")
+    evaluate.add_argument("--num-chains", type=int, default=16, help="ais, bdmc: chains per example")
+    evaluate.add_argument("--num-steps", type=int, default=1000, help="ais, bdmc: intermediate distributions")
+    evaluate.add_argument("--num-leapfrog", type=int, default=10, help="ais, bdmc: leapfrog steps per HMC move")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
@@ -148,7 +155,9 @@ def main(argv=None):
         elif args.command == "evaluate":
             result = runs.evaluate_run(args.run_dir, args.num_samples, args.split, args.limit, args.device,
                                        progress=not args.no_progress, seed=args.seed, trust=args.trust_checkpoint,
-                                       repeats=args.repeats, checkpoint=args.checkpoint)
+                                       repeats=args.repeats, checkpoint=args.checkpoint, method=args.method,
+                                       num_chains=args.num_chains, num_steps=args.num_steps,
+                                       num_leapfrog=args.num_leapfrog)
             if result is None:  # a torchrun rank other than 0: rank 0 prints and writes
                 return 0
             shown = {k: v for k, v in result.items() if k != "bounds"}

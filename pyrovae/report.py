@@ -66,6 +66,23 @@ def _evaluation(evaluation):
              _card(f"{evaluation['bits_per_dim']:.4f}", "bits per dimension"),
              _card("ok" if ok else "VIOLATED", "ELBO ≤ IWAE_k ≤ log p(x) checked", "ok" if ok else "bad"),
              "</div>"]
+    diagnostics = evaluation.get("importance_diagnostics")
+    if diagnostics:
+        flagged = diagnostics["pareto_k_above_0.7"]
+        parts += ["<div class='cards'>",
+                  _card(f"{flagged} ({100 * diagnostics['pareto_k_above_0.7_share']:.1f}%)",
+                        "examples with Pareto k > 0.7 (estimate not to be trusted)", "bad" if flagged else "ok"),
+                  _card(f"{diagnostics['pareto_k_0.5_to_0.7']}", "examples with 0.5 < k ≤ 0.7 (slow convergence)"),
+                  _card("—" if diagnostics["pareto_k_max"] is None else f"{diagnostics['pareto_k_max']:.2f}",
+                        "worst Pareto k (none below K = 25)"),
+                  _card(f"{diagnostics['ess_median']:.0f} of {diagnostics['num_samples']}",
+                        "median effective sample size"),
+                  "</div>"]
+    for key, title in (("ais", "AIS"), ("bdmc", "BDMC")):
+        if evaluation.get(key):
+            rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v if isinstance(v, (int, str)) else f'{v:.4g}'}</td></tr>"
+                           for k, v in evaluation[key].items() if not isinstance(v, (list, dict)))
+            parts.append(f"<h3>{title}</h3><div class='scroll'><table>{rows}</table></div>")
     bounds = evaluation.get("bounds") or {}
     if bounds.get("ks"):
         parts.append("<div class='scroll' style='margin-top:.6rem'><table><tr><th>k</th><th>IWAE_k (nats)</th>"

@@ -6,13 +6,16 @@ import json
 import math
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from . import config as cfg
 from . import datasets, distributed, latent, plots
-from .evaluation import check_bounds, elbo
+from .evaluation import check_bounds, elbo, log_likelihood
+from .infer.ais import ais_log_likelihood, bdmc
 from .models import MODEL_OPTIONS, model_class
 from .objectives import check_training_options
 from .report import write_report
@@ -21,7 +24,7 @@ from .train import LogLikelihoodCurve, fit, stream_seed
 from .train.callbacks import BEST, selection_metric
 from .validation import require_positive_int
 
-__all__ = ["train_run", "evaluate_run", "plot_run", "report_run", "PLOT_KINDS", "read_run_config"]
+__all__ = ["train_run", "evaluate_run", "ais_summary", "bdmc_summary", "METHODS", "ImportanceSamplingWarning", "plot_run", "report_run", "PLOT_KINDS", "read_run_config"]
 
 PLOT_KINDS = ("manifold", "scatter", "reconstructions", "samples", "interpolation", "attributes", "curves")
 
@@ -142,7 +145,8 @@ def _evaluation_data(config, vae, split, limit, device):
 
 
 def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="auto", ks=None, progress=True, seed=0,
-                 vae=None, model_class=None, trust=False, repeats=1, checkpoint="auto"):
+                 vae=None, model_class=None, trust=False, repeats=1, checkpoint="auto", method="is", num_chains=16,
+                 num_steps=1000, num_leapfrog=10):
     """Writes ``evaluation.json`` and ``jensen_gap.png``; returns the evaluation dict. Every
     number comes from the VAE's own model: pass ``vae`` (or ``model_class``) for a subclass.
 
@@ -153,7 +157,15 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
         ``"auto"``: ``best.pt`` where the family selects by its own number and the run has one
         (m2, as Pyro's example reports the test accuracy at the best validation accuracy), else
         the last.
+    :param method: ``"is"`` (importance sampling with q(z|x), always computed, with its Pareto k
+        diagnostics), ``"ais"`` (also annealed importance sampling: ``num_chains`` chains,
+        ``num_steps`` distributions, ``num_leapfrog`` leapfrog steps each) or ``"bdmc"`` (also
+        BDMC on as many examples simulated from the model: the sandwich and its gap).
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    for value, name in ((num_chains, "--num-chains"), (num_steps, "--num-steps"), (num_leapfrog, "--num-leapfrog")):
+        require_positive_int(value, name)
     run = RunFolder(run_dir)
     require_positive_int(num_samples, "--num-samples")
     require_positive_int(repeats, "--repeats")
@@ -180,7 +192,8 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
     labels = targets if getattr(vae, "requires_labels", False) else None
     if getattr(vae, "requires_labels", False) and labels is None:
         raise ValueError(f"this {type(vae).__name__} is conditioned on labels and the {split} data have none")
-    ll, se = distributed.log_likelihood(context, vae, x, num_samples, seed=seed, progress=progress, labels=labels)
+    ll, se, diagnostics = distributed.log_likelihood(context, vae, x, num_samples, seed=seed, progress=progress,
+                                                     labels=labels, return_diagnostics=True)
     repeated = [float(ll.double().mean())]
     for r in range(1, repeats):
         again, _ = distributed.log_likelihood(context, vae, x, num_samples, seed=stream_seed(seed, r), progress=progress,
@@ -215,7 +228,18 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
         "bits_per_dim": -mean_ll / (vae.data_dim * math.log(2)),
         "bound_check": "violated" if violated else "ok",
         "bounds": {**check.as_dict(), "examples": len(subset)},
+        "importance_diagnostics": diagnostics.summary(),
     }
+    flagged = result["importance_diagnostics"]["pareto_k_above_0.7"]
+    if flagged:
+        warnings.warn(f"{flagged} of {len(x)} examples have a Pareto k above 0.7 (worst "
+                      f"{result['importance_diagnostics']['pareto_k_max']:.2f}): their importance-sampled log p(x) is "
+                      "not to be trusted (q(z|x) too narrow for the posterior); more samples help slowly, AIS "
+                      "(--method ais) more", ImportanceSamplingWarning, stacklevel=2)
+    if method == "ais":
+        result["ais"] = ais_summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed)
+    elif method == "bdmc":
+        result["bdmc"] = bdmc_summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed, num_samples)
     extra_metrics = getattr(vae, "extra_metrics", None)  # a model family's own numbers (accuracy, ...)
     if extra_metrics is not None:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -224,6 +248,80 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
     run.write_json("evaluation.json", result)
     plots.save(plots.jensen_gap(check), run.file("jensen_gap.png"))
     return result
+
+
+class ImportanceSamplingWarning(UserWarning):
+    """Some examples' importance weights have a Pareto k above 0.7."""
+
+
+METHODS = ("is", "ais", "bdmc")
+
+
+def _ais_per_example(vae, x, labels, **options):
+    """AIS log p(x_n) per example through the VAE's own model and guide; for m2, whose y is
+    discrete, AIS over z given each class, and log p(x) = logsumexp_y log p(x, y) (p(y) inside
+    the model's observed y site). Returns (estimate, chain sd, acceptance), each (N,)."""
+    if getattr(vae, "semi_supervised", False):
+        per_class = [ais_log_likelihood(vae.model, vae.guide, x, torch.full((len(x),), c, device=x.device), **options)
+                     for c in range(vae.num_classes)]
+        stacked = torch.stack([r.log_likelihood for r in per_class])
+        return (torch.logsumexp(stacked, 0), torch.stack([r.chain_sd for r in per_class]).amax(0),
+                torch.stack([r.acceptance for r in per_class]).mean(0))
+    result = ais_log_likelihood(vae.model, vae.guide, x, *(() if labels is None else (labels,)), **options)
+    return result.log_likelihood, result.chain_sd, result.acceptance
+
+
+def ais_summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed):
+    """``evaluation.json``'s ``ais`` entry: the AIS estimate of the set's mean log p(x), its
+    spread, the acceptance, the wall-clock."""
+    import time
+
+    started = time.perf_counter()
+    estimate, chain_sd, acceptance = _ais_per_example(vae, x, labels, num_chains=num_chains, num_steps=num_steps,
+                                                      num_leapfrog=num_leapfrog, seed=seed)
+    estimate = estimate.double()
+    return {"log_likelihood": float(estimate.mean()),
+            "stderr": float(estimate.std() / math.sqrt(len(x))) if len(x) > 1 else 0.0,
+            "chain_sd_median": float(chain_sd.double().median()), "acceptance": float(acceptance.double().mean()),
+            "num_chains": num_chains, "num_steps": num_steps, "num_leapfrog": num_leapfrog,
+            "seconds": time.perf_counter() - started}
+
+
+def bdmc_summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed, num_samples):
+    """``evaluation.json``'s ``bdmc`` entry: as many examples as ``x`` simulated from the model
+    ((z, x) ~ p, the data's shape), the BDMC lower and upper bounds of their log p(x), the gap,
+    and the importance-sampled estimate on the same simulated data, so the gap says how far the
+    estimators are from the truth on data like the model's own."""
+    import time
+
+    from pyro import poutine
+
+    if getattr(vae, "semi_supervised", False):
+        raise ValueError("--method bdmc needs a model whose latents are all continuous; m2's y is discrete (use "
+                         "--method ais, which sums y exactly)")
+    started = time.perf_counter()
+    args = (x,) if labels is None else (x, labels)
+    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed + 3)
+        trace = poutine.trace(poutine.uncondition(vae.model)).get_trace(*args)
+    observed = [name for name, site in trace.nodes.items() if site["type"] == "sample" and site["is_observed"]]
+    simulated = {name: site["value"] for name, site in trace.nodes.items()
+                 if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+                 and name not in observed}
+    sim_x = trace.nodes["x"]["value"].detach()
+    simulated = {name: value for name, value in simulated.items() if name != "x"}
+    result = bdmc(vae.model, vae.guide, sim_x, simulated, *args[1:], num_chains=num_chains, num_steps=num_steps,
+                  num_leapfrog=num_leapfrog, seed=seed)
+    is_estimate, _, diagnostics = log_likelihood(vae, sim_x, num_samples, seed=seed, return_stderr=True,
+                                                 return_diagnostics=True, labels=labels)
+    lower, upper = result.lower.double(), result.upper.double()
+    return {"examples": len(x), "lower": float(lower.mean()), "upper": float(upper.mean()),
+            "gap": float((upper - lower).mean()), "gap_median": float((upper - lower).median()),
+            "importance_sampling": float(is_estimate.double().mean()),
+            "importance_sampling_below_lower": float((lower - is_estimate.double()).mean()),
+            "pareto_k_above_0.7_share": diagnostics.summary()["pareto_k_above_0.7_share"],
+            "num_chains": num_chains, "num_steps": num_steps, "num_leapfrog": num_leapfrog,
+            "seconds": time.perf_counter() - started}
 
 
 def _attribute_vectors(vae, x, labels):

@@ -119,3 +119,42 @@ def test_ais_refuses_a_discrete_latent_and_names_what_works():
     # given y, the latent is continuous: what pyrovae evaluate --method ais does for each class
     result = ais_log_likelihood(m2.model, m2.guide, x, torch.zeros(4, dtype=torch.long), num_chains=2, num_steps=2)
     assert result.log_likelihood.shape == (4,)
+
+
+@pytest.mark.parametrize("family", ["vae", "hvae", "cvae", "m2"])
+def test_evaluate_runs_ais_and_bdmc_on_each_family_where_they_apply(tmp_path, family, capsys):
+    """The target's density comes from each model's own Pyro trace: no family needs code of its
+    own, but m2 (a discrete y: AIS given each class, summed; BDMC refused with the reason)."""
+    import json
+
+    import numpy as np
+
+    from pyrovae.cli import main
+
+    rng = np.random.default_rng(0)
+    prototypes = rng.random((3, 6, 6)) > 0.5
+    labels = rng.integers(0, 3, 90)
+    images = (prototypes[labels] ^ (rng.random((90, 6, 6)) < 0.1)).astype(np.uint8) * 255
+    data = tmp_path / "labelled.npz"
+    np.savez(data, train=images[:60], train_labels=labels[:60], test=images[60:], test_labels=labels[60:])
+    extra = {"m2": ["--labels", "6", "--num-classes", "3"], "cvae": ["--condition", "label", "--num-classes", "3"],
+             "hvae": ["--middle-dim", "3", "--middle-hidden", "4"]}.get(family, [])
+    out = tmp_path / "run"
+    assert main(["train", "--model", family, "--dataset", str(data), "--epochs", "1", "--hidden", "8", "--out", str(out),
+                 "--no-progress", "--no-plots", "--device", "cpu", *extra]) == 0
+    small = ["--num-samples", "20", "--num-chains", "2", "--num-steps", "5", "--num-leapfrog", "2", "--limit", "8",
+             "--device", "cpu", "--no-progress"]
+    assert main(["evaluate", str(out), "--method", "ais", *small]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    assert math.isfinite(result["ais"]["log_likelihood"]) and result["ais"]["num_steps"] == 5
+    assert 0 <= result["importance_diagnostics"]["pareto_k_above_0.7_share"] <= 1
+    code = main(["evaluate", str(out), "--method", "bdmc", *small])
+    if family == "m2":
+        assert code == 2 and "m2's y is discrete" in capsys.readouterr().err
+    else:
+        assert code == 0
+        bdmc_row = json.loads((out / "evaluation.json").read_text())["bdmc"]
+        assert bdmc_row["examples"] == 8 and math.isfinite(bdmc_row["gap"])
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--method", "ais", "--num-chains", "0", "--device", "cpu"]) == 2
+    assert "--num-chains" in capsys.readouterr().err

@@ -37,10 +37,12 @@ class ImportanceDiagnostics:
         k = self.pareto_k.double()
         bad = k > PARETO_K_BAD
         slow = (k > PARETO_K_SLOW) & ~bad
+        fitted = not bool(k.isnan().all())  # K < 25: no fit (NaN throughout)
         return {"pareto_k_above_0.7": int(bad.sum()), "pareto_k_above_0.7_share": float(bad.double().mean()),
-                "pareto_k_0.5_to_0.7": int(slow.sum()), "pareto_k_max": float(k.max()),
-                "pareto_k_median": float(k.median()), "ess_median": float(self.ess.double().median()),
-                "num_samples": self.num_samples}
+                "pareto_k_0.5_to_0.7": int(slow.sum()),
+                "pareto_k_max": float(k.nan_to_num(-float("inf")).max()) if fitted else None,
+                "pareto_k_median": float(k.nanmedian()) if fitted else None,
+                "ess_median": float(self.ess.double().median()), "num_samples": self.num_samples}
 
 
 def _arviz_psis():
@@ -53,9 +55,12 @@ def _arviz_psis():
 
 def pareto_k(log_weights: torch.Tensor) -> torch.Tensor:
     """The PSIS shape k per example of log weights shaped (K, N) (samples first), by ArviZ's
-    generalized Pareto fit to the largest weights."""
+    generalized Pareto fit to the largest weights; NaN where K < 25 leaves fewer than the five
+    tail draws the fit needs."""
     if log_weights.dim() != 2:
         raise ValueError(f"log_weights must be (num_samples, num_examples); got shape {tuple(log_weights.shape)}")
+    if min(len(log_weights) / 5, 3 * len(log_weights) ** 0.5) < 5:  # too few draws for a tail of 5
+        return torch.full(log_weights.shape[1:], float("nan"), dtype=torch.float64, device=log_weights.device)
     array = log_weights.detach().double().cpu().numpy()
     # arviz's psislw takes the negated log ratios (its LOO convention: ratios 1 / p(y_i | theta))
     _, k = _arviz_psis().psislw(-array, r_eff=1.0, axis=0)
