@@ -170,21 +170,26 @@ def main():
     parser.add_argument("--labels", type=int, default=100, choices=[100, 600, 1000, 3000])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["pyro", "pyrovae"], help="run one side alone (a long run of the reference)")
     parser.add_argument("--out", default=None, help="the result JSON (default benchmarks/results-m2-pyro-example-N.json)")
     args = parser.parse_args()
     config = cfg.validate(cfg.load_toml(HERE.parent / "configs" / f"m2-mnist-{args.labels}.toml"))
     config["train"]["seed"] = args.seed
     torch.manual_seed(args.seed)
-    pyrovae_rows = run_pyrovae(config, args.epochs, Path("runs") / f"m2-side-by-side-{args.labels}", print)
-    pyro_rows = run_pyro_example(config, args.epochs, args.seed, print)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    out = Path(args.out or HERE / f"results-m2-pyro-example-{args.labels}.json")
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    pyrovae_rows = (previous.get("pyrovae", []) if args.only == "pyro" else
+                    run_pyrovae(config, args.epochs, HERE.parent / "runs" / f"m2-side-by-side-{args.labels}", log))
+    pyro_rows = previous.get("pyro_example", []) if args.only == "pyrovae" else run_pyro_example(config, args.epochs,
+                                                                                                   args.seed, log)
     print(f"\n| epoch | Pyro's example valid / test % | pyrovae valid / test % | test difference |")
     print("| --- | --- | --- | --- |")
     for a, b in zip(pyro_rows, pyrovae_rows):
         print(f"| {a['epoch']} | {100 * a['valid_accuracy']:.2f} / {100 * a['test_accuracy']:.2f} | "
               f"{100 * b['valid_accuracy']:.2f} / {100 * b['test_accuracy']:.2f} | "
               f"{100 * (b['test_accuracy'] - a['test_accuracy']):+.2f} |")
-    out = Path(args.out or HERE / f"results-m2-pyro-example-{args.labels}.json")
-    out.write_text(json.dumps({"labels": args.labels, "epochs": args.epochs, "seed": args.seed, "machine": machine(),
+    out.write_text(json.dumps({"labels": args.labels, "epochs": max(len(pyro_rows), len(pyrovae_rows)), "seed": args.seed, "machine": machine(),
                                "pyro_example": pyro_rows, "pyrovae": pyrovae_rows}, indent=2) + "\n")
 
 

@@ -112,6 +112,8 @@ class TrainConfig:
                                    "(default: every training label)", minimum=1)
     aux_weight: float = option(46.0, "m2: alpha, the weight of the classification term log q(y|x) in the step "
                                "on a labelled batch (Pyro's ss_vae example: 46)", minimum=0)
+    labelled_repeats: int = option(1, "m2: passes over the labelled examples an epoch, their batches spread over the "
+                                   "unlabelled steps (Pyro's recipe: 1)", minimum=1)
     every_batch_classifier_step: bool = option(False, "m2: the classifier's optimizer step after every batch, "
                                                "labelled or not, moving every parameter (a zero gradient where the "
                                                "classifier term has none), as Pyro's ss_vae example's second SVI "

@@ -189,10 +189,10 @@ class M2(VAE):
         return self.likelihood.mean(self.decoder(torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], -1)))
 
     def make_objective(self, loss, num_particles, kl_schedule, estimator, train_x, train_y, labels, seed,
-                       aux_weight, batch_size, binarize="none", every_batch_classifier_step=False):
+                       aux_weight, batch_size, binarize="none", every_batch_classifier_step=False, labelled_repeats=1):
         """The training objective of a semi-supervised run (see :class:`M2Loss`)."""
         return M2Loss(self, loss, num_particles, kl_schedule, estimator, train_x, train_y, labels, seed, aux_weight,
-                      batch_size, binarize, every_batch_classifier_step)
+                      batch_size, binarize, every_batch_classifier_step, labelled_repeats)
 
 
 class M2Loss(nn.Module):
@@ -218,6 +218,9 @@ class M2Loss(nn.Module):
         for every training label.
     :param binarize: ``"dynamic"`` draws each labelled batch's pixels afresh, as the trainer
         draws the unlabelled ones.
+    :param labelled_repeats: passes over the labelled examples an epoch (1 in Pyro's recipe: at
+        100 labels, one labelled batch an epoch), spread evenly over its unlabelled steps; at most
+        one labelled batch follows each unlabelled step.
     :param every_batch_classifier_step: take the classifier's step after every batch, as Pyro's
         example runs its second SVI object: on an unlabelled batch its loss is empty, but
         ``SVI.step`` still steps every parameter (``pyro.module`` puts them all in its trace), with
@@ -228,7 +231,7 @@ class M2Loss(nn.Module):
     """
 
     def __init__(self, m2, loss, num_particles, kl_schedule, estimator, train_x, train_y, labels, seed, aux_weight,
-                 batch_size, binarize="none", every_batch_classifier_step=False):
+                 batch_size, binarize="none", every_batch_classifier_step=False, labelled_repeats=1):
         super().__init__()
         if loss != "trace" or estimator != "standard":
             raise ValueError(f"m2 trains with loss='trace' (TraceEnum_ELBO: y summed exactly, z by Monte Carlo) "
@@ -247,8 +250,10 @@ class M2Loss(nn.Module):
         self.vae, self.kl_schedule, self.kl_weight = m2, kl_schedule, 1.0
         self.register_buffer("labelled_x", train_x[index.to(train_x.device)], persistent=False)
         self.register_buffer("labelled_y", train_y[index.to(train_y.device)], persistent=False)
+        require_positive_int(labelled_repeats, "labelled_repeats")
         self.labelled_batch = min(batch_size, len(index))
-        self.labelled_batches = math.ceil(len(index) / self.labelled_batch)
+        self.batches_per_pass = math.ceil(len(index) / self.labelled_batch)
+        self.labelled_batches = self.batches_per_pass * labelled_repeats
         self.aux_weight = float(aux_weight)
         self.seed, self.dynamic = int(seed), binarize == "dynamic"
         self.every_batch = bool(every_batch_classifier_step)
@@ -287,8 +292,9 @@ class M2Loss(nn.Module):
         batch = self.labelled_batch_at(epoch, step, steps_per_epoch)
         if batch is None:
             return [(self.empty_loss, True)] if self.every_batch else []
-        # the epoch's order of the labelled examples, the same on a resumed run
-        order_seed = int(np.random.SeedSequence([self.seed, epoch, 0x5EED]).generate_state(1)[0])
+        # each pass's order of the labelled examples, the same on a resumed run
+        passes, batch = divmod(batch, self.batches_per_pass)
+        order_seed = int(np.random.SeedSequence([self.seed, epoch, 0x5EED, passes]).generate_state(1)[0])
         order = torch.randperm(len(self.labelled_x), generator=torch.Generator().manual_seed(order_seed))
         pick = order[batch * self.labelled_batch:(batch + 1) * self.labelled_batch].to(self.labelled_x.device)
         x, y = self.labelled_x[pick], self.labelled_y[pick]

@@ -143,7 +143,8 @@ class Trainer:
                                             self.train_x, None if train_y is None else train_y.to(self.device),
                                             options["labels"], seed, options["aux_weight"], options["batch_size"],
                                             binarize=self.binarize,
-                                            every_batch_classifier_step=options["every_batch_classifier_step"])
+                                            every_batch_classifier_step=options["every_batch_classifier_step"],
+                                            labelled_repeats=options["labelled_repeats"])
         else:
             self.objective = ELBOLoss(self.vae, options["loss"], options["num_particles"], schedule,
                                       options["estimator"], self.fast_path)
