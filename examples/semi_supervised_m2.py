@@ -26,7 +26,7 @@ def main():
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--aux-weight", type=float, default=50.0)
+    parser.add_argument("--aux-weight", type=float, default=46.0)  # Pyro's aux_loss_multiplier
     args = parser.parse_args()
     pyro.set_rng_seed(0)
     train = shrink(pyrovae.datasets.load("mnist", split="train"), 1000)

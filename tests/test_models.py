@@ -441,6 +441,24 @@ def test_the_labelled_batches_come_as_steps_of_their_own_each_example_once_an_ep
     assert sorted(examples) == labelled
 
 
+def test_labelled_repeats_pass_over_the_labelled_examples_that_many_times_an_epoch():
+    m2, x = tiny_m2(), binary(40, (10,))
+    y = torch.arange(40) % 3
+    objective = m2.make_objective("trace", 1, KLSchedule(), "standard", x, y, 6, 0, 5.0, 4, labelled_repeats=3)
+    captured = []
+    objective.supervised_loss = lambda xb, yb: captured.append(yb.tolist())
+    objective.classifier_loss = lambda xb, yb: None
+    steps_per_epoch = 10
+    for step in range(steps_per_epoch):
+        for loss_fn, _ in objective.interleaved_losses(0, step, steps_per_epoch):
+            loss_fn()
+    assert len(captured) == 6  # 3 passes of two batches (4 + 2), one after every step but the last few
+    seen = sorted(label for batch in captured for label in batch)
+    assert seen == sorted(objective.labelled_y.tolist() * 3)
+    with pytest.raises(ValueError, match="labelled_repeats"):
+        m2.make_objective("trace", 1, KLSchedule(), "standard", x, y, 6, 0, 5.0, 4, labelled_repeats=0)
+
+
 def test_a_labelled_step_trains_the_classifier_with_its_own_optimizer_step(labelled_npz):
     """The trainer takes 2 optimizer steps per labelled batch beside the unlabelled ones."""
     data = pyrovae.datasets.load(str(labelled_npz))
