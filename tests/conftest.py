@@ -43,3 +43,16 @@ def shared_data():
     if not os.path.isdir(SHARED_DATA):
         pytest.skip("../shared/data is not beside this checkout")
     return os.path.abspath(SHARED_DATA)
+
+
+@pytest.fixture
+def labelled_npz(tmp_path):
+    """240 8x8 binary images of three noisy prototypes with their labels, as an .npz with train
+    (180) and test (60) splits."""
+    rng = np.random.default_rng(0)
+    prototypes = rng.random((3, 8, 8)) > 0.5
+    labels = rng.integers(0, 3, 240)
+    images = (prototypes[labels] ^ (rng.random((240, 8, 8)) < 0.1)).astype(np.uint8) * 255
+    path = tmp_path / "labelled.npz"
+    np.savez(path, train=images[:180], train_labels=labels[:180], test=images[180:], test_labels=labels[180:])
+    return path

@@ -122,25 +122,17 @@ def test_ais_refuses_a_discrete_latent_and_names_what_works():
 
 
 @pytest.mark.parametrize("family", ["vae", "hvae", "cvae", "m2"])
-def test_evaluate_runs_ais_and_bdmc_on_each_family_where_they_apply(tmp_path, family, capsys):
+def test_evaluate_runs_ais_and_bdmc_on_each_family_where_they_apply(tmp_path, labelled_npz, family, capsys):
     """The target's density comes from each model's own Pyro trace: no family needs code of its
     own, but m2 (a discrete y: AIS given each class, summed; BDMC refused with the reason)."""
     import json
 
-    import numpy as np
-
     from pyrovae.cli import main
 
-    rng = np.random.default_rng(0)
-    prototypes = rng.random((3, 6, 6)) > 0.5
-    labels = rng.integers(0, 3, 90)
-    images = (prototypes[labels] ^ (rng.random((90, 6, 6)) < 0.1)).astype(np.uint8) * 255
-    data = tmp_path / "labelled.npz"
-    np.savez(data, train=images[:60], train_labels=labels[:60], test=images[60:], test_labels=labels[60:])
     extra = {"m2": ["--labels", "6", "--num-classes", "3"], "cvae": ["--condition", "label", "--num-classes", "3"],
              "hvae": ["--middle-dim", "3", "--middle-hidden", "4"]}.get(family, [])
     out = tmp_path / "run"
-    assert main(["train", "--model", family, "--dataset", str(data), "--epochs", "1", "--hidden", "8", "--out", str(out),
+    assert main(["train", "--model", family, "--dataset", str(labelled_npz), "--epochs", "1", "--hidden", "8", "--out", str(out),
                  "--no-progress", "--no-plots", "--device", "cpu", *extra]) == 0
     small = ["--num-samples", "20", "--num-chains", "2", "--num-steps", "5", "--num-leapfrog", "2", "--limit", "8",
              "--device", "cpu", "--no-progress"]

@@ -213,17 +213,6 @@ def test_every_model_trains_with_pyros_classic_svi_and_the_module_interface(inde
 
 
 # -- the command line on each model's run folder ----------------------------------------------------
-@pytest.fixture
-def labelled_npz(tmp_path):
-    rng = np.random.default_rng(0)
-    prototypes = rng.random((3, 8, 8)) > 0.5
-    labels = rng.integers(0, 3, 240)
-    images = (prototypes[labels] ^ (rng.random((240, 8, 8)) < 0.1)).astype(np.uint8) * 255
-    path = tmp_path / "labelled.npz"
-    np.savez(path, train=images[:180], train_labels=labels[:180], test=images[180:], test_labels=labels[180:])
-    return path
-
-
 @pytest.mark.parametrize("flags, kinds, metric", [
     (["--model", "hvae", "--latent-dim", "2", "--middle-dim", "3", "--middle-hidden", "8", "--loss", "iwae",
       "--num-particles", "3"], ["manifold", "samples", "curves"], None),
@@ -459,45 +448,33 @@ def test_labelled_repeats_pass_over_the_labelled_examples_that_many_times_an_epo
         m2.make_objective("trace", 1, KLSchedule(), "standard", x, y, 6, 0, 5.0, 4, labelled_repeats=0)
 
 
-def test_a_labelled_step_trains_the_classifier_with_its_own_optimizer_step(labelled_npz):
-    """The trainer takes 2 optimizer steps per labelled batch beside the unlabelled ones."""
+def adam_steps_of_one_epoch(labelled_npz, monkeypatch, **options):
+    """(the dataset, the M2, for each Adam step of one epoch the number of parameters it had a
+    gradient for)."""
     data = pyrovae.datasets.load(str(labelled_npz))
     torch.manual_seed(0)
     m2 = M2((1, 8, 8), latent_dim=2, hidden=(8,), num_classes=3)
-    steps = []
-    original = torch.optim.Adam.step
-
-    def counting_step(self, *args, **kwargs):
-        steps.append(1)
-        return original(self, *args, **kwargs)
-
-    torch.optim.Adam.step = counting_step
-    try:
-        pyrovae.fit(m2, data, epochs=1, batch_size=30, progress=False, device="cpu", labels=6, compile="off")
-    finally:
-        torch.optim.Adam.step = original
-    assert len(steps) == math.ceil(len(data) / 30) + 2  # one labelled batch of 6: two steps of its own
-
-
-def test_every_batch_classifier_step_moves_every_parameter_as_pyros_second_svi_object_does(labelled_npz):
-    """Pyro's example steps its classifier SVI after every batch: the loss is empty on an
-    unlabelled batch, yet Adam steps every parameter with the zero gradient left in place."""
-    data = pyrovae.datasets.load(str(labelled_npz))
-    torch.manual_seed(0)
-    m2 = M2((1, 8, 8), latent_dim=2, hidden=(8,), num_classes=3)
-    steps = []
-    original = torch.optim.Adam.step
+    steps, original = [], torch.optim.Adam.step
 
     def counting_step(self, *args, **kwargs):
         steps.append(sum(1 for group in self.param_groups for p in group["params"] if p.grad is not None))
         return original(self, *args, **kwargs)
 
-    torch.optim.Adam.step = counting_step
-    try:
-        pyrovae.fit(m2, data, epochs=1, batch_size=30, progress=False, device="cpu", labels=6, compile="off",
-                    every_batch_classifier_step=True)
-    finally:
-        torch.optim.Adam.step = original
+    monkeypatch.setattr(torch.optim.Adam, "step", counting_step)
+    pyrovae.fit(m2, data, epochs=1, batch_size=30, progress=False, device="cpu", labels=6, compile="off", **options)
+    return data, m2, steps
+
+
+def test_a_labelled_step_trains_the_classifier_with_its_own_optimizer_step(labelled_npz, monkeypatch):
+    """The trainer takes 2 optimizer steps per labelled batch beside the unlabelled ones."""
+    data, _, steps = adam_steps_of_one_epoch(labelled_npz, monkeypatch)
+    assert len(steps) == math.ceil(len(data) / 30) + 2  # one labelled batch of 6: two steps of its own
+
+
+def test_every_batch_classifier_step_moves_every_parameter_as_pyros_second_svi_object_does(labelled_npz, monkeypatch):
+    """Pyro's example steps its classifier SVI after every batch: the loss is empty on an
+    unlabelled batch, yet Adam steps every parameter with the zero gradient left in place."""
+    data, m2, steps = adam_steps_of_one_epoch(labelled_npz, monkeypatch, every_batch_classifier_step=True)
     unlabelled = math.ceil(len(data) / 30)
     assert len(steps) == 2 * unlabelled + 2  # each batch twice, the labelled one's two steps
     everything = len(list(m2.parameters()))
