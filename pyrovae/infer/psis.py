@@ -12,6 +12,7 @@ r"""How far an importance-sampling estimate can be trusted, per example, from it
   near K where q(z|x) is the posterior, near 1 where one draw dominates.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,10 +47,13 @@ class ImportanceDiagnostics:
 
 
 def _arviz_psis():
+    """ArviZ's array functions, or None where arviz-stats is missing (it needs Python 3.11)."""
     try:
         from arviz_stats.base.array import array_stats
-    except ImportError as error:  # pragma: no cover - a dependency of the package
-        raise ImportError("the Pareto k diagnostic needs arviz-stats (pip install arviz-stats; Python >= 3.11)") from error
+    except ImportError:
+        warnings.warn("the Pareto k diagnostic needs arviz-stats (pip install arviz-stats; Python >= 3.11): k is "
+                      "reported as NaN", RuntimeWarning, stacklevel=3)
+        return None
     return array_stats
 
 
@@ -61,9 +65,12 @@ def pareto_k(log_weights: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"log_weights must be (num_samples, num_examples); got shape {tuple(log_weights.shape)}")
     if min(len(log_weights) / 5, 3 * len(log_weights) ** 0.5) < 5:  # too few draws for a tail of 5
         return torch.full(log_weights.shape[1:], float("nan"), dtype=torch.float64, device=log_weights.device)
+    psis = _arviz_psis()
+    if psis is None:
+        return torch.full(log_weights.shape[1:], float("nan"), dtype=torch.float64, device=log_weights.device)
     array = log_weights.detach().double().cpu().numpy()
     # arviz's psislw takes the negated log ratios (its LOO convention: ratios 1 / p(y_i | theta))
-    _, k = _arviz_psis().psislw(-array, r_eff=1.0, axis=0)
+    _, k = psis.psislw(-array, r_eff=1.0, axis=0)
     return torch.as_tensor(np.asarray(k, dtype=np.float64), device=log_weights.device)
 
 
