@@ -25,11 +25,11 @@ The shapes are static: the last short batch of an epoch runs eager rather than c
 graph, and the first step runs eager too (with Pyro's validation of the model and guide). With
 several steps a call the calls keep to a grid (steps 0, S, 2S, ... of each epoch, so a resumed run
 makes the uninterrupted run's calls): a step off it, or from which the call's batches would not
-all be full, runs in a second graph of one step a call.
-``compile="auto"`` compiles where it pays: a run of at least ``AUTO_MIN_STEPS`` steps, which
-amortizes the compile time (3-10 s on 2 CPU cores); ``steps_per_call=0`` unrolls
-``AUTO_STEPS_PER_CALL`` steps into each call of the whole step in runs of ``AUTO_MANY_STEPS``
-steps or more, which amortize its longer compilation.
+all be full, runs eager (a few steps an epoch; a second graph of one step a call cost a
+compilation of its own). ``compile="auto"`` compiles where it pays: a run of at least
+``AUTO_MIN_STEPS`` steps, which amortizes the compile time; ``steps_per_call=0`` unrolls
+``AUTO_STEPS_PER_CALL`` steps into each call of every compiled run (fewer where an epoch has
+fewer full batches).
 """
 
 import contextlib
@@ -44,16 +44,16 @@ from ..datasets import bernoulli_pixels
 from ..infer.cpu_kernels import cpu_kernels
 from ..infer.fast_path import fast_vae, vae_weight_parts
 
-__all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "AUTO_MANY_STEPS", "compile_reason", "whole_step_reason",
+__all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "compile_reason", "whole_step_reason",
            "CompiledLoss", "CompiledStep", "CompiledTerms", "adam_update_"]
 
 AUTO_MIN_STEPS = 5000
 # in the operator's name, as cpu_kernels.REVISION: a graph cached on disk by an earlier definition never replays
 ADAM_REVISION = 1
-# steps_per_call=0: AUTO_STEPS_PER_CALL steps a call for runs of AUTO_MANY_STEPS steps or more. Eight
-# steps a call save about 0.3 ms a step on 2 CPU cores (784-400-50, batch 128) for some 7 s more
-# compilation: paid back after about 25000 steps.
-AUTO_STEPS_PER_CALL, AUTO_MANY_STEPS = 8, 25000
+# steps_per_call=0: AUTO_STEPS_PER_CALL steps a call in every compiled run. Measured in a plain
+# 12-epoch fit (784-400-50, batch 128, 2 CPU cores): one step a call 2.38 s an epoch, eight 1.09 s
+# (issue #26; docs/benchmarks.md), for a few seconds more compilation.
+AUTO_STEPS_PER_CALL = 8
 
 
 def compile_reason(trainer):

@@ -25,7 +25,7 @@ from ..datasets import as_tensor, bernoulli_pixels, fixed_binarization, prepare
 from ..evaluation import elbo_terms
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
-from .compiled import (AUTO_MANY_STEPS, AUTO_MIN_STEPS, AUTO_STEPS_PER_CALL, CompiledLoss, CompiledStep, CompiledTerms,
+from .compiled import (AUTO_MIN_STEPS, AUTO_STEPS_PER_CALL, CompiledLoss, CompiledStep, CompiledTerms,
                        compile_reason, whole_step_reason)
 from .schedules import make_scheduler
 
@@ -180,7 +180,9 @@ class Trainer:
         if reason is None:
             self.objective.weight_as_tensor(self.device)
             self.whole_step_note = whole_step_reason(self.optimizer)
-            calls = self.options["steps_per_call"] or (AUTO_STEPS_PER_CALL if total_steps >= AUTO_MANY_STEPS else 1)
+            # every compiled run unrolls several steps a call (fewer where an epoch has fewer full batches)
+            full_steps = max(1, len(self.train_x) // self.batch_examples)
+            calls = self.options["steps_per_call"] or min(AUTO_STEPS_PER_CALL, full_steps)
             if not self.objective.kl_schedule.is_constant:
                 calls = 1  # the graph reads the KL weight once a call, and a schedule changes it every step
             if self.whole_step_note is None:
@@ -344,7 +346,8 @@ class Trainer:
         where ``step`` runs eager: the run's first (Pyro validates it) and the epoch's short last
         batch (one batch shape for the run). A call takes ``steps_per_call`` steps from a step on
         their grid (0, S, 2S, ...: a resumed run replays the uninterrupted run's calls) whose
-        batches are all full, one step otherwise."""
+        batches are all full; a step off the grid runs eager (with one step a call, it takes a call
+        of its own)."""
         # batch_examples, not batch_size: a training set smaller than one batch is one full batch
         calls, batch = self.steps_per_call, self.batch_examples
         if self.compiled_step is None or (self.epoch == 0 and step == 0):
@@ -353,6 +356,8 @@ class Trainer:
         if step >= full_steps:
             return None
         if step % calls or step + calls > full_steps:
+            if calls > 1:  # off the calls' grid: eager, not a second graph compiled for a few steps an epoch
+                return None
             calls = 1
         end = step + calls
         self._set_kl_progress()
