@@ -320,6 +320,15 @@ def test_calls_keep_to_their_grid_and_steps_off_it_run_eager(monkeypatch):
     history = trainer.fit(DATA[:7 * 16 + 5])
     assert calls == [(0, 3, 3), (1, 0, 3), (1, 3, 3)]
     assert trainer.compiled_step.compiled_calls == {3}
+    # a run long enough to pay for it takes the steps off the grid in a one-step graph instead
+    monkeypatch.setattr(pyrovae.train.trainer, "ONE_STEP_GRAPH_MIN_STEPS", 16)
+    calls.clear()
+    torch.manual_seed(0)
+    trainer = pyrovae.train.Trainer(pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,)), pyrovae.config.train_options(
+        {"epochs": 2, "batch_size": 16, "device": "cpu", "compile": "on", "steps_per_call": 3}))
+    trainer.fit(DATA[:7 * 16 + 5])
+    assert calls == [(0, 1, 1), (0, 2, 1), (0, 3, 3), (0, 6, 1), (1, 0, 3), (1, 3, 3), (1, 6, 1)]
+    assert trainer.compiled_step.compiled_calls == {1, 3}
     assert history[0]["compile_seconds"] > 0 and "compile_seconds" not in history[1]
     # every step counted once by Adam: eight an epoch
     assert all(float(entry["step"]) == 16 for entry in trainer.optimizer.state.values())

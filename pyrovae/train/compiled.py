@@ -25,8 +25,9 @@ The shapes are static: the last short batch of an epoch runs eager rather than c
 graph, and the first step runs eager too (with Pyro's validation of the model and guide). With
 several steps a call the calls keep to a grid (steps 0, S, 2S, ... of each epoch, so a resumed run
 makes the uninterrupted run's calls): a step off it, or from which the call's batches would not
-all be full, runs eager (a few steps an epoch; a second graph of one step a call cost a
-compilation of its own). ``compile="auto"`` compiles where it pays: a run of at least
+all be full, runs in a second graph of one step a call in a run of ``ONE_STEP_GRAPH_MIN_STEPS``
+steps or more, and eager in a shorter run, where a few eager steps an epoch cost less than that
+graph's compilation. ``compile="auto"`` compiles where it pays: a run of at least
 ``AUTO_MIN_STEPS`` steps, which amortizes the compile time; ``steps_per_call=0`` unrolls
 ``AUTO_STEPS_PER_CALL`` steps into each call of every compiled run (fewer where an epoch has
 fewer full batches).
@@ -44,7 +45,7 @@ from ..datasets import bernoulli_pixels
 from ..infer.cpu_kernels import cpu_kernels
 from ..infer.fast_path import fast_vae, vae_weight_parts
 
-__all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "compile_reason", "whole_step_reason",
+__all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "ONE_STEP_GRAPH_MIN_STEPS", "compile_reason", "whole_step_reason",
            "CompiledLoss", "CompiledStep", "CompiledTerms", "adam_update_"]
 
 AUTO_MIN_STEPS = 5000
@@ -54,6 +55,9 @@ ADAM_REVISION = 1
 # 12-epoch fit (784-400-50, batch 128, 2 CPU cores): one step a call 2.38 s an epoch, eight 1.09 s
 # (issue #26; docs/benchmarks.md), for a few seconds more compilation.
 AUTO_STEPS_PER_CALL = 8
+# Steps off the calls' grid (a few an epoch) in a one-step graph from this many steps on: an eager
+# step costs about four compiled ones (some 6 ms more), the graph a few seconds of compilation.
+ONE_STEP_GRAPH_MIN_STEPS = 25000
 
 
 def compile_reason(trainer):

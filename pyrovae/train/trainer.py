@@ -25,7 +25,7 @@ from ..datasets import as_tensor, bernoulli_pixels, fixed_binarization, prepare
 from ..evaluation import elbo_terms
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
-from .compiled import (AUTO_MIN_STEPS, AUTO_STEPS_PER_CALL, CompiledLoss, CompiledStep, CompiledTerms,
+from .compiled import (AUTO_MIN_STEPS, ONE_STEP_GRAPH_MIN_STEPS, AUTO_STEPS_PER_CALL, CompiledLoss, CompiledStep, CompiledTerms,
                        compile_reason, whole_step_reason)
 from .schedules import make_scheduler
 
@@ -170,6 +170,7 @@ class Trainer:
         loss (:class:`CompiledLoss`); without either, the reason is in ``compile_note`` (warned
         about under ``compile="on"``)."""
         self.compiled_loss = self.compiled_step = self.compiled_terms = None
+        self.one_step_graph = True
         self._compile_reported, self.whole_step_note = False, None
         mode = self.options["compile"]
         reason = compile_reason(self) if mode != "off" else "compile='off'"
@@ -183,6 +184,9 @@ class Trainer:
             # every compiled run unrolls several steps a call (fewer where an epoch has fewer full batches)
             full_steps = max(1, len(self.train_x) // self.batch_examples)
             calls = self.options["steps_per_call"] or min(AUTO_STEPS_PER_CALL, full_steps)
+            # steps off the calls' grid: a graph of one step a call where the run is long enough to pay
+            # for compiling it (an eager step costs about four compiled ones), else eager
+            self.one_step_graph = calls == 1 or total_steps >= ONE_STEP_GRAPH_MIN_STEPS
             if not self.objective.kl_schedule.is_constant:
                 calls = 1  # the graph reads the KL weight once a call, and a schedule changes it every step
             if self.whole_step_note is None:
@@ -346,8 +350,9 @@ class Trainer:
         where ``step`` runs eager: the run's first (Pyro validates it) and the epoch's short last
         batch (one batch shape for the run). A call takes ``steps_per_call`` steps from a step on
         their grid (0, S, 2S, ...: a resumed run replays the uninterrupted run's calls) whose
-        batches are all full; a step off the grid runs eager (with one step a call, it takes a call
-        of its own)."""
+        batches are all full; a step off the grid takes a call of one step in a run of
+        ``ONE_STEP_GRAPH_MIN_STEPS`` steps or more (or of one step a call), and runs eager in a
+        shorter one."""
         # batch_examples, not batch_size: a training set smaller than one batch is one full batch
         calls, batch = self.steps_per_call, self.batch_examples
         if self.compiled_step is None or (self.epoch == 0 and step == 0):
@@ -356,7 +361,7 @@ class Trainer:
         if step >= full_steps:
             return None
         if step % calls or step + calls > full_steps:
-            if calls > 1:  # off the calls' grid: eager, not a second graph compiled for a few steps an epoch
+            if not self.one_step_graph:  # a short run: a few eager steps an epoch cost less than its compilation
                 return None
             calls = 1
         end = step + calls
