@@ -37,6 +37,7 @@ ROOT = Path(__file__).parent.parent
 IMPLEMENTATIONS = ["pyrovae", "pyrovae-defaults", "pyrovae-eager", "torch-eager", "torch-compiled", "numpyro", "pythae"]
 BATCH, HIDDEN, LATENT, LR = 128, 400, 50, 1e-3
 RESULTS = ROOT / "benchmarks" / "results-peers-cpu.json"
+DEFAULTS_RESULTS = ROOT / "benchmarks" / "results-peers-defaults-cpu.json"  # --defaults keeps its own record
 
 
 # -- each implementation, run in its own process: returns the seconds of each epoch ---------------
@@ -279,7 +280,7 @@ def main():
         row["ratio_to_fastest_peer"] = ratio
         print(f"| {name} | {row['first_epoch']:.2f} | {row['epoch']:.2f} [{row['epoch_min']:.2f}, {row['epoch_max']:.2f}] "
               f"| {ratio:.2f} |")
-    RESULTS.write_text(json.dumps({"machine": versions(), "epochs": args.epochs, "repeats": args.repeats,
+    (DEFAULTS_RESULTS if args.defaults else RESULTS).write_text(json.dumps({"machine": versions(), "epochs": args.epochs, "repeats": args.repeats,
                                    "table": table, "runs": runs, "time": time.ctime()}, indent=2) + "\n")
 
 
