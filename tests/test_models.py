@@ -287,7 +287,7 @@ def test_m2_hidden_layers_start_as_pyros_example_starts_them():
     m2 = M2((784,), latent_dim=50, hidden=(500,), num_classes=10, activation="softplus", init_std=0.001)
     hidden = [m2.encoder.body[0], m2.decoder.net[0], m2.classifier[0]]
     for layer in hidden:
-        assert 0.0008 < float(layer.weight.std()) < 0.0012 and float(layer.bias.abs().max()) < 0.01
+        assert 0.0008 < float(layer.weight.detach().std()) < 0.0012 and float(layer.bias.detach().abs().max()) < 0.01
     outputs = [m2.encoder.loc, m2.encoder.log_scale, m2.decoder.net[-1], m2.classifier[-1]]
     for layer in outputs:  # PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
         assert float(layer.weight.abs().max()) > 0.02
