@@ -304,12 +304,10 @@ def bdmc_summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed, num_
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(seed + 3)
         trace = poutine.trace(poutine.uncondition(vae.model)).get_trace(*args)
-    observed = [name for name, site in trace.nodes.items() if site["type"] == "sample" and site["is_observed"]]
-    simulated = {name: site["value"] for name, site in trace.nodes.items()
-                 if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-                 and name not in observed}
+    # under uncondition every site is drawn: the data site "x" and the latents, an exact draw of p(z | x)
     sim_x = trace.nodes["x"]["value"].detach()
-    simulated = {name: value for name, value in simulated.items() if name != "x"}
+    simulated = {name: site["value"] for name, site in trace.nodes.items()
+                 if site["type"] == "sample" and not site_is_subsample(site) and name != "x"}
     result = bdmc(vae.model, vae.guide, sim_x, simulated, *args[1:], num_chains=num_chains, num_steps=num_steps,
                   num_leapfrog=num_leapfrog, seed=seed)
     is_estimate, _, diagnostics = log_likelihood(vae, sim_x, num_samples, seed=seed, return_stderr=True,
