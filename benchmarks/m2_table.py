@@ -52,7 +52,7 @@ def table(results):
         rows = sorted(by_labels[labels], key=lambda r: r["seed"])
         accuracies = [100 * r["test_accuracy"] for r in rows]
         spread = f" +- {statistics.stdev(accuracies):.2f}" if len(accuracies) > 1 else ""
-        lines.append(f"| {labels} | {len(rows)} | {rows[0]['epochs']} | **{statistics.mean(accuracies):.2f}**{spread} | "
+        lines.append(f"| {labels} | {len(rows)} | {', '.join(str(r['epochs']) for r in rows)} | **{statistics.mean(accuracies):.2f}**{spread} | "
                      f"{', '.join(f'{a:.2f}' for a in accuracies)} | {PYRO_TUTORIAL[labels]} |")
     return "\n".join(lines)
 
