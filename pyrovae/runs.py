@@ -6,17 +6,19 @@ import json
 import math
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import torch
+from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from . import config as cfg
 from . import datasets, distributed, latent, plots
 from .evaluation import check_bounds, elbo, log_likelihood
 from .infer.ais import ais_log_likelihood, bdmc
-from .models import MODEL_OPTIONS, model_class
+from .models import MODEL_OPTIONS, MODELS, model_class
 from .objectives import check_training_options
 from .report import write_report
 from .run_folder import RunFolder, load, vae_from_state
@@ -171,19 +173,18 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
     require_positive_int(repeats, "--repeats")
     if checkpoint not in ("auto", "last", "best"):
         raise ValueError(f"--checkpoint must be 'auto', 'best' or 'last'; got {checkpoint!r}")
+    if split not in ("test", "train", "valid"):
+        raise ValueError(f"--split must be 'test', 'train' or 'valid'; got {split!r}")
+    config = read_run_config(run.path, trust=trust)
     if checkpoint == "auto":
-        family = _model_family(run, trust)
-        own_selection = family is not None and selection_metric(family) != "valid_elbo"
+        own_selection = selection_metric(MODELS[config["model"]["model"]]) != "valid_elbo"  # (model_class names an argument here)
         checkpoint = "best" if own_selection and run.file(BEST).is_file() else "last"
     source = run.checkpoint if checkpoint == "last" else run.file(BEST)
     if checkpoint == "best" and not source.is_file():
         raise FileNotFoundError(f"--checkpoint best: no {BEST} in {str(run.path)!r} (a run writes it when it has a "
                                 "validation set)")
-    if split not in ("test", "train", "valid"):
-        raise ValueError(f"--split must be 'test', 'train' or 'valid'; got {split!r}")
     context = distributed.process_context(device)
     device = context.device
-    config = read_run_config(run.path, trust=trust)
     state = run.read_checkpoint(map_location=device, trust=trust, path=source)  # read once: weights and epoch
     vae = vae_from_state(state, device, model_class, where=source) if vae is None else vae.to(device).eval()
     x, dataset = _evaluation_data(config, vae, split, limit, device)
@@ -292,10 +293,6 @@ def bdmc_summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed, num_
     ((z, x) ~ p, the data's shape), the BDMC lower and upper bounds of their log p(x), the gap,
     and the importance-sampled estimate on the same simulated data, so the gap says how far the
     estimators are from the truth on data like the model's own."""
-    import time
-
-    from pyro import poutine
-
     if getattr(vae, "semi_supervised", False):
         raise ValueError("--method bdmc needs a model whose latents are all continuous; m2's y is discrete (use "
                          "--method ais, which sums y exactly)")
@@ -401,14 +398,6 @@ def model_kinds(config):
     if name == "m2":
         return model_class("m2").plot_kinds
     return PLOT_KINDS
-
-
-def _model_family(run, trust):
-    """The class of a run folder's model family, or None where its config cannot say."""
-    try:
-        return model_class(read_run_config(run.path, trust=trust)["model"]["model"])
-    except (OSError, ValueError):
-        return None
 
 
 def _data_shape(run, trust):

@@ -248,9 +248,7 @@ def test_the_bare_command_of_each_family_trains_and_evaluates(tmp_path, labelled
     """No --loss: each family gets the loss it trains with (m2 and hvae: trace), recorded in the
     run's config."""
     out = tmp_path / "run"
-    extra = ["--labels", "9", "--num-classes", "3"] if family == "m2" else []
-    assert main(["train", "--model", family, "--dataset", str(labelled_npz), "--epochs", "1", "--out", str(out),
-                 "--no-progress", "--no-plots", "--device", "cpu", *extra]) == 0
+    assert main(["train", "--model", family, "--dataset", str(labelled_npz), "--out", str(out)]) == 0
     recorded = pyrovae.config.load_toml(out / "config.toml")["train"]["loss"]
     assert recorded == {"vae": "meanfield", "cvae": "meanfield", "m2": "trace", "hvae": "trace"}[family]
     assert main(["evaluate", str(out), "--num-samples", "5", "--limit", "20", "--device", "cpu", "--no-progress"]) == 0

@@ -35,6 +35,7 @@ from pyro import poutine
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.util import site_is_subsample
 
+from ..evaluation import _seeded
 from ..validation import require_positive_int
 from .weights import PARTICLE_PLATE
 
@@ -142,11 +143,16 @@ def _per_example(tensor, batch_dims=2):
     return tensor.flatten(batch_dims).sum(-1) if tensor.dim() > batch_dims else tensor
 
 
+def _per_site(tensor, value):
+    """A (C, N) tensor viewed to broadcast against a site's value (C, N, *event)."""
+    return tensor.reshape(tensor.shape + (1,) * (value.dim() - 2))
+
+
 def _hmc(target, z, beta, step_size, num_leapfrog, current):
     """One HMC transition leaving f_beta invariant; returns (z, (log f, grad, g) at z, acceptance
     probability (C, N))."""
     log_f, grad, g = current
-    expand = {name: step_size.reshape(step_size.shape + (1,) * (value.dim() - 2)) for name, value in z.items()}
+    expand = {name: _per_site(step_size, value) for name, value in z.items()}
     momentum = {name: torch.randn_like(value) for name, value in z.items()}
     kinetic = sum(_per_example(p.square()) for p in momentum.values()) / 2
     new_z, p = dict(z), {name: value + expand[name] / 2 * grad[name] for name, value in momentum.items()}
@@ -160,13 +166,10 @@ def _hmc(target, z, beta, step_size, num_leapfrog, current):
     log_accept = torch.where(torch.isfinite(log_accept), log_accept, torch.full_like(log_accept, -math.inf))
     accept_prob = log_accept.clamp(max=0).exp()
     accepted = torch.rand_like(accept_prob) < accept_prob
-    chosen = {name: torch.where(accepted.reshape(accepted.shape + (1,) * (value.dim() - 2)), new_z[name], value)
-              for name, value in z.items()}
-    keep = lambda new, old: torch.where(accepted, new, old)  # noqa: E731
-    state = (keep(new_log_f, log_f),
-             {name: torch.where(accepted.reshape(accepted.shape + (1,) * (value.dim() - 2)), new_grad[name], value)
-              for name, value in grad.items()},
-             keep(new_g, g))
+    chosen = {name: torch.where(_per_site(accepted, value), new_z[name], value) for name, value in z.items()}
+    state = (torch.where(accepted, new_log_f, log_f),
+             {name: torch.where(_per_site(accepted, value), new_grad[name], value) for name, value in grad.items()},
+             torch.where(accepted, new_g, g))
     return chosen, state, accept_prob
 
 
@@ -184,9 +187,7 @@ def _run(target, z, betas, num_leapfrog, step_size, target_accept, reverse):
         beta, delta = float(betas[t]), float(betas[t] - betas[t - 1])
         if not reverse:
             log_w += delta * current[2].double()
-            current = _value_and_grad(target, z, beta)  # the same z under the next distribution
-        else:
-            current = _value_and_grad(target, z, beta)
+        current = _value_and_grad(target, z, beta)  # the same z under this step's distribution
         z, current, accept = _hmc(target, z, beta, step, num_leapfrog, current)
         step = torch.where(accept.mean(0) > target_accept, step[0] * 1.02, step[0] * 0.98).expand(shape)
         accept_sum += accept.double()
@@ -224,7 +225,7 @@ def ais_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args,
     distributions, each with one HMC transition of ``num_leapfrog`` leapfrog steps."""
     _check(num_chains, num_steps, num_leapfrog, step_size, target_accept, proposal)
     betas = annealing_schedule(num_steps, schedule)
-    with _seeded(seed), pyro.validation_enabled(False):
+    with _seeded(seed, x.device), pyro.validation_enabled(False):
         target = _Target(model, guide, (x, *args), kwargs, num_chains, proposal)
         z = target.initial()
         log_w, accept, step = _run(target, z, betas, num_leapfrog, step_size, target_accept, reverse=False)
@@ -255,7 +256,7 @@ def bdmc(model: Callable, guide: Callable, x: torch.Tensor, z: Dict[str, torch.T
     from log p(x) on such data (:class:`BDMCResult`)."""
     _check(num_chains, num_steps, num_leapfrog, step_size, target_accept, proposal)
     betas = annealing_schedule(num_steps, schedule)
-    with _seeded(seed), pyro.validation_enabled(False):
+    with _seeded(seed, x.device), pyro.validation_enabled(False):
         target = _Target(model, guide, (x, *args), kwargs, num_chains, proposal)
         forward = _summarize(*_run(target, target.initial(), betas, num_leapfrog, step_size, target_accept,
                                    reverse=False))
@@ -263,19 +264,3 @@ def bdmc(model: Callable, guide: Callable, x: torch.Tensor, z: Dict[str, torch.T
         reverse = _summarize(*_run(target, start, betas, num_leapfrog, step_size, target_accept, reverse=True))
     upper = -reverse.log_likelihood
     return BDMCResult(forward.log_likelihood, upper, upper - forward.log_likelihood, forward, reverse)
-
-
-class _seeded:
-    def __init__(self, seed):
-        self.seed, self.fork = seed, None
-
-    def __enter__(self):
-        if self.seed is not None:
-            self.fork = torch.random.fork_rng(devices=[])
-            self.fork.__enter__()
-            torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc):
-        if self.fork is not None:
-            return self.fork.__exit__(*exc)
-        return False

@@ -63,9 +63,8 @@ def pareto_k(log_weights: torch.Tensor) -> torch.Tensor:
     tail draws the fit needs."""
     if log_weights.dim() != 2:
         raise ValueError(f"log_weights must be (num_samples, num_examples); got shape {tuple(log_weights.shape)}")
-    if min(len(log_weights) / 5, 3 * len(log_weights) ** 0.5) < 5:  # too few draws for a tail of 5
-        return torch.full(log_weights.shape[1:], float("nan"), dtype=torch.float64, device=log_weights.device)
-    psis = _arviz_psis()
+    too_few = min(len(log_weights) / 5, 3 * len(log_weights) ** 0.5) < 5  # draws for a tail of 5
+    psis = None if too_few else _arviz_psis()
     if psis is None:
         return torch.full(log_weights.shape[1:], float("nan"), dtype=torch.float64, device=log_weights.device)
     array = log_weights.detach().double().cpu().numpy()

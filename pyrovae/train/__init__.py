@@ -43,7 +43,7 @@ def fit(vae, train, test=None, *, valid=None, binarize: str = "auto", run_dir: U
     """
     if "device" in options and not isinstance(options["device"], str):  # a torch.device works too
         options["device"] = str(options["device"])
-    options = train_options(options, vae)
+    options = train_options(options)  # the Trainer resolves the family's "auto" values
     if isinstance(run_dir, RunFolder):
         run = run_dir
         run.config = run_config if run_config is not None else run.config
