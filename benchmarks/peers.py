@@ -271,15 +271,22 @@ def main():
         steady = [s for run in measured for s in run["seconds"][1:]] or [run["seconds"][0] for run in measured]
         table[name] = {"first_epoch": statistics.median(run["seconds"][0] for run in measured),
                        "epoch": statistics.median(steady), "epoch_min": min(steady), "epoch_max": max(steady),
-                       "compile_seconds": measured[0].get("compile_seconds")}
-    fastest_peer = min((row["epoch"] for name, row in table.items() if not name.startswith("pyrovae")), default=None)
-    print("\n| implementation | first epoch (s) | epoch (s), median [min, max] | ratio to the fastest peer |")
-    print("| --- | --- | --- | --- |")
+                       "compile_seconds": measured[0].get("compile_seconds"),
+                       "whole_run": statistics.median(sum(run["seconds"]) for run in measured),
+                       "whole_run_min": min(sum(run["seconds"]) for run in measured),
+                       "whole_run_max": max(sum(run["seconds"]) for run in measured)}
+    peers = [name for name in table if not name.startswith("pyrovae")]
+    fastest_peer = min((table[name]["epoch"] for name in peers), default=None)
+    fastest_run = min((table[name]["whole_run"] for name in peers), default=None)
+    print("\n| implementation | first epoch (s) | epoch (s), median [min, max] | ratio to the fastest peer "
+          "| whole run (s), median [min, max] | ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, row in sorted(table.items(), key=lambda item: item[1]["epoch"]):
-        ratio = row["epoch"] / fastest_peer if fastest_peer else float("nan")
-        row["ratio_to_fastest_peer"] = ratio
+        row["ratio_to_fastest_peer"] = ratio = row["epoch"] / fastest_peer if fastest_peer else float("nan")
+        row["whole_run_ratio"] = run_ratio = row["whole_run"] / fastest_run if fastest_run else float("nan")
         print(f"| {name} | {row['first_epoch']:.2f} | {row['epoch']:.2f} [{row['epoch_min']:.2f}, {row['epoch_max']:.2f}] "
-              f"| {ratio:.2f} |")
+              f"| {ratio:.2f} | {row['whole_run']:.1f} [{row['whole_run_min']:.1f}, {row['whole_run_max']:.1f}] "
+              f"| {run_ratio:.2f} |")
     (DEFAULTS_RESULTS if args.defaults else RESULTS).write_text(json.dumps({"machine": versions(), "epochs": args.epochs, "repeats": args.repeats,
                                    "table": table, "runs": runs, "time": time.ctime()}, indent=2) + "\n")
 
