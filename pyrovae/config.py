@@ -43,6 +43,8 @@ class DataConfig:
                            choices=("auto", "dynamic", "threshold", "none"))
     valid_fraction: float = option(0.0, "hold out this fraction of the training data for validation (0: the "
                                    "dataset's own validation split where it has one, else none)", minimum=0)
+    features: Optional[str] = option(None, "a trained run folder: train on its encoder's means of each example "
+                                     "instead of the examples (Kingma et al.'s M1+M2: m2 on a vae's latent means)")
 
 
 @dataclass

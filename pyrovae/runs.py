@@ -42,8 +42,29 @@ def read_run_config(run_dir, trust=False):
 
 
 def load_split(config, split):
+    """The configured dataset's ``split``, mapped through ``features``' encoder where set."""
     data = config["data"]
-    return datasets.load(data["dataset"], split=split, data_dir=data.get("data_dir"))
+    dataset = datasets.load(data["dataset"], split=split, data_dir=data.get("data_dir"))
+    if data.get("features"):
+        dataset = latent_features(data["features"], dataset)
+    return dataset
+
+
+def latent_features(run_dir, dataset, batch_size=2000):
+    """``dataset`` with each example x replaced by E_q[z | x], the encoder's mean, of the VAE
+    trained in ``run_dir`` (read as weights only, as ``evaluate`` reads a checkpoint): the first
+    stage of Kingma et al.'s M1+M2, whose M2 models these means. The labels and split stay."""
+    if not (Path(run_dir) / "checkpoint.pt").is_file() and not Path(run_dir).is_file():
+        raise FileNotFoundError(f"features: no trained run in {str(run_dir)!r} (train the feature VAE first: "
+                                f"pyrovae train --model vae --latent-dim 50 --out {run_dir})")
+    vae = load(run_dir)
+    if tuple(vae.data_shape) != tuple(dataset.shape):
+        raise ValueError(f"features: the run in {str(run_dir)!r} encodes examples of shape {tuple(vae.data_shape)}, "
+                         f"the dataset's are {tuple(dataset.shape)}")
+    with torch.no_grad():
+        means = torch.cat([vae.encode(dataset.data[i:i + batch_size])[0] for i in range(0, len(dataset), batch_size)])
+    return datasets.ArrayDataset(means, dataset.targets, name=f"{dataset.name} features of {run_dir}",
+                                 split=dataset.split)
 
 
 def _load_test(config):
@@ -393,6 +414,8 @@ def model_kinds(config):
     """The figures of a run's model family: the VAE's (and the two-layer VAE's) seven, or the
     conditional and semi-supervised models' own."""
     name = config["model"]["model"]
+    if config["data"].get("features"):
+        return ("curves",)  # the examples are latent means: no image to draw
     if name == "cvae":
         return ("completions", "curves") if config["model"]["condition"] == "quadrants" else ("classes", "curves")
     if name == "m2":

@@ -486,3 +486,33 @@ def test_every_batch_classifier_step_moves_every_parameter_as_pyros_second_svi_o
     weight.grad.zero_()
     adam.step()
     assert bool((weight < before).all())
+
+
+def test_m2_on_a_vaes_latent_means_is_kingmas_m1_plus_m2(tmp_path, labelled_npz, capsys):
+    """``features = RUN``: the examples become E_q[z | x] of RUN's encoder (M1), and M2 models
+    them (M1+M2); training, evaluation and the run's figures read the same features."""
+    m1 = tmp_path / "m1"
+    common = ["--dataset", str(labelled_npz), "--hidden", "16", "--no-progress", "--device", "cpu"]
+    assert main(["train", "--latent-dim", "4", "--epochs", "3", "--out", str(m1), "--no-plots", *common]) == 0
+    out = tmp_path / "m1m2"
+    assert main(["train", "--model", "m2", "--features", str(m1), "--likelihood", "gaussian", "--num-classes", "3",
+                 "--labels", "6", "--latent-dim", "2", "--epochs", "2", "--out", str(out), *common]) == 0
+    data = pyrovae.datasets.load(str(labelled_npz))
+    with torch.no_grad():
+        means = pyrovae.load(m1).encode(data.data)[0]
+    features = pyrovae.runs.load_split(pyrovae.runs.read_run_config(out), "train")
+    assert torch.allclose(features.data, means, atol=1e-6) and torch.equal(features.targets, data.targets)
+    assert pyrovae.load(out).data_shape == (4,)
+    result = pyrovae.runs.evaluate_run(out, num_samples=5, limit=20, device="cpu", progress=False)
+    assert 0 <= result["accuracy"] <= 1
+    assert (out / "curves.png").is_file() and not (out / "analogies.png").exists()  # no image to draw
+
+    missing = tmp_path / "no-such-run"
+    assert main(["train", "--model", "m2", "--features", str(missing), "--likelihood", "gaussian", "--num-classes",
+                 "3", "--labels", "6", "--epochs", "1", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "no trained run in" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    other = tmp_path / "other.npy"
+    np.save(other, np.zeros((20, 5), dtype=np.float32))
+    assert main(["train", "--features", str(m1), "--dataset", str(other), "--likelihood", "gaussian", "--epochs", "1",
+                 "--out", str(tmp_path / "y"), "--no-progress", "--device", "cpu"]) == 2
+    assert "encodes examples of shape (1, 8, 8)" in capsys.readouterr().err

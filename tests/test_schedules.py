@@ -146,6 +146,11 @@ def test_every_config_parses_and_trains_one_step_on_tiny_data(tmp_path, binary_n
     config["train"].update(epochs=1, batch_size=300, device="cpu")
     config["logging"].update(plots=False, nll_every=0)
     config["model"]["prior"] = {k: (min(v, 4) if k == "components" else v) for k, v in config["model"]["prior"].items()}
+    if config["data"]["features"]:  # M1+M2: the latent means of a VAE of the same tiny data
+        images = pyrovae.datasets.load(dataset).data
+        pyrovae.fit(pyrovae.VAE(images.shape[1:], latent_dim=3, hidden=(4,)), images, epochs=1, progress=False,
+                    device="cpu", run_dir=tmp_path / "m1")
+        config["data"]["features"] = str(tmp_path / "m1")
     vae, history = runs.train_run(config, tmp_path / "run", progress=False)
     assert len(history) == 1 and math.isfinite(history[0]["train_objective"])
 
