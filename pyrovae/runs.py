@@ -252,6 +252,8 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
         "bounds": {**check.as_dict(), "examples": len(subset)},
         "importance_diagnostics": diagnostics.summary(),
     }
+    if config["data"].get("features"):  # every density above is of those latent means, not of the examples
+        result["features"] = config["data"]["features"]
     flagged = result["importance_diagnostics"]["pareto_k_above_0.7"]
     if flagged:
         warnings.warn(f"{flagged} of {len(x)} examples have a Pareto k above 0.7 (worst "

@@ -235,7 +235,7 @@ def test_train_evaluate_plot_report_on_each_model(tmp_path, labelled_npz, capsys
     if metric:
         assert math.isfinite(result[metric])
     if metric == "accuracy":
-        assert 0 <= result["accuracy"] <= 1
+        assert 0 <= result["accuracy"] <= 1 and result["features"] == str(m1)
     assert main(["plot", str(out), "--kind", kinds[0]]) == 0
     assert main(["report", str(out)]) == 0
     assert kinds[0] in (out / "report.html").read_text()
@@ -504,7 +504,7 @@ def test_m2_on_a_vaes_latent_means_is_kingmas_m1_plus_m2(tmp_path, labelled_npz,
     assert torch.allclose(features.data, means, atol=1e-6) and torch.equal(features.targets, data.targets)
     assert pyrovae.load(out).data_shape == (4,)
     result = pyrovae.runs.evaluate_run(out, num_samples=5, limit=20, device="cpu", progress=False)
-    assert 0 <= result["accuracy"] <= 1
+    assert 0 <= result["accuracy"] <= 1 and result["features"] == str(m1)
     assert (out / "curves.png").is_file() and not (out / "analogies.png").exists()  # no image to draw
 
     missing = tmp_path / "no-such-run"
