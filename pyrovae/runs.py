@@ -19,6 +19,7 @@ from . import datasets, distributed, latent, plots
 from .evaluation import check_bounds, elbo, log_likelihood
 from .infer.ais import ais_log_likelihood, bdmc
 from .models import MODEL_OPTIONS, MODELS, model_class
+from .models.m2 import StackedM2
 from .objectives import check_training_options
 from .report import write_report
 from .run_folder import RunFolder, load, vae_from_state
@@ -367,10 +368,18 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
                          f"{list(family) + ['all']}")
     vae = (vae or load(run_dir, device=device, trust=trust)).eval()
     device = vae.device
+    features = config["data"].get("features")
+    if features and config["model"]["model"] == "m2":  # M1+M2: the figures are of the examples, through M1
+        vae = StackedM2(vae, load(features, device=device, trust=trust))
     needs_data = set(kinds) & {"scatter", "reconstructions", "interpolation", "attributes", "completions",
                                "analogies"} or pca
     x = labels = None
-    if needs_data:
+    if needs_data and features:
+        examples = cfg.merge(config, {"data": {"features": None}})
+        dataset = _load_test(examples) or load_split(examples, "train")
+        x = dataset.data[:5000].to(device)
+        labels = dataset.targets[:5000] if dataset.targets is not None else None
+    elif needs_data:
         dataset = _load_test(config) or load_split(config, "train")
         x, _ = _evaluation_data(config, vae, "test" if _load_test(config) else "train", 5000, device)
         labels = dataset.targets[:5000] if dataset.targets is not None else None
@@ -416,8 +425,8 @@ def model_kinds(config):
     """The figures of a run's model family: the VAE's (and the two-layer VAE's) seven, or the
     conditional and semi-supervised models' own."""
     name = config["model"]["model"]
-    if config["data"].get("features"):
-        return ("curves",)  # the examples are latent means: no image to draw
+    if config["data"].get("features"):  # the examples are latent means: M1+M2's figures go through M1
+        return ("analogies", "classes", "curves") if name == "m2" else ("curves",)
     if name == "cvae":
         return ("completions", "curves") if config["model"]["condition"] == "quadrants" else ("classes", "curves")
     if name == "m2":

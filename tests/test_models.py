@@ -505,7 +505,11 @@ def test_m2_on_a_vaes_latent_means_is_kingmas_m1_plus_m2(tmp_path, labelled_npz,
     assert pyrovae.load(out).data_shape == (4,)
     result = pyrovae.runs.evaluate_run(out, num_samples=5, limit=20, device="cpu", progress=False)
     assert 0 <= result["accuracy"] <= 1 and result["features"] == str(m1)
-    assert (out / "curves.png").is_file() and not (out / "analogies.png").exists()  # no image to draw
+    # M1+M2's figures are of the images: M2's outputs decoded by M1
+    assert all((out / f"{kind}.png").is_file() for kind in ("analogies", "classes", "curves"))
+    stacked = pyrovae.models.m2.StackedM2(pyrovae.load(out), pyrovae.load(m1))
+    pictures = stacked.analogies(data.data[:2])
+    assert pictures.shape == (2, 3, 1, 8, 8) and ((pictures >= 0) & (pictures <= 1)).all()
 
     missing = tmp_path / "no-such-run"
     assert main(["train", "--model", "m2", "--features", str(missing), "--likelihood", "gaussian", "--num-classes",

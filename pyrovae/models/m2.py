@@ -35,7 +35,7 @@ from ..networks import ACTIVATIONS, MLPDecoder, MLPEncoder, _mlp, hidden_linears
 from ..validation import require_positive_int
 from .labels import balanced_labelled_subset, check_labels, concat_broadcast
 
-__all__ = ["M2", "M2Loss"]
+__all__ = ["M2", "M2Loss", "StackedM2"]
 
 
 class M2(VAE):
@@ -307,3 +307,28 @@ class M2Loss(nn.Module):
     def empty_loss(self):
         """The classifier term of an unlabelled batch: none (a zero reaching no parameter)."""
         return torch.zeros((), device=self.labelled_x.device, requires_grad=True)
+
+
+class StackedM2:
+    """Kingma et al.'s M1+M2 seen as one model of the examples, for its figures: M2 trained on the
+    latent means z1 of the VAE ``m1`` (``[data] features``), its outputs decoded by M1,
+    E[x | z1 = E[z1 | y, z2]]; the analogies start from M1's encoder means of the examples."""
+
+    semi_supervised = True
+
+    def __init__(self, m2, m1):
+        self.m2, self.m1 = m2, m1
+        self.num_classes, self.data_shape, self.device = m2.num_classes, m1.data_shape, m2.device
+
+    def prior(self):
+        return self.m2.prior()
+
+    @torch.no_grad()
+    def decode(self, z, y=None):
+        return self.m1.decode(self.m2.decode(z, y))
+
+    @torch.no_grad()
+    def analogies(self, x):
+        """``(N, C, *data_shape)``: M2's analogies of M1's means of ``x``, decoded by M1."""
+        z1 = self.m2.analogies(self.m1.encode(x)[0])
+        return self.m1.decode(z1.reshape(-1, z1.shape[-1])).reshape(len(x), self.num_classes, *self.data_shape)
