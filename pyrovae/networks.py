@@ -52,8 +52,9 @@ class MLPEncoder(nn.Module):
             # cost more than the second call it saves
             weight = torch.cat([self.loc.weight, self.log_scale.weight])
             bias = torch.cat([self.loc.bias, self.log_scale.bias])
-            loc, log_scale = nn.functional.linear(h, weight, bias).split(self.latent_dim, dim=-1)
-            return loc, _scale_from_log(log_scale)
+            both = nn.functional.linear(h, weight, bias)
+            # slices, not Tensor.split: AOTAutograd's cache refuses a graph that calls Tensor.split
+            return both[..., :self.latent_dim], _scale_from_log(both[..., self.latent_dim:])
         return self.loc(h), _scale_from_log(self.log_scale(h))
 
 
