@@ -35,9 +35,9 @@ ANCHORS = {"m2": ("Pyro's tutorial", PYRO_TUTORIAL), "m1m2": ("Kingma et al.'s M
 def train_m1():
     """The M1 run whose latent means the m1m2 configs read, trained where missing (or resumed)."""
     out = ROOT / "runs" / "m1-mnist"
-    if (out / "checkpoint.pt").is_file() and len(runs.RunFolder(out).read_metrics()) >= 50:
-        return
     config = cfg.validate(cfg.load_toml(ROOT / "configs" / "m1-mnist.toml"))
+    if (out / "checkpoint.pt").is_file() and len(runs.RunFolder(out).read_metrics()) >= config["train"]["epochs"]:
+        return
     config["logging"]["plots"] = False
     runs.train_run(config, out, resume=(out / "checkpoint.pt").is_file(), progress=False)
 
@@ -45,6 +45,7 @@ def train_m1():
 def run_row(labels, seed, epochs=None, model="m2"):
     config = cfg.validate(cfg.load_toml(ROOT / "configs" / f"{model}-mnist-{labels}.toml"))
     config["train"]["seed"] = seed
+    config_epochs = config["train"]["epochs"]
     if epochs:
         config["train"]["epochs"] = epochs
     config["logging"]["plots"] = seed == 0
@@ -55,7 +56,7 @@ def run_row(labels, seed, epochs=None, model="m2"):
     started = time.perf_counter()
     _, history = runs.train_run(config, out, resume=(out / "checkpoint.pt").is_file(), progress=False)
     index, valid_accuracy = best_epoch(history, "valid_accuracy")
-    return {"model": model, "labels": labels, "seed": seed, "epochs": len(history), "config_epochs": 50,
+    return {"model": model, "labels": labels, "seed": seed, "epochs": len(history), "config_epochs": config_epochs,
             "best_epoch": index + 1, "valid_accuracy": valid_accuracy,
             "test_accuracy": history[index]["test_accuracy"], "last_test_accuracy": history[-1]["test_accuracy"],
             "train_seconds": time.perf_counter() - started, "run": str(out.relative_to(ROOT)),

@@ -269,12 +269,12 @@ def main():
         if not measured:
             continue
         steady = [s for run in measured for s in run["seconds"][1:]] or [run["seconds"][0] for run in measured]
+        whole_runs = [sum(run["seconds"]) for run in measured]
         table[name] = {"first_epoch": statistics.median(run["seconds"][0] for run in measured),
                        "epoch": statistics.median(steady), "epoch_min": min(steady), "epoch_max": max(steady),
                        "compile_seconds": measured[0].get("compile_seconds"),
-                       "whole_run": statistics.median(sum(run["seconds"]) for run in measured),
-                       "whole_run_min": min(sum(run["seconds"]) for run in measured),
-                       "whole_run_max": max(sum(run["seconds"]) for run in measured)}
+                       "whole_run": statistics.median(whole_runs), "whole_run_min": min(whole_runs),
+                       "whole_run_max": max(whole_runs)}
     peers = [name for name in table if not name.startswith("pyrovae")]
     fastest_peer = min((table[name]["epoch"] for name in peers), default=None)
     fastest_run = min((table[name]["whole_run"] for name in peers), default=None)

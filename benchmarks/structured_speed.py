@@ -66,29 +66,30 @@ def gaussian_kl(loc_q, scale_q, loc_p, scale_p):
 
 
 # -- the hand-written losses, on a copy of the model's own networks ----------------------------------
+def m2_bound(m, flat, onehot):
+    """log p(x | y, z) + log p(y) + log p(z) - log q(z | x, y) over the leading dimensions of
+    ``flat`` and ``onehot``, one z ~ q(z | x, y)."""
+    loc, scale = m.encoder(torch.cat([flat, onehot], -1))
+    z = loc + scale * torch.randn_like(loc)
+    recon = bernoulli_log_prob(m.decoder(torch.cat([z, onehot], -1)).reshape(*flat.shape[:-1], -1), flat)
+    return recon + normal_log_prob(z, 0.0, torch.ones_like(z)) - math.log(m.num_classes) - normal_log_prob(z, loc, scale)
+
+
 def m2_unlabelled_loss(m, x):
     n, classes = len(x), m.num_classes
     flat = x.flatten(1)
-    logits_y = m.classifier(flat)
-    log_q_y = logits_y.log_softmax(-1).T  # (C, N)
+    log_q_y = m.classifier(flat).log_softmax(-1).T  # (C, N)
     y = torch.eye(classes, dtype=x.dtype).unsqueeze(1).expand(classes, n, classes)
-    xs = flat.expand(classes, n, flat.shape[-1])
-    loc, scale = m.encoder(torch.cat([xs, y], -1))
-    z = loc + scale * torch.randn_like(loc)
-    recon = bernoulli_log_prob(m.decoder(torch.cat([z, y], -1)).reshape(classes, n, -1), xs)
-    bound = recon + normal_log_prob(z, 0.0, torch.ones_like(z)) - math.log(classes) - normal_log_prob(z, loc, scale)
+    bound = m2_bound(m, flat.expand(classes, n, flat.shape[-1]), y)
     return -(log_q_y.exp() * (bound - log_q_y)).sum()
 
 
 def m2_labelled_losses(m, x, y, aux_weight):
+    """The labelled batch's two steps, each loss computed when its step comes (after the first update)."""
     flat = x.flatten(1)
     onehot = F.one_hot(y, m.num_classes).to(x.dtype)
-    loc, scale = m.encoder(torch.cat([flat, onehot], -1))
-    z = loc + scale * torch.randn_like(loc)
-    recon = bernoulli_log_prob(m.decoder(torch.cat([z, onehot], -1)).reshape(len(x), -1), flat)
-    bound = recon + normal_log_prob(z, 0.0, torch.ones_like(z)) - math.log(m.num_classes) - normal_log_prob(z, loc, scale)
-    classify = m.classifier(flat).log_softmax(-1).gather(1, y[:, None]).squeeze(1)
-    return [lambda: -bound.sum(), lambda: -aux_weight * classify.sum()]
+    return [lambda: -m2_bound(m, flat, onehot).sum(),
+            lambda: -aux_weight * m.classifier(flat).log_softmax(-1).gather(1, y[:, None]).sum()]
 
 
 def cvae_loss(m, x):

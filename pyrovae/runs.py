@@ -55,10 +55,11 @@ def latent_features(run_dir, dataset, batch_size=2000):
     """``dataset`` with each example x replaced by E_q[z | x], the encoder's mean, of the VAE
     trained in ``run_dir`` (read as weights only, as ``evaluate`` reads a checkpoint): the first
     stage of Kingma et al.'s M1+M2, whose M2 models these means. The labels and split stay."""
-    if not (Path(run_dir) / "checkpoint.pt").is_file() and not Path(run_dir).is_file():
-        raise FileNotFoundError(f"features: no trained run in {str(run_dir)!r} (train the feature VAE first: "
-                                f"pyrovae train --model vae --latent-dim 50 --out {run_dir})")
-    vae = load(run_dir)
+    try:
+        vae = load(run_dir)
+    except FileNotFoundError as error:  # read_checkpoint's, given the step the user missed
+        raise FileNotFoundError(f"features: no trained run in {str(run_dir)!r}: {error}; train the feature VAE "
+                                f"first (pyrovae train --model vae --latent-dim 50 --out {run_dir})") from None
     if tuple(vae.data_shape) != tuple(dataset.shape):
         raise ValueError(f"features: the run in {str(run_dir)!r} encodes examples of shape {tuple(vae.data_shape)}, "
                          f"the dataset's are {tuple(dataset.shape)}")
@@ -374,16 +375,14 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
     needs_data = set(kinds) & {"scatter", "reconstructions", "interpolation", "attributes", "completions",
                                "analogies"} or pca
     x = labels = None
-    if needs_data and features:
-        examples = cfg.merge(config, {"data": {"features": None}})
-        dataset = _load_test(examples) or load_split(examples, "train")
-        x = dataset.data[:5000].to(device)
-        labels = dataset.targets[:5000] if dataset.targets is not None else None
-    elif needs_data:
-        dataset = _load_test(config) or load_split(config, "train")
-        x, _ = _evaluation_data(config, vae, "test" if _load_test(config) else "train", 5000, device)
+    if needs_data:
+        # M1+M2's figures start from the examples themselves, not from their features
+        source = cfg.merge(config, {"data": {"features": None}}) if features else config
+        test = _load_test(source)
+        dataset = test or load_split(source, "train")
         labels = dataset.targets[:5000] if dataset.targets is not None else None
         grey = dataset.data[:5000].to(device)  # stroke mass is a property of the grey image
+        x = grey if features else _evaluation_data(config, vae, "test" if test else "train", 5000, device)[0]
     written = []
     for k in kinds:
         if k == "manifold":

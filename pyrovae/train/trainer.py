@@ -25,8 +25,8 @@ from ..datasets import as_tensor, bernoulli_pixels, fixed_binarization, prepare
 from ..evaluation import elbo_terms
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
-from .compiled import (AUTO_MIN_STEPS, ONE_STEP_GRAPH_MIN_STEPS, AUTO_STEPS_PER_CALL, CompiledLoss, CompiledStep, CompiledTerms,
-                       compile_reason, whole_step_reason)
+from .compiled import (AUTO_MIN_STEPS, AUTO_STEPS_PER_CALL, ONE_STEP_GRAPH_MIN_STEPS, CompiledLoss, CompiledStep,
+                       CompiledTerms, compile_reason, whole_step_reason)
 from .schedules import make_scheduler
 
 __all__ = ["Trainer", "TrainingDiverged", "stream_seed", "make_optimizer", "OPTIMIZERS", "METRIC_EXAMPLES"]
