@@ -369,6 +369,24 @@ def test_every_model_structure_has_its_own_recompilation_budget():
     assert counters["stats"]["unique_graphs"] == 2
 
 
+def test_the_compiled_graphs_are_ones_aotautograds_disk_cache_stores():
+    """A warm run loads the step's and the report's graphs from AOTAutograd's disk cache instead
+    of tracing them again (about half a warm compilation): nothing in them may make the cache
+    bypass them (a ``torch.autograd.Function``'s ``autograd_function_apply``, a ``Tensor.split``)."""
+    from torch._functorch import config as functorch_config
+
+    if not functorch_config.enable_autograd_cache:
+        pytest.skip("AOTAutograd's cache is off in this PyTorch")
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    vae = pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,))
+    pyrovae.fit(vae, DATA, epochs=2, batch_size=64, progress=False, device="cpu", compile="on", loss="meanfield")
+    cache = counters["aot_autograd"]
+    assert cache["autograd_cache_bypass"] == 0, dict(cache)
+    assert cache["autograd_cache_hit"] + cache["autograd_cache_miss"] >= 1, dict(cache)
+
+
 def test_the_adam_operator_passes_opcheck():
     """``pyrovae::adam_update_r1_``'s schema (which lists it mutates), fake kernel and dispatch, as
     torch.library.opcheck checks an operator that compiled graphs call."""

@@ -60,6 +60,9 @@ def test_the_operators_pass_pytorchs_operator_checks():
     x, weight, grad = torch.randn(5, 3), torch.randn(4, 3), torch.randn(5, 4)
     for args in [(x, weight, torch.randn(4)), (x, weight, None)]:
         torch.library.opcheck(forward, args, test_utils=("test_schema", "test_faketensor"))
+        # the backward formula registered on the operator, as the compiler traces it
+        with_grad = tuple(None if a is None else a.clone().requires_grad_() for a in args)
+        torch.library.opcheck(forward, with_grad, test_utils=("test_autograd_registration", "test_aot_dispatch_dynamic"))
     torch.library.opcheck(input_grad, (grad, weight), test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(weight_grad, (grad.t().contiguous(), x.t().contiguous()),
                           test_utils=("test_schema", "test_faketensor"))
