@@ -2,7 +2,8 @@
 number of labels and label draw (the seed draws the labelled examples, the validation split and
 the weights), the test accuracy of q(y|x) at the epoch of best validation accuracy (``best.pt``,
 what ``pyrovae evaluate`` reads for m2) recorded in ``benchmarks/results-m2-cpu.json`` as each
-run lands. Runs one after another; a row already recorded is skipped.
+run lands. Runs one after another; a row already recorded at the budget is skipped, and a run
+folder holding fewer epochs than the budget is resumed (the same run as one trained uninterrupted).
 
 ``--model m1m2`` runs Kingma et al.'s M1+M2 instead (``configs/m1m2-mnist-N.toml``: M2 on the
 latent means of the M1 run ``configs/m1-mnist.toml`` trains into ``runs/m1-mnist``, first where
@@ -84,7 +85,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", type=int, choices=sorted(PYRO_TUTORIAL), default=100)
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--epochs", type=int, help="a smaller budget than the config's 50")
+    parser.add_argument("--epochs", type=int, help="another budget than the config's")
     parser.add_argument("--model", choices=sorted(ANCHORS), default="m2", help="m1m2: M2 on M1's latent means")
     parser.add_argument("--table", action="store_true", help="print the recorded rows")
     args = parser.parse_args()
@@ -94,7 +95,8 @@ def main():
         return
     for seed in (int(s) for s in args.seeds.split(",")):
         key = f"{args.labels}-seed{seed}" if args.model == "m2" else f"{args.model}-{args.labels}-seed{seed}"
-        if key in results["rows"] and results["rows"][key]["epochs"] >= (args.epochs or 50):
+        budget = args.epochs or cfg.load_toml(ROOT / "configs" / f"{args.model}-mnist-{args.labels}.toml")["train"]["epochs"]
+        if key in results["rows"] and results["rows"][key]["epochs"] >= budget:
             continue
         row = run_row(args.labels, seed, args.epochs, args.model)
         print(key, {k: v for k, v in row.items() if k != "curve"}, flush=True)
