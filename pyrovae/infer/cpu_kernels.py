@@ -69,8 +69,9 @@ def _operators():
     operators. Registered on the operator rather than written as a ``torch.autograd.Function``
     (which the graph would hold as an ``autograd_function_apply``), the graph is one that
     AOTAutograd's disk cache stores: a warm run's compilation of the whole step, 8.5 s with the
-    Function, takes about half that. (Called eagerly, outside a compiled function, the registered
-    formula adds a Python autograd layer to each call; nothing in pyrovae calls it so.)"""
+    Function, takes 4.1 s (docs/benchmarks.md). (Called eagerly, outside a compiled function,
+    the registered formula adds a Python autograd layer to each call; nothing in pyrovae calls
+    it so.)"""
     pointwise = torch.ops.mkldnn._linear_pointwise
     library = torch.library.Library("pyrovae", "FRAGMENT")
 
