@@ -376,13 +376,15 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
                                "analogies"} or pca
     x = labels = None
     if needs_data:
-        # M1+M2's figures start from the examples themselves, not from their features
-        source = cfg.merge(config, {"data": {"features": None}}) if features else config
-        test = _load_test(source)
-        dataset = test or load_split(source, "train")
+        if features:  # M1+M2's figures start from the examples themselves, not from their features
+            source = cfg.merge(config, {"data": {"features": None}})
+            dataset = _load_test(source) or load_split(source, "train")
+            x = dataset.data[:5000].to(device)
+        else:  # as training saw them (the test split, or a one-split file's examples)
+            x, dataset = _evaluation_data(config, vae, "test", 5000, device)
+        # the labels and grey images of the same examples as x
         labels = dataset.targets[:5000] if dataset.targets is not None else None
         grey = dataset.data[:5000].to(device)  # stroke mass is a property of the grey image
-        x = grey if features else _evaluation_data(config, vae, "test" if test else "train", 5000, device)[0]
     written = []
     for k in kinds:
         if k == "manifold":

@@ -154,3 +154,30 @@ def test_fashion_mnist_from_debians_folder(monkeypatch):
     monkeypatch.delenv("PYROVAE_DATA", raising=False)
     test = pyrovae.datasets.load("fashion-mnist", split="test", download=False)
     assert test.data.shape == (10000, 1, 28, 28) and int(test.targets.max()) == 9
+
+
+def test_a_one_split_files_figures_label_the_examples_they_show(tmp_path, monkeypatch):
+    """A labelled file with no test split and a validation share held out: the scatter's colours
+    and the attribute vectors read the labels of the very examples drawn (the held-out permutation
+    must not shift one against the other)."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 120)
+    images = np.zeros((120, 6, 6), np.uint8)
+    images[np.arange(120), labels, 0] = 255  # the label is written in the image: row label, column 0
+    path = tmp_path / "one-split.npz"
+    np.savez(path, train=images, train_labels=labels)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(path), "--valid-fraction", "0.25", "--epochs", "1", "--latent-dim", "2",
+                 "--hidden", "8", "--no-plots", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    shown = []
+
+    def scatter(vae, x, labels):
+        shown.append((x, labels))
+        return plt.figure()
+
+    monkeypatch.setattr(pyrovae.plots, "scatter", scatter)
+    pyrovae.runs.plot_run(out, "scatter")
+    (x, drawn_labels), = shown
+    assert torch.equal(x.reshape(len(x), 6, 6)[:, :, 0].argmax(1), drawn_labels.to(torch.long))
