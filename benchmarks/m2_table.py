@@ -43,8 +43,13 @@ def train_m1():
     runs.train_run(config, out, resume=(out / "checkpoint.pt").is_file(), progress=False)
 
 
+def row_config(model, labels):
+    """The validated config of a row, ``configs/MODEL-mnist-LABELS.toml``."""
+    return cfg.validate(cfg.load_toml(ROOT / "configs" / f"{model}-mnist-{labels}.toml"))
+
+
 def run_row(labels, seed, epochs=None, model="m2"):
-    config = cfg.validate(cfg.load_toml(ROOT / "configs" / f"{model}-mnist-{labels}.toml"))
+    config = row_config(model, labels)
     config["train"]["seed"] = seed
     config_epochs = config["train"]["epochs"]
     if epochs:
@@ -95,7 +100,7 @@ def main():
         return
     for seed in (int(s) for s in args.seeds.split(",")):
         key = f"{args.labels}-seed{seed}" if args.model == "m2" else f"{args.model}-{args.labels}-seed{seed}"
-        budget = args.epochs or cfg.load_toml(ROOT / "configs" / f"{args.model}-mnist-{args.labels}.toml")["train"]["epochs"]
+        budget = args.epochs or row_config(args.model, args.labels)["train"]["epochs"]
         if key in results["rows"] and results["rows"][key]["epochs"] >= budget:
             continue
         row = run_row(args.labels, seed, args.epochs, args.model)
