@@ -1,6 +1,9 @@
 """Seconds per MNIST epoch of the same VAE in pyrovae and its peers, in one run, back to back and
 repeated with the order interleaved (each measurement in a fresh process, so no library's threads
-or caches carry over to the next):
+or caches carry over to the next). With ``--lockstep`` (on with ``--defaults``) the processes of
+a repeat are alive at once and take turns epoch by epoch, one computing at a time, so that a slow
+stretch of the machine falls on the same epoch of each; the table then adds each pyrovae row's
+paired ratio (its epoch over the fastest peer's same epoch), with and without its ELBO report:
 
 - ``pyrovae`` (``fit``, ``loss="meanfield"``, the whole step compiled, eight steps a call),
   ``pyrovae-defaults`` (``fit`` with no compile or steps option, as a user calls it; ``--defaults``
@@ -20,6 +23,7 @@ pyrovae's epoch is its whole run per epoch: ``fit``'s wall time, its per-epoch E
 
     pip install -e ".[bench]"      # numpyro, jax, pythae (each skipped with a message where absent)
     PYROVAE_DATA=../shared/data python benchmarks/peers.py [--epochs 3] [--repeats 2]
+    PYROVAE_DATA=../shared/data python benchmarks/peers.py --defaults --epochs 12 --repeats 4
 
 Run it alone: another process on the same cores distorts every column.
 """
@@ -38,6 +42,16 @@ IMPLEMENTATIONS = ["pyrovae", "pyrovae-defaults", "pyrovae-eager", "torch-eager"
 BATCH, HIDDEN, LATENT, LR = 128, 400, 50, 1e-3
 RESULTS = ROOT / "benchmarks" / "results-peers-cpu.json"
 DEFAULTS_RESULTS = ROOT / "benchmarks" / "results-peers-defaults-cpu.json"  # --defaults keeps its own record
+LOCKSTEP = False  # set in a child of --lockstep: wait for the parent's word before each epoch
+
+
+def epoch_gate():
+    """In a --lockstep child: say so and wait until the parent lets this process run its next
+    epoch (the wait lies outside every epoch's seconds); a no-op otherwise."""
+    if LOCKSTEP:
+        print("WAIT", flush=True)
+        if not sys.stdin.readline():
+            raise SystemExit("the parent of this --lockstep child has gone")
 
 
 # -- each implementation, run in its own process: returns the seconds of each epoch ---------------
@@ -49,13 +63,25 @@ def run_pyrovae(epochs, compile_mode):
     train = pyrovae.datasets.load("mnist", split="train")
     torch.manual_seed(0)
     vae = pyrovae.VAE((1, 28, 28), latent_dim=LATENT, hidden=(HIDDEN,))
+
+    class Gate(pyrovae.train.Callback):  # waits between epochs: outside the epochs' seconds, changes no option
+        def on_fit_start(self, trainer):
+            epoch_gate()
+
+        def on_epoch_end(self, trainer, row):
+            if trainer.epoch < epochs:
+                epoch_gate()
+
+    gate = [Gate()]
     if compile_mode == "defaults":  # exactly a user's plain call: no compile or steps flags
-        history = pyrovae.fit(vae, train, epochs=epochs, batch_size=BATCH, lr=LR, loss="meanfield", progress=False)
+        history = pyrovae.fit(vae, train, epochs=epochs, batch_size=BATCH, lr=LR, loss="meanfield", progress=False,
+                              callbacks=gate)
         return [row["seconds"] for row in history], {"compile_seconds": history[0].get("compile_seconds"),
                                                      "train_seconds": [row["train_seconds"] for row in history]}
     # eight steps a compiled call, what a run of 25000 steps or more (53 epochs here) chooses itself
     history = pyrovae.fit(vae, train, epochs=epochs, batch_size=BATCH, lr=LR, loss="meanfield", progress=False,
-                          device="cpu", compile=compile_mode, steps_per_call=8 if compile_mode == "on" else 0)
+                          device="cpu", compile=compile_mode, steps_per_call=8 if compile_mode == "on" else 0,
+                          callbacks=gate)
     return [row["seconds"] for row in history], {"compile_seconds": history[0].get("compile_seconds"),
                                                  "train_seconds": [row["train_seconds"] for row in history]}
 
@@ -77,6 +103,7 @@ def run_torch(epochs, compiled):
         loss_fn = lambda x: model.loss(x, "meanfield", 1)  # noqa: E731
     seconds = []
     for epoch in range(epochs):
+        epoch_gate()
         start = time.perf_counter()
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(epoch))
         steps = len(data) // BATCH  # full batches only: one graph under compile, as NumPyro runs
@@ -140,6 +167,7 @@ def run_numpyro(epochs):
 
     seconds = []
     for epoch in range(epochs):
+        epoch_gate()
         start = time.perf_counter()
         loss, state, _ = epoch_fn(state, jax.random.PRNGKey(epoch + 1))
         float(np.asarray(loss))
@@ -174,6 +202,7 @@ def run_pythae(epochs):
             return lambda *args, **kwargs: None
 
         def on_epoch_begin(self, *args, **kwargs):
+            epoch_gate()
             self.started = time.perf_counter()
 
         def on_epoch_end(self, *args, **kwargs):
@@ -233,6 +262,74 @@ def versions():
     return out
 
 
+def run_separately(name, epochs):
+    """One child process, alone on the machine: its result, or None where it failed."""
+    result = subprocess.run([sys.executable, __file__, "--child", name, "--epochs", str(epochs)],
+                            capture_output=True, text=True)
+    return _result(name, result.returncode, result.stdout, result.stderr)
+
+
+def _result(name, returncode, stdout, stderr):
+    line = [row for row in stdout.splitlines() if row.startswith("RESULT ")]
+    if returncode or not line:
+        print(f"{name}: failed\n{stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(line[-1][7:])
+
+
+def run_lockstep(names, epochs):
+    """One child process for each name, all alive at once, taking turns epoch by epoch: every
+    child starts (imports, data) and waits; then each round lets one child at a time run one epoch,
+    the order of the round rotating, so that what the machine does over a few seconds (another
+    tenant taking a core, a slower stretch) falls on every implementation's same epoch alike.
+    Returns ``{name: result or None}``."""
+    import tempfile
+
+    children = {}
+    for name in names:
+        log = tempfile.TemporaryFile("w+")
+        process = subprocess.Popen([sys.executable, __file__, "--child", name, "--epochs", str(epochs), "--lockstep"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+        children[name] = (process, log, [])
+
+    def until_waiting(name):
+        """Reads the child's output until it waits (True) or ends (False)."""
+        process, _, lines = children[name]
+        for line in process.stdout:
+            if line.strip() == "WAIT":
+                return True
+            lines.append(line)
+        return False
+
+    waiting = {name: until_waiting(name) for name in names}  # all started before any epoch
+    for epoch in range(epochs):
+        turn = names[epoch % len(names):] + names[:epoch % len(names)]
+        for name in turn:
+            if waiting[name]:
+                process = children[name][0]
+                process.stdin.write("go\n")
+                process.stdin.flush()
+                waiting[name] = until_waiting(name)
+    results = {}
+    for name, (process, log, lines) in children.items():
+        lines.extend(process.stdout)
+        process.stdin.close()
+        process.wait()
+        log.seek(0)
+        results[name] = _result(name, process.returncode, "".join(lines), log.read())
+        log.close()
+    return results
+
+
+def paired_ratios(runs, name, peer, key="seconds"):
+    """The ratio of ``name``'s epoch (its ``key``: ``"seconds"``, or pyrovae's ``"train_seconds"``,
+    the epoch without its ELBO report) to ``peer``'s same epoch of the same repeat, for the steady
+    epochs (the second on) of every repeat where both ran: in lockstep the two ran back to back."""
+    theirs_by_repeat = {run["repeat"]: run for run in runs.get(peer, [])}
+    return [mine / theirs for run in runs.get(name, []) if run["repeat"] in theirs_by_repeat
+            for mine, theirs in zip(run.get(key, [])[1:], theirs_by_repeat[run["repeat"]]["seconds"][1:])]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
@@ -240,9 +337,13 @@ def main():
     parser.add_argument("--only", help="comma-separated implementations")
     parser.add_argument("--defaults", action="store_true", help="pyrovae as a plain fit call runs it (no compile or "
                         "steps flags) beside the tuned pyrovae and NumPyro: --only pyrovae-defaults,pyrovae,numpyro")
+    parser.add_argument("--lockstep", action="store_true", help="all implementations of a repeat alive at once, "
+                        "taking turns epoch by epoch (on with --defaults), instead of one whole run after another")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        global LOCKSTEP
+        LOCKSTEP = args.lockstep
         seconds, extra = child(args.child, args.epochs)
         print("RESULT " + json.dumps({"seconds": seconds, **extra}))
         return
@@ -252,17 +353,16 @@ def main():
     for name in missing:
         print(f"{name}: skipped, not installed (pip install -e '.[bench]')", file=sys.stderr)
     names = [n for n in names if n not in missing]
+    lockstep = args.lockstep or args.defaults
     runs = {name: [] for name in names}
     for repeat in range(args.repeats):
         order = names if repeat % 2 == 0 else names[::-1]  # interleave: no implementation always first
+        results = run_lockstep(order, args.epochs) if lockstep else {
+            name: run_separately(name, args.epochs) for name in order}
         for name in order:
-            result = subprocess.run([sys.executable, __file__, "--child", name, "--epochs", str(args.epochs)],
-                                    capture_output=True, text=True)
-            line = [row for row in result.stdout.splitlines() if row.startswith("RESULT ")]
-            if result.returncode or not line:
-                print(f"{name}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
+            if results[name] is None:
                 continue
-            runs[name].append(json.loads(line[-1][7:]))
+            runs[name].append({"repeat": repeat, **results[name]})
             print(f"{name} (repeat {repeat + 1}): {[round(s, 2) for s in runs[name][-1]['seconds']]}", flush=True)
     table = {}
     for name, measured in runs.items():
@@ -287,8 +387,22 @@ def main():
         print(f"| {name} | {row['first_epoch']:.2f} | {row['epoch']:.2f} [{row['epoch_min']:.2f}, {row['epoch_max']:.2f}] "
               f"| {ratio:.2f} | {row['whole_run']:.1f} [{row['whole_run_min']:.1f}, {row['whole_run_max']:.1f}] "
               f"| {run_ratio:.2f} |")
-    (DEFAULTS_RESULTS if args.defaults else RESULTS).write_text(json.dumps({"machine": versions(), "epochs": args.epochs, "repeats": args.repeats,
-                                   "table": table, "runs": runs, "time": time.ctime()}, indent=2) + "\n")
+    fastest_peer_name = min(peers, key=lambda name: table[name]["epoch"], default=None)
+    if lockstep and fastest_peer_name:
+        print(f"\nEpoch by epoch against {fastest_peer_name} (the same epoch of the same repeat, run back to back): "
+              "median [min, max] of the ratios")
+        for name in table:
+            for key, label, what in (("seconds", "paired_ratio", "epoch"),
+                                     ("train_seconds", "paired_train_ratio", "epoch without its ELBO report")):
+                ratios = paired_ratios(runs, name, fastest_peer_name, key) if name != fastest_peer_name else []
+                if ratios:
+                    table[name][label] = statistics.median(ratios)
+                    table[name][label + "_min"], table[name][label + "_max"] = min(ratios), max(ratios)
+                    print(f"  {name}, {what}: {statistics.median(ratios):.3f} [{min(ratios):.2f}, {max(ratios):.2f}] "
+                          f"over {len(ratios)} epochs")
+    (DEFAULTS_RESULTS if args.defaults else RESULTS).write_text(json.dumps(
+        {"machine": versions(), "epochs": args.epochs, "repeats": args.repeats, "lockstep": lockstep,
+         "table": table, "runs": runs, "time": time.ctime()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
