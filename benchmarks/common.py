@@ -21,8 +21,8 @@ def mnist(split):
 def matmul_gflops(m=4096, k=400, n=784, repeats=30, kernel="torch"):
     """Measured float32 GEMM throughput at the VAE's layer shapes, GFLOP/s: ``a @ b`` as PyTorch
     runs it (MKL on x86 CPUs), or ``kernel="onednn"``: oneDNN's linear kernel, which pyrovae's
-    compiled CPU paths use (``pyrovae.infer.cpu_kernels``)."""
-    from pyrovae.infer.cpu_kernels import linear
+    compiled CPU paths use (``pyrovae.fast.kernels``)."""
+    from pyrovae.fast.kernels import linear
 
     a, weight = torch.randn(m, k), torch.randn(n, k)
     product = (lambda: a @ weight.T) if kernel == "torch" else (lambda: linear(a, weight))

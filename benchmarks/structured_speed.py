@@ -1,7 +1,7 @@
 """Seconds per MNIST epoch of the structured models (M2, the CVAE, the HVAE) trained by
 ``pyrovae.fit`` with every option at its default, against a hand-written PyTorch loop of the same
 model: the same networks (a copy of the model's own modules), the same batches, the same
-dynamic binarization (:func:`pyrovae.datasets.bernoulli_pixels`), the same Adam (foreach, lr
+dynamic binarization (:func:`pyrovae.fast.binarize.bernoulli_pixels`), the same Adam (foreach, lr
 1e-3), the same loss written out with torch ops:
 
 - ``m2`` (labels=100): for an unlabelled batch, U(x) = sum_y q(y|x) [log p(x|y,z_y) + log p(y)
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 import pyrovae
-from pyrovae.datasets import bernoulli_pixels
+from pyrovae.fast.binarize import bernoulli_pixels
 
 from common import machine
 

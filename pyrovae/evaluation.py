@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence
 import pyro
 import torch
 
-from .infer.cpu_kernels import cpu_kernels
+from .fast.kernels import cpu_kernels
 from .infer.psis import ImportanceDiagnostics, effective_sample_size, pareto_k
 from .infer.weights import log_weight_parts
 from .validation import require_positive_int

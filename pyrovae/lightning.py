@@ -14,7 +14,7 @@ try:
 except ImportError as error:  # pragma: no cover
     raise ImportError("pyrovae.lightning needs Lightning: pip install 'pyrovae[lightning]'") from error
 
-from .datasets import bernoulli_pixels
+from .fast.binarize import bernoulli_pixels
 from .evaluation import elbo_terms
 from .config import train_options
 from .train.trainer import make_optimizer

@@ -165,7 +165,7 @@ def test_the_whole_compiled_step_binarizes_clips_and_follows_the_schedule_as_eag
 
 
 def test_adam_update_is_torch_adams_fused_step_and_skips_a_non_finite_step():
-    from pyrovae.train.compiled import adam_update_
+    from pyrovae.fast.compiled import adam_update_
 
     torch.manual_seed(0)
     reference = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
@@ -304,7 +304,7 @@ def test_calls_keep_to_their_grid_and_steps_off_it_run_eager(monkeypatch):
     each epoch's short batch run eager; steps 0 and 3 start calls of three, and steps off the
     grid (6, and the first epoch's 1 and 2, after its eager first step) run eager too: one graph,
     compiled in the first epoch."""
-    from pyrovae.train.compiled import CompiledStep
+    from pyrovae.fast.compiled import CompiledStep
 
     calls = []
     original = CompiledStep.__call__
@@ -390,7 +390,7 @@ def test_the_compiled_graphs_are_ones_aotautograds_disk_cache_stores():
 def test_the_adam_operator_passes_opcheck():
     """``pyrovae::adam_update_r1_``'s schema (which lists it mutates), fake kernel and dispatch, as
     torch.library.opcheck checks an operator that compiled graphs call."""
-    from pyrovae.train.compiled import _adam_operator
+    from pyrovae.fast.compiled import _adam_operator
 
     operator = _adam_operator()[0]
     params = [torch.randn(4, 3), torch.randn(3)]

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyrovae.datasets import bernoulli_pixels, mix64
-from pyrovae.infer import cpu_kernels
-from pyrovae.infer.cpu_kernels import CpuKernels, bernoulli_log_density, linear
+from pyrovae.fast import kernels as cpu_kernels
+from pyrovae.fast.binarize import bernoulli_pixels, mix64
+from pyrovae.fast.kernels import CpuKernels, bernoulli_log_density, linear
 
 needs_onednn = pytest.mark.skipif(not cpu_kernels.available(), reason="this PyTorch build has no oneDNN")
 
@@ -50,7 +50,7 @@ def test_onednn_linear_has_the_value_and_gradients_of_f_linear(batch_shape, with
 @needs_onednn
 def test_the_operators_pass_pytorchs_operator_checks():
     """Schema, fake kernel and CPU kernel agree (torch.library.opcheck) for the three products."""
-    from pyrovae.infer.cpu_kernels import REVISION, _operators
+    from pyrovae.fast.kernels import REVISION, _operators
 
     _operators()
     ops = torch.ops.pyrovae

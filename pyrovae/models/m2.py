@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 from torch import nn
 
-from ..datasets import bernoulli_pixels
+from ..fast.binarize import bernoulli_pixels
 from ..infer.elbo import VAE_ELBO
 from ..infer.weights import log_weight_parts
 from ..model import VAE

@@ -21,11 +21,12 @@ import torch
 
 from .. import distributed
 from ..config import family_defaults
-from ..datasets import as_tensor, bernoulli_pixels, fixed_binarization, prepare
+from ..datasets import as_tensor, fixed_binarization, prepare
 from ..evaluation import elbo_terms
 from ..objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
-from .compiled import (AUTO_MIN_STEPS, AUTO_STEPS_PER_CALL, ONE_STEP_GRAPH_MIN_STEPS, CompiledLoss, CompiledStep,
+from ..fast.binarize import bernoulli_pixels
+from ..fast.compiled import (AUTO_MIN_STEPS, AUTO_STEPS_PER_CALL, ONE_STEP_GRAPH_MIN_STEPS, CompiledLoss, CompiledStep,
                        CompiledTerms, compile_reason, whole_step_reason)
 from .schedules import make_scheduler
 

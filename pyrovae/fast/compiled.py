@@ -20,7 +20,7 @@ its own objective; everything else trains eager, unchanged. The compiled graph i
 of the same random draws (``fallback_random``: the normal and Bernoulli draws come from torch's
 generator, as in eager mode), so a compiled run follows the eager one within floating-point
 rounding (``tests/test_compiled.py``). On CPU it runs on faster kernels of the same functions
-(oneDNN's linear layers, a vectorizable Bernoulli log density: :mod:`pyrovae.infer.cpu_kernels`).
+(oneDNN's linear layers, a vectorizable Bernoulli log density: :mod:`pyrovae.fast.kernels`).
 The shapes are static: the last short batch of an epoch runs eager rather than compiling another
 graph, and the first step runs eager too (with Pyro's validation of the model and guide). With
 several steps a call the calls keep to a grid (steps 0, S, 2S, ... of each epoch, so a resumed run
@@ -41,15 +41,15 @@ import warnings
 
 import torch
 
-from ..datasets import bernoulli_pixels
-from ..infer.cpu_kernels import cpu_kernels
 from ..infer.fast_path import fast_vae, vae_weight_parts
+from .binarize import bernoulli_pixels
+from .kernels import cpu_kernels
 
 __all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "ONE_STEP_GRAPH_MIN_STEPS", "compile_reason", "whole_step_reason",
            "CompiledLoss", "CompiledStep", "CompiledTerms", "adam_update_"]
 
 AUTO_MIN_STEPS = 5000
-# in the operator's name, as cpu_kernels.REVISION: a graph cached on disk by an earlier definition never replays
+# in the operator's name, as kernels.REVISION: a graph cached on disk by an earlier definition never replays
 ADAM_REVISION = 1
 # steps_per_call=0: AUTO_STEPS_PER_CALL steps a call in every compiled run. Measured in a plain
 # 12-epoch fit (784-400-50, batch 128, 2 CPU cores): one step a call 2.38 s an epoch, eight 1.09 s
@@ -79,7 +79,7 @@ def compile_reason(trainer):
 class CompiledLoss:
     """``objective(x)`` compiled for one batch shape, with the time its first call took (the
     compilation) and a fallback to the eager objective, with a warning, where the compiler fails.
-    On CPU it runs under :func:`~pyrovae.infer.cpu_kernels.cpu_kernels` (``kernels``, which the
+    On CPU it runs under :func:`~pyrovae.fast.kernels.cpu_kernels` (``kernels``, which the
     run's per-epoch metrics enter too)."""
 
     def __init__(self, objective, device="cpu"):
@@ -147,7 +147,7 @@ def _adam_operator():
     very kernel that ``torch.optim.Adam(fused=True)`` calls (the compiler has no lowering of
     ``_fused_adam_``, and the Adam it generates from the formula compiles six times longer and
     runs slower). Defined on ``torch.library.Library`` with a CPU, a CUDA and a fake kernel, as the
-    linear layers are (:func:`pyrovae.infer.cpu_kernels._operators`): a call costs a few us over
+    linear layers are (:func:`pyrovae.fast.kernels._operators`): a call costs a few us over
     the kernel, against some 25 us through ``torch.library.custom_op``'s Python layers. Returns
     ``(operator, library)``; the library lives in the cache, as dropping it deregisters the op."""
     library = torch.library.Library("pyrovae", "FRAGMENT")
@@ -214,11 +214,11 @@ def _tracing_autograd_ops():
 
 
 class CompiledStep:
-    """One training step of ``objective`` with ``optimizer`` (fused Adam), compiled whole:
+    """One training step of ``objective`` with ``optimizer`` (fused Adam), compiled whole::
 
-        x = 1[u < x], u ~ U[0, 1)              (``binarize``: the run's dynamic binarization)
+        x = 1[u < x], u ~ U[0, 1)              (binarize: the run's dynamic binarization)
         L = objective(x);  g = dL/dtheta        (the fast path's loss, its gradient in the graph)
-        g <- g min(1, c / (||g|| + 1e-6))       (``grad_clip`` c > 0: clip_grad_norm_'s rule)
+        g <- g min(1, c / (||g|| + 1e-6))       (grad_clip c > 0: clip_grad_norm_'s rule)
         theta <- Adam(theta, g)                 (PyTorch's fused kernel, the optimizer's state)
 
     One call trains ``steps_per_call`` such steps in turn, unrolled into the one graph: the call's
