@@ -9,13 +9,15 @@ Beyond the plain VAE: :class:`pyrovae.CVAE` (conditional), :class:`pyrovae.M2` (
 labels summed out by enumeration), :class:`pyrovae.HVAE` (two stochastic layers).
 """
 
+# the VAE before the inference core: its fast path recognizes the VAE's own model and guide, and
+# the other model families (imported with pyrovae.models) read the core
+from .models.vae import VAE
 from . import datasets, distributions, exact, infer, likelihoods, priors
 from .run_folder import load
 from .evaluation import check_bounds, elbo, iwae_bound, log_likelihood
 from .infer.ais import ais_log_likelihood, bdmc
-from .model import VAE
 from .infer import IWAE_ELBO, VAE_ELBO, log_weight_parts, make_elbo
-from .objectives import ELBOLoss, KLSchedule
+from .infer.objectives import ELBOLoss, KLSchedule
 from .train import fit
 from . import models  # noqa: E402  (the model families build on VAE and the inference core)
 from .models import CVAE, HVAE, M2

@@ -18,7 +18,7 @@ from .fast.binarize import bernoulli_pixels
 from .evaluation import elbo_terms
 from .config import train_options
 from .train.trainer import make_optimizer
-from .objectives import ELBOLoss, KLSchedule, check_training_options
+from .infer.objectives import ELBOLoss, KLSchedule, check_training_options
 
 __all__ = ["VAEModule"]
 

@@ -254,11 +254,12 @@ def vae_from_state(state: Dict, device: Union[str, torch.device] = "cpu", model_
                    where=""):
     """The VAE a checkpoint's dict describes, its weights loaded, in eval mode, on ``device``
     (``model_class`` as in :func:`load`)."""
-    from .model import VAE
+    from .models.vae import VAE
     from .models import MODELS
 
-    saved_class = state.get("model_class", "pyrovae.model.VAE")
-    built_in = {f"{cls.__module__}.{cls.__qualname__}" for cls in MODELS.values()}
+    saved_class = state.get("model_class", f"{VAE.__module__}.{VAE.__qualname__}")
+    # and the name checkpoints of pyrovae 0.3 give the VAE (its module was pyrovae.model)
+    built_in = {f"{cls.__module__}.{cls.__qualname__}" for cls in MODELS.values()} | {"pyrovae.model.VAE"}
     if model_class is None and saved_class not in built_in:
         raise ValueError(f"this run trained {saved_class}; pass model_class= (that class) to load it")
     if model_class is not None and not issubclass(model_class, VAE):

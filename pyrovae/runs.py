@@ -20,7 +20,7 @@ from .evaluation import check_bounds, elbo, log_likelihood
 from .infer.ais import ais_log_likelihood, bdmc
 from .models import MODEL_OPTIONS, MODELS, model_class
 from .models.m2 import StackedM2
-from .objectives import check_training_options
+from .infer.objectives import check_training_options
 from .report import write_report
 from .run_folder import RunFolder, load, vae_from_state
 from .train import LogLikelihoodCurve, fit, stream_seed

@@ -18,7 +18,7 @@ from torch import nn
 import pyrovae
 from pyrovae.infer import IWAE_ELBO, log_weight_parts, make_elbo
 from pyrovae.infer.fast_path import fast_vae
-from pyrovae.objectives import ELBOLoss, KLSchedule
+from pyrovae.infer.objectives import ELBOLoss, KLSchedule
 
 PRIORS = ["normal", "laplace", "student_t", "mixture", "vamp", "flow"]
 LIKELIHOODS = ["bernoulli", "continuous_bernoulli", "gaussian", "laplace", "beta", "logistic256"]

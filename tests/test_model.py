@@ -11,7 +11,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 import pyrovae
 from pyrovae.evaluation import log_weights
-from pyrovae.objectives import IWAE_ELBO
+from pyrovae.infer.objectives import IWAE_ELBO
 
 
 def small_vae(**kwargs):

@@ -19,7 +19,7 @@ import pyrovae
 from pyrovae import exact
 from pyrovae.cli import main
 from pyrovae.models import CVAE, HVAE, M2, MODELS, balanced_labelled_subset, quadrant_mask
-from pyrovae.objectives import KLSchedule
+from pyrovae.infer.objectives import KLSchedule
 
 
 def binary(n, shape, seed=0):

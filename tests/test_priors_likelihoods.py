@@ -18,7 +18,7 @@ import pyrovae
 from pyrovae import evaluation, likelihoods, priors
 from pyrovae.cli import build_parser, config_from_args
 from pyrovae.config import load_toml, validate
-from pyrovae.objectives import ELBOLoss, KLSchedule
+from pyrovae.infer.objectives import ELBOLoss, KLSchedule
 from pyrovae.runs import build_model
 
 PRIOR_NAMES = ["normal", "laplace", "student_t", "mixture", "vamp", "flow"]

@@ -51,6 +51,25 @@ def poison(run_dir, marker):
         torch.save(state, file, pickle_module=pickle)
 
 
+def test_a_checkpoint_of_pyrovae_0_3_loads_and_an_unknown_class_is_refused(trained_run):
+    """pyrovae 0.3 kept the VAE in ``pyrovae.model`` and its checkpoints name that class; such a
+    run still loads as the VAE it was, while a class pyrovae does not know is still refused."""
+    trained = pyrovae.load(trained_run)
+    state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    assert state["model_class"] == "pyrovae.models.vae.VAE"
+    for saved_class, loads in (("pyrovae.model.VAE", True), ("mypackage.MyVAE", False)):
+        state["model_class"] = saved_class
+        torch.save(state, trained_run / "checkpoint.pt")
+        if not loads:
+            with pytest.raises(ValueError, match="this run trained mypackage.MyVAE; pass model_class="):
+                pyrovae.load(trained_run)
+            continue
+        old = pyrovae.load(trained_run)
+        assert type(old) is pyrovae.VAE
+        x = torch.rand(5, *trained.data_shape)
+        torch.testing.assert_close(old.encode(x)[0], trained.encode(x)[0], rtol=0, atol=0)
+
+
 def test_a_checkpoint_carrying_code_is_refused_by_every_reader(trained_run, tmp_path, capsys):
     marker = tmp_path / "payload-ran"
     poison(trained_run, marker)

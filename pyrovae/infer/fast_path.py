@@ -21,7 +21,7 @@ from pyro.poutine.runtime import _PYRO_STACK
 from torch.distributions import Independent, Normal, kl_divergence
 
 from ..likelihoods import LIKELIHOODS
-from ..model import VAE
+from ..models.vae import VAE
 from ..priors import PRIORS, StandardNormal
 from .parts import WeightParts, require_per_dim_factor, scaled_per_dim
 

@@ -1,12 +1,13 @@
-"""The model families beyond the plain VAE, each a Pyro model/guide pair built on
-:class:`pyrovae.VAE`: the conditional VAE, the semi-supervised M2 and the two-layer VAE. Their
-programs override the VAE's, so every loss, bound and estimate reads Pyro's traces.
+"""The model families, each a Pyro model/guide pair: the plain VAE (:mod:`pyrovae.models.vae`,
+:class:`pyrovae.VAE`) and, built on it, the conditional VAE, the semi-supervised M2 and the
+two-layer VAE. Their programs override the VAE's, so every loss, bound and estimate reads Pyro's
+traces.
 
 ``MODELS`` maps the names of ``[model] model = ...`` (``--model``) to the classes; ``MODEL_OPTIONS``
 names the config keys each family takes beyond the VAE's.
 """
 
-from ..model import VAE
+from .vae import VAE
 from .cvae import CVAE, quadrant_mask
 from .hvae import HVAE
 from .labels import balanced_labelled_subset, check_labels

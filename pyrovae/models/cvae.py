@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..infer.weights import log_weight_parts
 from ..likelihoods import make_likelihood
-from ..model import VAE
+from .vae import VAE
 from ..networks import ACTIVATIONS, MLPDecoder, MLPEncoder
 from .labels import check_labels, concat_broadcast
 

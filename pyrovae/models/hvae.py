@@ -4,7 +4,7 @@ model:  z2 ~ p(z2),  z1 ~ Normal(mu(z2), diag sigma(z2)^2),  x ~ likelihood(deco
 guide:  z1 ~ Normal(mu(x), diag sigma(x)^2),  z2 ~ Normal(mu(z1), diag sigma(z1)^2)
 
 so log w = log p(x|z1) + log p(z1|z2) + log p(z2) - log q(z1|x) - log q(z2|z1), both layers drawn
-by reparameterization. The model overrides :class:`~pyrovae.model.VAE`'s, so every loss, bound and
+by reparameterization. The model overrides :class:`~pyrovae.models.vae.VAE`'s, so every loss, bound and
 estimate takes Pyro's traces (:func:`pyrovae.infer.log_weight_parts`), IWAE and DReG included.
 Burda et al.'s networks: x -> 200-200 -> z1 (100) -> 100-100 -> z2 (50) and back, tanh units:
 ``HVAE(784, latent_dim=50, hidden=(200, 200), middle_dim=100, middle_hidden=(100, 100),
@@ -17,7 +17,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from ..model import VAE
+from .vae import VAE
 from ..networks import ACTIVATIONS, MLPEncoder
 from ..priors import check_prior_distribution, make_prior
 from ..validation import require_positive_int

@@ -30,7 +30,7 @@ from torch import nn
 from ..fast.binarize import bernoulli_pixels
 from ..infer.elbo import VAE_ELBO
 from ..infer.weights import log_weight_parts
-from ..model import VAE
+from .vae import VAE
 from ..networks import ACTIVATIONS, MLPDecoder, MLPEncoder, _mlp, hidden_linears, init_normal
 from ..validation import require_positive_int
 from .labels import balanced_labelled_subset, check_labels, concat_broadcast

@@ -1,5 +1,5 @@
 """The Trainer: stochastic variational inference over in-memory data, with a Pyro ELBO called as
-a module (:class:`~pyrovae.objectives.ELBOLoss`) and ``torch.optim.Adam`` over the VAE's
+a module (:class:`~pyrovae.infer.objectives.ELBOLoss`) and ``torch.optim.Adam`` over the VAE's
 parameters. Set-up, resume, one epoch, evaluation and saving are small methods; everything that
 watches a run is a :class:`~pyrovae.train.callbacks.Callback`.
 
@@ -23,7 +23,7 @@ from .. import distributed
 from ..config import family_defaults
 from ..datasets import as_tensor, fixed_binarization, prepare
 from ..evaluation import elbo_terms
-from ..objectives import ELBOLoss, KLSchedule, check_training_options
+from ..infer.objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
 from ..fast.binarize import bernoulli_pixels
 from ..fast.compiled import (AUTO_MIN_STEPS, AUTO_STEPS_PER_CALL, ONE_STEP_GRAPH_MIN_STEPS, CompiledLoss, CompiledStep,

@@ -6,10 +6,10 @@ import warnings
 import torch
 from torch import nn
 
-from .infer.elbo import IWAE_ELBO, LOSSES, VAE_ELBO, make_elbo
-from .infer.fast_path import fast_vae
-from .infer.parts import require_per_dim_factor
-from .priors import has_analytic_kl
+from .elbo import IWAE_ELBO, LOSSES, VAE_ELBO, make_elbo
+from .fast_path import fast_vae
+from .parts import require_per_dim_factor
+from ..priors import has_analytic_kl
 
 __all__ = ["LOSSES", "IWAE_ELBO", "VAE_ELBO", "KLSchedule", "ELBOLoss", "make_elbo", "check_training_options"]
 

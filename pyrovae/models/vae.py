@@ -13,10 +13,10 @@ import torch
 from pyro.nn import PyroModule
 from pyro.params import param_with_module_name
 
-from .likelihoods import make_likelihood
-from .networks import build_networks
-from .priors import check_prior_distribution, make_prior
-from .validation import require_positive_int
+from ..likelihoods import make_likelihood
+from ..networks import build_networks
+from ..priors import check_prior_distribution, make_prior
+from ..validation import require_positive_int
 
 __all__ = ["VAE"]
 
