@@ -19,7 +19,8 @@ The VAE: 784-400-50 ReLU MLPs, Bernoulli likelihood, closed-form KL, batch 128, 
 binarization). Each process trains ``--epochs`` epochs; the table gives the first epoch (compile
 included) and the median of the others, and the ratios of the steady epochs to the fastest peer.
 pyrovae's epoch is its whole run per epoch: ``fit``'s wall time, its per-epoch ELBO report on
-10000 training images included (the peers report nothing).
+its default 2000 training images (``report_examples``; 10000 up to 0.3) included (the peers
+report nothing).
 
     pip install -e ".[bench]"      # numpyro, jax, pythae (each skipped with a message where absent)
     PYROVAE_DATA=../shared/data python benchmarks/peers.py [--epochs 3] [--repeats 2]

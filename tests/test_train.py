@@ -47,6 +47,27 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path):
         assert key in json.loads(lines[-1])
 
 
+def test_the_training_report_reads_the_first_report_examples():
+    """train_kl is the closed-form KL(q(z|x) || N(0, I)) averaged over the first report_examples
+    training examples, at the epoch's end: computed here with torch.distributions."""
+    torch.manual_seed(0)
+    x = (torch.rand(200, 6, 5) < 0.5).float()  # binary: the report reads x itself
+    x[:40] = 0.0  # the first 40 unlike the rest, so reading more of them would show
+    vae = make_vae_seeded()
+    history = pyrovae.fit(vae, x, epochs=1, batch_size=32, progress=False, device="cpu", report_examples=40)
+
+    def mean_kl(xs):
+        with torch.no_grad():
+            loc, scale = vae.encode(xs)
+            q = torch.distributions.Normal(loc, scale)
+            return float(torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(-1).mean())
+
+    assert history[-1]["train_kl"] == pytest.approx(mean_kl(x[:40]), rel=1e-5)
+    assert abs(mean_kl(x) - mean_kl(x[:40])) > 1e-3
+    with pytest.raises(ValueError, match="report_examples"):
+        pyrovae.fit(make_vae(), x, epochs=1, progress=False, report_examples=0)
+
+
 def make_vae_seeded():
     torch.manual_seed(0)
     return make_vae()

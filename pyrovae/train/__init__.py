@@ -21,7 +21,8 @@ def fit(vae, train, test=None, *, valid=None, binarize: str = "auto", run_dir: U
     """Trains ``vae`` by maximizing the ELBO (or IWAE bound) with SVI; returns the history, one
     dict per epoch (nats per example): ``train_objective`` (the running mean of the training
     objective, KL weight and free bits included), ``train_elbo``/``train_reconstruction``/
-    ``train_kl`` (at the epoch's end, on up to 10000 training examples, by the VAE's own model),
+    ``train_kl`` (at the epoch's end, on the first ``report_examples`` training examples, 2000 by
+    default, by the VAE's own model),
     the same ``test_*`` on ``test``, ``kl``, ``kl_weight``, ``lr``, ``grad_norm``, ``seconds``.
 
     ``options`` are the fields of :class:`~pyrovae.config.TrainConfig` (``loss``,
