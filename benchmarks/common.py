@@ -99,9 +99,9 @@ def plain_epoch(model, optimizer, data, batch_size, kind, particles, seed):
 
 
 @torch.no_grad()
-def plain_evaluation(model, data, examples=2000, seed=1):
+def plain_evaluation(model, data, examples=pyrovae.train.METRIC_EXAMPLES, seed=1):
     """What fit reports at an epoch's end: the ELBO's terms on the first ``report_examples``
-    (2000 by default; 10000 up to 0.3) training examples."""
+    (fit's default, ``pyrovae.train.METRIC_EXAMPLES``; 10000 up to 0.3) training examples."""
     x = torch.bernoulli(data[:examples], generator=torch.Generator().manual_seed(seed)).flatten(1)
     loc, scale = model.encode(x)
     z = loc + scale * torch.randn_like(loc)
