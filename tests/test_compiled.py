@@ -72,6 +72,7 @@ def test_auto_compiles_only_runs_long_enough_to_pay_for_it():
 @pytest.mark.parametrize("options, calls", [
     ({"epochs": 200}, 4),  # four full batches an epoch: a call of at most four
     ({"epochs": 200, "batch_size": 16}, 8),  # sixteen: eight a call
+    ({"epochs": 200, "batch_size": 14}, 9),  # nineteen: nine a call (one off the grid), where eight would leave three
     ({"epochs": 5000, "warmup_epochs": 10.0}, 1),  # a KL weight that changes every step
     ({"epochs": 200, "steps_per_call": 3}, 3),
 ])
@@ -81,6 +82,19 @@ def test_steps_per_call_by_default_is_eight_or_an_epochs_full_batches(options, c
                                                                   **options}))
     trainer.setup(DATA[:256 + 10])
     assert trainer.compiled_step is not None and trainer.steps_per_call == calls
+
+
+@pytest.mark.parametrize("full_steps, calls", [
+    (1, 1), (5, 5), (8, 8),  # an epoch of at most eight full batches: one call takes them all
+    (468, 9),  # MNIST in batches of 128: 468 = 9 x 52, where eight leave four batches off the grid
+    (390, 10),  # static MNIST's 50000: 390 = 10 x 39
+    (16, 8), (24, 8),  # eight divides: the fewest steps a call among the equals
+    (19, 9),  # none divides: 19 = 2 x 9 + 1 leaves one batch off the grid, eight would leave three
+    (23, 11),  # 23 = 2 x 11 + 1
+    (10000, 8),
+])
+def test_auto_steps_per_call_leaves_fewest_full_batches_off_the_grid(full_steps, calls):
+    assert pyrovae.fast.compiled.auto_steps_per_call(full_steps) == calls
 
 
 def test_a_compiler_failure_falls_back_to_eager_with_a_warning(monkeypatch):

@@ -29,8 +29,9 @@ all be full, runs in a second graph of one step a call in a run of ``ONE_STEP_GR
 steps or more, and eager in a shorter run, where a few eager steps an epoch cost less than that
 graph's compilation. ``compile="auto"`` compiles where it pays: a run of at least
 ``AUTO_MIN_STEPS`` steps, which amortizes the compile time; ``steps_per_call=0`` unrolls
-``AUTO_STEPS_PER_CALL`` steps into each call of every compiled run (fewer where an epoch has
-fewer full batches).
+:func:`auto_steps_per_call` steps into each call of every compiled run: from
+``AUTO_STEPS_PER_CALL`` to ``AUTO_MAX_STEPS_PER_CALL``, the number that leaves fewest of an
+epoch's full batches off the calls' grid (fewer where an epoch has fewer full batches).
 """
 
 import contextlib
@@ -45,8 +46,8 @@ from ..infer.fast_path import fast_vae, vae_weight_parts
 from .binarize import bernoulli_pixels
 from .kernels import cpu_kernels
 
-__all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "ONE_STEP_GRAPH_MIN_STEPS", "compile_reason", "whole_step_reason",
-           "CompiledLoss", "CompiledStep", "CompiledTerms", "adam_update_"]
+__all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "AUTO_MAX_STEPS_PER_CALL", "ONE_STEP_GRAPH_MIN_STEPS",
+           "auto_steps_per_call", "compile_reason", "whole_step_reason", "CompiledLoss", "CompiledStep", "CompiledTerms", "adam_update_"]
 
 AUTO_MIN_STEPS = 5000
 # in the operator's name, as kernels.REVISION: a graph cached on disk by an earlier definition never replays
@@ -55,9 +56,24 @@ ADAM_REVISION = 1
 # 12-epoch fit (784-400-50, batch 128, 2 CPU cores): one step a call 2.38 s an epoch, eight 1.09 s
 # (issue #26; docs/benchmarks.md), for a few seconds more compilation.
 AUTO_STEPS_PER_CALL = 8
+# ... or up to this many, where more divide an epoch's full batches better (auto_steps_per_call)
+AUTO_MAX_STEPS_PER_CALL = 12
 # Steps off the calls' grid (a few an epoch) in a one-step graph from this many steps on: an eager
 # step costs about four compiled ones (some 6 ms more), the graph a few seconds of compilation.
 ONE_STEP_GRAPH_MIN_STEPS = 25000
+
+
+def auto_steps_per_call(full_steps: int) -> int:
+    """The steps a call of ``steps_per_call=0`` for an epoch of ``full_steps`` full batches: all of
+    them up to ``AUTO_STEPS_PER_CALL``; beyond, the number from ``AUTO_STEPS_PER_CALL`` to
+    ``AUTO_MAX_STEPS_PER_CALL`` that leaves the fewest full batches off the calls' grid at the
+    epoch's end (the smallest such number). Those batches train in steps of their own (eager in
+    a run under ``ONE_STEP_GRAPH_MIN_STEPS`` steps, each some four compiled steps' time) every
+    epoch, where one more step a call costs its compilation once: MNIST's 468 full batches of
+    128 take 9 a call, where 8 left four eager steps an epoch, 1.2% of it (docs/benchmarks.md)."""
+    if full_steps <= AUTO_STEPS_PER_CALL:
+        return max(1, full_steps)
+    return min(range(AUTO_STEPS_PER_CALL, AUTO_MAX_STEPS_PER_CALL + 1), key=lambda calls: (full_steps % calls, calls))
 
 
 def compile_reason(trainer):

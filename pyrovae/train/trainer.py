@@ -26,7 +26,7 @@ from ..evaluation import elbo_terms
 from ..infer.objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
 from ..fast.binarize import bernoulli_pixels
-from ..fast.compiled import (AUTO_MIN_STEPS, AUTO_STEPS_PER_CALL, ONE_STEP_GRAPH_MIN_STEPS, CompiledLoss, CompiledStep,
+from ..fast.compiled import (AUTO_MIN_STEPS, ONE_STEP_GRAPH_MIN_STEPS, auto_steps_per_call, CompiledLoss, CompiledStep,
                        CompiledTerms, compile_reason, whole_step_reason)
 from .schedules import make_scheduler
 
@@ -187,7 +187,7 @@ class Trainer:
             self.whole_step_note = whole_step_reason(self.optimizer)
             # every compiled run unrolls several steps a call (fewer where an epoch has fewer full batches)
             full_steps = max(1, len(self.train_x) // self.batch_examples)
-            calls = self.options["steps_per_call"] or min(AUTO_STEPS_PER_CALL, full_steps)
+            calls = self.options["steps_per_call"] or auto_steps_per_call(full_steps)
             # steps off the calls' grid: a graph of one step a call where the run is long enough to pay
             # for compiling it (an eager step costs about four compiled ones), else eager
             self.one_step_graph = calls == 1 or total_steps >= ONE_STEP_GRAPH_MIN_STEPS
