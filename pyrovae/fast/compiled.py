@@ -273,12 +273,17 @@ class CompiledStep:
             with torch.enable_grad():
                 with kernels:
                     loss = objective(x)
-                grads = list(torch.autograd.grad(loss, params))
+                grads = torch.autograd.grad(loss, params)
             norm = None
             if clip > 0:
                 norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
                 factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
                 grads = [g * factor for g in grads]
+            # the fused Adam kernel reads a gradient in its parameter's memory layout; eager backward
+            # gives it that layout (autograd's gradient layout contract), while a traced
+            # torch.autograd.grad may return a view (a parameter used transposed: its gradient is a
+            # transposed product), which clipping keeps
+            grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for g, p in zip(grads, params)]
             # once a step is not finite, it and every later step of the call leave the state alone
             skipped = torch.maximum(skipped, (~torch.isfinite(loss)).to(params[0].dtype))
             _adam_step(adam, params, grads, exp_avgs, exp_avg_sqs, steps, lr, skipped, beta1, beta2, eps)
