@@ -109,8 +109,8 @@ class TrainConfig:
                           choices=("auto", "on", "off"))
     steps_per_call: int = option(0, "the whole compiled step: training steps per compiled call, unrolled into one "
                                  "graph (more amortize each call's overhead; the compile time grows with them). "
-                                 "0: 8 to 12, the number that leaves fewest of an epoch's full batches off the calls (fewer "
-                                 "where an epoch has fewer full batches)", minimum=0)
+                                 "0: 8 to 12, the number that leaves fewest of an epoch's full batches off the "
+                                 "calls (fewer where an epoch has fewer full batches)", minimum=0)
     labels: Optional[int] = option(None, "m2: labelled training examples, class-balanced, drawn by the seed "
                                    "(default: every training label)", minimum=1)
     aux_weight: float = option(46.0, "m2: alpha, the weight of the classification term log q(y|x) in the step "

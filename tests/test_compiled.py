@@ -108,7 +108,7 @@ def test_auto_compiles_only_runs_long_enough_to_pay_for_it():
     ({"epochs": 5000, "warmup_epochs": 10.0}, 1),  # a KL weight that changes every step
     ({"epochs": 200, "steps_per_call": 3}, 3),
 ])
-def test_steps_per_call_by_default_is_eight_or_an_epochs_full_batches(options, calls):
+def test_steps_per_call_by_default_is_eight_to_twelve_or_an_epochs_full_batches(options, calls):
     trainer = pyrovae.train.Trainer(pyrovae.VAE((1, 8, 8), latent_dim=3, hidden=(16,)),
                                     pyrovae.config.train_options({"batch_size": 64, "device": "cpu", "compile": "on",
                                                                   **options}))

@@ -47,7 +47,8 @@ from .binarize import bernoulli_pixels
 from .kernels import cpu_kernels
 
 __all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "AUTO_MAX_STEPS_PER_CALL", "ONE_STEP_GRAPH_MIN_STEPS",
-           "auto_steps_per_call", "compile_reason", "whole_step_reason", "CompiledLoss", "CompiledStep", "CompiledTerms", "adam_update_"]
+           "auto_steps_per_call", "compile_reason", "whole_step_reason", "CompiledLoss", "CompiledStep",
+           "CompiledTerms", "adam_update_"]
 
 AUTO_MIN_STEPS = 5000
 # in the operator's name, as kernels.REVISION: a graph cached on disk by an earlier definition never replays
