@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
 from pyrovae import config as cfg  # noqa: E402
-from pyrovae import evaluation, priors, runs  # noqa: E402
+from pyrovae import estimate as evaluation, priors, runs  # noqa: E402
 from pyrovae.distributions import DiagonalNormalMixture  # noqa: E402
 
 

@@ -9,7 +9,7 @@ and 1000 by 10^(-1/5), 500 epochs, the model of best validation loss kept as its
 then ``get_nll(test, n_samples=200)`` five times. This runs that recipe through pythae's classes
 (not a copy of its script) on the same bits pyrovae trains on (Larochelle & Murray's
 binarization, ``../shared/data/binarized-mnist``), then estimates the test log-likelihood of the
-trained networks twice: with pythae's ``get_nll`` and with ``pyrovae.evaluation.log_likelihood``
+trained networks twice: with pythae's ``get_nll`` and with ``pyrovae.estimate.log_likelihood``
 on a pyrovae VAE holding the same weights (log sigma = log sigma^2 / 2; the decoder's logits are
 the sigmoid's input). Both estimators on one model say whether the evaluations agree; the number
 itself says whether pythae's code reaches its published 89.78 here.
@@ -99,7 +99,7 @@ def main():
         pythae_nll = [-best.get_nll(flat_test, n_samples=args.samples) for _ in range(args.repeats)]
     pythae_eval_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    estimates = pyrovae.evaluation.log_likelihood(as_pyrovae(best), test, num_samples=args.samples, seed=0)
+    estimates = pyrovae.estimate.log_likelihood(as_pyrovae(best), test, num_samples=args.samples, seed=0)
     pyrovae_eval_seconds = time.perf_counter() - start
     row = {
         "recipe": (f"pythae VAE + BaseTrainer, 784-{HIDDEN}-{LATENT} ReLU, BCE, Adam {LR}, batch {BATCH}, "

@@ -9,20 +9,29 @@ Beyond the plain VAE: :class:`pyrovae.CVAE` (conditional), :class:`pyrovae.M2` (
 labels summed out by enumeration), :class:`pyrovae.HVAE` (two stochastic layers).
 """
 
-# the VAE before the inference core: its fast path recognizes the VAE's own model and guide, and
-# the other model families (imported with pyrovae.models) read the core
+from . import datasets, distributions, exact, infer, likelihoods, priors, protocol
 from .models.vae import VAE
-from . import datasets, distributions, exact, infer, likelihoods, priors
 from .run_folder import load
-from .evaluation import check_bounds, elbo, iwae_bound, log_likelihood
-from .infer.ais import ais_log_likelihood, bdmc
+from . import estimate
+from .estimate import ais_log_likelihood, bdmc, check_bounds, elbo, iwae_bound, log_likelihood
 from .infer import IWAE_ELBO, VAE_ELBO, log_weight_parts, make_elbo
+from .protocol import ModelProtocol, Program, as_program
 from .infer.objectives import ELBOLoss, KLSchedule
 from .train import fit
 from . import models  # noqa: E402  (the model families build on VAE and the inference core)
 from .models import CVAE, HVAE, M2
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
+
+
+def __getattr__(name):
+    # pyrovae.evaluation, the estimators' module until 0.3: imported on first use, each of its
+    # names warning that it moved to pyrovae.estimate
+    if name == "evaluation":
+        import importlib
+
+        return importlib.import_module(".evaluation", __name__)
+    raise AttributeError(f"module 'pyrovae' has no attribute {name!r}")
 
 __all__ = [
     "VAE",
@@ -46,6 +55,11 @@ __all__ = [
     "KLSchedule",
     "make_elbo",
     "models",
+    "estimate",
+    "protocol",
+    "ModelProtocol",
+    "Program",
+    "as_program",
     "CVAE",
     "M2",
     "HVAE",

@@ -6,7 +6,8 @@ import sys
 from dataclasses import fields
 
 from . import config as cfg
-from . import __version__, distributed, runs
+from . import __version__, distributed, program_folder, runs
+from .estimate import METHODS
 from .run_folder import RunFolderLocked
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -51,7 +52,7 @@ def build_parser():
     train.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
     evaluate = sub.add_parser("evaluate", help="importance-sampled log-likelihood and checked bounds")
-    evaluate.add_argument("run_dir")
+    evaluate.add_argument("run_dir", help="the run folder (with --program: the folder to write into)")
     evaluate.add_argument("--num-samples", type=int, default=1000)
     evaluate.add_argument("--split", default="test", choices=["test", "train", "valid"])
     evaluate.add_argument("--limit", type=int, help="only the first N examples")
@@ -61,29 +62,69 @@ def build_parser():
     evaluate.add_argument("--checkpoint", default="auto", choices=["auto", "last", "best"],
                           help="best: best.pt, the epoch with the best validation ELBO (m2: accuracy); last: "
                           "checkpoint.pt; auto: best.pt for m2 where the run has one, else the last")
-    evaluate.add_argument("--method", default="is", choices=list(runs.METHODS),
-                          help="is: importance sampling with q(z|x) and its Pareto k diagnostics (always run); ais: "
-                          "also annealed importance sampling (HMC); bdmc: also the BDMC sandwich on data simulated "
-                          "from the model")
+    evaluate.add_argument("--method", default="is", choices=list(METHODS),
+                          help="; ".join(f"{name}: {method.help}" for name, method in METHODS.items()))
     evaluate.add_argument("--num-chains", type=int, default=16, help="ais, bdmc: chains per example")
     evaluate.add_argument("--num-steps", type=int, default=1000, help="ais, bdmc: intermediate distributions")
     evaluate.add_argument("--num-leapfrog", type=int, default=10, help="ais, bdmc: leapfrog steps per HMC move")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    add_program_flags(evaluate)
 
     plot = sub.add_parser("plot", help="draw figures into the run folder")
-    plot.add_argument("run_dir")
+    plot.add_argument("run_dir", help="the run folder (with --program: the folder to write into)")
     plot.add_argument("--kind", default="all", help=f"one of {', '.join(runs.PLOT_KINDS)} (vae, hvae); completions "
                       "or classes (cvae); analogies, classes (m2); curves; all")
     plot.add_argument("--dims", type=_dims, help="two latent dimensions for the manifold, e.g. 0,1")
     plot.add_argument("--pca", action="store_true", help="manifold over the top two principal axes of the encodings")
     plot.add_argument("--n", type=int, default=20, help="manifold grid size")
     plot.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    add_program_flags(plot, pictures=True)
 
     report = sub.add_parser("report", help="write a self-contained report.html")
-    report.add_argument("run_dir")
+    report.add_argument("run_dir", help="the run folder (with --program: the folder to write into)")
     report.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    add_program_flags(report, pictures=True)
     return parser
+
+
+def _shape(text):
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(s < 1 for s in shape):
+        raise argparse.ArgumentTypeError(f"takes positive integers like 28,28 or 1,28,28; got {text!r}")
+    return shape
+
+
+def add_program_flags(parser, pictures=False):
+    """The flags that evaluate or draw a user's own Pyro program instead of a run folder."""
+    group = parser.add_argument_group("a user's own Pyro program (instead of a run folder)")
+    group.add_argument("--program", metavar="FILE.py:NAME",
+                       help="a class or factory in FILE.py whose object has model and guide methods")
+    group.add_argument("--program-arg", action="append", metavar="KEY=VALUE", help="an argument of NAME, repeatable")
+    group.add_argument("--weights", help="a state dict file for the program's parameters (read with weights_only=True)")
+    group.add_argument("--dataset", default="mnist", help="the data set to evaluate or draw on (default mnist)")
+    group.add_argument("--data-dir", help="where the data set's files are")
+    group.add_argument("--binarize", default="none", choices=["none", "threshold", "dynamic"],
+                       help="how the data are binarized for the program (dynamic: one fixed draw; default: as given)")
+    if pictures:
+        group.add_argument("--image-shape", type=_shape, help="how a flat observation is drawn, e.g. 28,28")
+        group.add_argument("--latent-site", help="the latent site to draw, where the program has several")
+        group.add_argument("--obs-site", help="the observed site to draw, where the program has several")
+    else:
+        group.add_argument("--data-plate", help="the plate over the examples, where the trace leaves it open")
+
+
+def _program_options(args):
+    return dict(program_args=cfg.parse_assignments(args.program_arg, "program"), weights=args.weights,
+                dataset=args.dataset)
+
+
+def _picture_options(args):
+    return dict(binarize=args.binarize, data_dir=args.data_dir, image_shape=args.image_shape,
+                latent_site=args.latent_site, obs_site=args.obs_site)
 
 
 def _flag(f):
@@ -142,6 +183,18 @@ def config_from_args(args):
     return cfg.validate(cfg.merge(config, flags))
 
 
+def _print_evaluation(result):
+    """Prints an evaluation (not its bounds table); 3 where the bound check failed."""
+    if result is None:  # a torchrun rank other than 0: rank 0 prints and writes
+        return 0
+    shown = {k: v for k, v in result.items() if k != "bounds"}
+    print(json.dumps(shown, indent=2))
+    if result["bound_check"] != "ok":
+        print("bound check VIOLATED:\n" + "\n".join(result["bounds"]["violations"]), file=sys.stderr)
+        return 3
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
@@ -152,19 +205,29 @@ def main(argv=None):
             if distributed.process_context(config["train"]["device"]).is_main:
                 print(json.dumps(history[-1]) if history else "no epoch trained: the run folder holds the untrained model")
                 print(f"run folder: {args.out}")
+        elif args.command == "evaluate" and args.program:
+            result = program_folder.evaluate_program(
+                args.run_dir, args.program, **_program_options(args), split=args.split, limit=args.limit,
+                num_samples=args.num_samples, seed=args.seed, method=args.method, num_chains=args.num_chains,
+                num_steps=args.num_steps, num_leapfrog=args.num_leapfrog, binarize=args.binarize,
+                data_dir=args.data_dir, device=args.device, progress=not args.no_progress, repeats=args.repeats,
+                data_plate=args.data_plate)
+            return _print_evaluation(result)
         elif args.command == "evaluate":
             result = runs.evaluate_run(args.run_dir, args.num_samples, args.split, args.limit, args.device,
                                        progress=not args.no_progress, seed=args.seed, trust=args.trust_checkpoint,
                                        repeats=args.repeats, checkpoint=args.checkpoint, method=args.method,
                                        num_chains=args.num_chains, num_steps=args.num_steps,
                                        num_leapfrog=args.num_leapfrog)
-            if result is None:  # a torchrun rank other than 0: rank 0 prints and writes
-                return 0
-            shown = {k: v for k, v in result.items() if k != "bounds"}
-            print(json.dumps(shown, indent=2))
-            if result["bound_check"] != "ok":
-                print("bound check VIOLATED:\n" + "\n".join(result["bounds"]["violations"]), file=sys.stderr)
-                return 3
+            return _print_evaluation(result)
+        elif args.command == "plot" and args.program:
+            for path in program_folder.plot_program(args.run_dir, args.program, **_program_options(args),
+                                                    **_picture_options(args), dims=args.dims, pca=args.pca, n=args.n,
+                                                    kind=args.kind):
+                print(path)
+        elif args.command == "report" and args.program:
+            print(program_folder.report_program(args.run_dir, args.program, **_program_options(args),
+                                                **_picture_options(args)))
         elif args.command == "plot":
             for path in runs.plot_run(args.run_dir, args.kind, dims=args.dims, pca=args.pca, n=args.n,
                                       trust=args.trust_checkpoint):

@@ -187,7 +187,11 @@ def family_defaults(train, model):
     trains with (its class attribute ``training_defaults``): a CLI run or a ``fit`` call that
     leaves the loss unset gets a loss that model can train with, while an explicit choice is
     kept (and checked against the model)."""
-    defaults = {"loss": "meanfield", **getattr(model, "training_defaults", {})}
+    from .protocol import ModelProtocol, family  # (the protocol needs torch, which this module does not)
+
+    declared = model.training_defaults if isinstance(model, type) and issubclass(model, ModelProtocol) else \
+        family(model).training_defaults
+    defaults = {"loss": "meanfield", **declared}
     return {key: defaults[key] if value == "auto" and key in defaults else value for key, value in train.items()}
 
 

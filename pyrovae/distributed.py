@@ -107,7 +107,7 @@ def log_likelihood(context, vae, x, num_samples, block_size=1024, batch_size=Non
     ranks and gathered in order; each batch is seeded by its position (``block_size`` a multiple of
     the batch), so the numbers equal one process's. Returns (estimate, stderr) on every rank, and
     the :class:`~pyrovae.infer.psis.ImportanceDiagnostics` with ``return_diagnostics``."""
-    from .evaluation import log_likelihood as estimate
+    from .estimate.importance import log_likelihood as estimate
     from .infer.psis import ImportanceDiagnostics
 
     mine = []

@@ -15,7 +15,7 @@ except ImportError as error:  # pragma: no cover
     raise ImportError("pyrovae.lightning needs Lightning: pip install 'pyrovae[lightning]'") from error
 
 from .fast.binarize import bernoulli_pixels
-from .evaluation import elbo_terms
+from .estimate.importance import elbo_terms
 from .config import train_options
 from .train.trainer import make_optimizer
 from .infer.objectives import ELBOLoss, KLSchedule, check_training_options

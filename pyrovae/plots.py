@@ -2,9 +2,18 @@
 
 Figures are made with matplotlib's object-oriented ``Figure`` API, which needs no backend: the
 library never sets one (``pyplot`` and its global state are left to the user). Show a figure in a
-notebook by returning it, or save it with :func:`save`."""
+notebook by returning it, or save it with :func:`save`.
+
+The pictures of a VAE (``manifold``, ``samples``, ``reconstructions``, ``interpolation``,
+``scatter``, ``attributes``) take the model in any of the protocol's forms
+(:mod:`pyrovae.protocol`): a pyrovae model, or a user's object with ``model`` and ``guide``. For a
+user's program, decoding z conditions the model's latent site on z (``poutine.condition``) and
+draws the observed site's mean; encoding x reads the guide's latent site (its mean). The keyword
+``program_options`` of each (``latent_site``, ``obs_site``, ``image_shape``, ``input_shape``)
+names what the traces leave open: ``manifold(my_vae, image_shape=(28, 28))``."""
 
 import io
+import math
 import warnings
 from pathlib import Path
 
@@ -14,6 +23,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from . import latent
+from .protocol import Program, as_program, family
 from .run_folder import atomic_write
 
 __all__ = [
@@ -33,9 +43,25 @@ __all__ = [
 ]
 
 
+def _picture_model(vae, options):
+    """The model to draw: a pyrovae model as it is, a user's program as a
+    :class:`~pyrovae.protocol.Program` with the naming ``options``."""
+    unknown = set(options) - {"latent_site", "obs_site", "image_shape", "input_shape"}
+    if unknown:
+        raise TypeError(f"unknown argument(s) {sorted(unknown)}; a user's program takes latent_site=, obs_site=, "
+                        "image_shape=, input_shape=")
+    program = as_program(vae, **options)
+    if options and program is vae and any(v is not None for v in options.values()):
+        raise TypeError(f"{sorted(options)} name the sites and shapes of a user's program; a pyrovae "
+                        f"{type(vae).__name__} knows its own")
+    return program
+
+
 def _as_images(vae, x):
     """``(N, *data_shape)`` -> ``(N, C, H, W)`` for display, or None where the data are not images."""
-    shape = vae.data_shape
+    shape = tuple(vae.data_shape)
+    if tuple(x.shape[1:]) != shape and x[0].numel() == math.prod(shape):  # a flat observation
+        x = x.reshape(len(x), *shape)
     if len(shape) == 3 and shape[0] in (1, 3):
         return x
     if len(shape) == 2:
@@ -85,10 +111,13 @@ def _decode(vae, z):
 
 
 @torch.no_grad()
-def manifold(vae, n=20, dims=None, base=None, data=None, title=None):
+def manifold(vae, n=20, dims=None, base=None, data=None, title=None, **program_options):
     """AEVB Figure 4: decoded means over Phi^-1 of an n x n grid on the unit square. For a latent
     of more than 2 dimensions give ``dims`` (others held at ``base``) or ``data`` (the plane of
     its encodings' top two principal axes)."""
+    vae = _picture_model(vae, program_options)
+    if data is not None and isinstance(vae, Program):
+        vae.prepare_data(data)  # a user's program learns the shape of its input
     axes = None
     if vae.latent_dim > 2 and dims is None and data is not None:
         axes = latent.principal_axes(latent.encode_mean(vae, data).cpu())
@@ -100,7 +129,7 @@ def manifold(vae, n=20, dims=None, base=None, data=None, title=None):
     if images is None:
         if n > 10:
             warnings.warn(f"non-image data: drawing a {min(n, 10)}x{min(n, 10)} grid of line plots instead of {n}x{n}")
-            return manifold(vae, min(n, 10), dims, base, data, title)
+            return manifold(vae, min(n, 10), dims, base, data, title, **program_options)
         return _lines(decoded, n, n, title)
     h, w = images.shape[-2:]
     fig = Figure(figsize=(min(12, max(4, n * w / 28 * 0.45)), min(12, max(4, n * h / 28 * 0.45)) + 0.3))
@@ -110,8 +139,9 @@ def manifold(vae, n=20, dims=None, base=None, data=None, title=None):
 
 
 @torch.no_grad()
-def scatter(vae, x, labels=None, title=None, max_points=10000):
+def scatter(vae, x, labels=None, title=None, max_points=10000, **program_options):
     """Posterior means of ``x`` coloured by label (PCA to 2-D for larger latents)."""
+    vae = _picture_model(vae, program_options)
     x = x[:max_points]
     z = latent.encode_mean(vae, x).cpu()
     xlabel, ylabel = "z1", "z2"
@@ -139,13 +169,15 @@ def scatter(vae, x, labels=None, title=None, max_points=10000):
 
 
 @torch.no_grad()
-def reconstructions(vae, x, n=10, title=None):
+def reconstructions(vae, x, n=10, title=None, **program_options):
     """Originals (top row) over their reconstructions E[x | z = mu(x)] (bottom row)."""
+    vae = _picture_model(vae, program_options)
     x = x[:n]
     recon = vae.reconstruct(x.to(vae.device)).cpu()
-    images = _as_images(vae, torch.cat([x.cpu(), recon]))
+    both = torch.cat([x.cpu().reshape(recon.shape), recon])
+    images = _as_images(vae, both)
     if images is None:
-        return _lines(torch.cat([x.cpu(), recon]), 2, len(x), title or "originals (top) and reconstructions (bottom)")
+        return _lines(both, 2, len(x), title or "originals (top) and reconstructions (bottom)")
     fig = _figure_for(len(x), 2, cell_inches=0.8)
     _show(fig.add_subplot(), _display_range(images), len(x), title or "originals (top) and reconstructions (bottom)")
     fig.tight_layout()
@@ -153,14 +185,15 @@ def reconstructions(vae, x, n=10, title=None):
 
 
 @torch.no_grad()
-def samples(vae, n=100, nrow=10, seed=0, title=None):
+def samples(vae, n=100, nrow=10, seed=0, title=None, **program_options):
     """E[x | z] for z drawn from the prior (learned priors included)."""
+    vae = _picture_model(vae, program_options)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        z = vae.prior().sample((n,))
+        z = vae.prior_latents(n)
     decoded = _decode(vae, z)
     images = _as_images(vae, decoded)
-    name = vae.config["prior"].get("kind", "custom")
+    name = vae.prior_name
     if images is None:
         return _lines(decoded[: nrow * 2], 2, nrow, title or f"samples from the {name} prior")
     fig = _figure_for(nrow, -(-n // nrow), cell_inches=0.55)
@@ -170,9 +203,10 @@ def samples(vae, n=100, nrow=10, seed=0, title=None):
 
 
 @torch.no_grad()
-def interpolation(vae, x, pairs=4, steps=10, title=None):
+def interpolation(vae, x, pairs=4, steps=10, title=None, **program_options):
     """Decodings along the path between the encodings of example pairs, linear and spherical:
     for each pair one row of each."""
+    vae = _picture_model(vae, program_options)
     x = x.to(vae.device)
     if len(x) < 2 * pairs:
         raise ValueError(f"interpolation of {pairs} pairs needs {2 * pairs} examples; got {len(x)}")
@@ -193,9 +227,10 @@ def interpolation(vae, x, pairs=4, steps=10, title=None):
 
 
 @torch.no_grad()
-def attributes(vae, x, vectors, names, amounts=(-2, -1, 0, 1, 2), examples=3, title=None):
+def attributes(vae, x, vectors, names, amounts=(-2, -1, 0, 1, 2), examples=3, title=None, **program_options):
     """Resynthesis (the notes' Figure 17.13): for each of ``examples`` encodings z, the grid
     z + a v1 (+ b v2) over ``amounts``; one panel per example."""
+    vae = _picture_model(vae, program_options)
     x = x.to(vae.device)
     z = latent.encode_mean(vae, x[:examples])
     k = len(amounts)
@@ -203,7 +238,7 @@ def attributes(vae, x, vectors, names, amounts=(-2, -1, 0, 1, 2), examples=3, ti
     axes = fig.subplots(1, examples, squeeze=False)
     for ax, zi in zip(axes[0], z):
         grid = latent.resynthesis_latents(zi, [v.to(zi.device) for v in vectors], amounts)
-        decoded = _decode(vae, grid.reshape(-1, vae.latent_dim))
+        decoded = _decode(vae, grid.reshape(-1, zi.shape[-1]))
         images = _as_images(vae, decoded)
         if images is None:
             raise ValueError("attribute resynthesis is drawn for image data only")
@@ -303,7 +338,7 @@ def classes(vae, samples=10, seed=0, title=None):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         labels = torch.arange(num_classes, device=vae.device).repeat_interleave(samples)
-        if getattr(vae, "semi_supervised", False):
+        if family(vae).semi_supervised:
             z = vae.prior().sample((samples,)).repeat(num_classes, 1)
             images = vae.decode(z, labels)
         else:

@@ -11,13 +11,10 @@ import warnings
 from pathlib import Path
 
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
 from . import config as cfg
 from . import datasets, distributed, latent, plots
-from .evaluation import check_bounds, elbo, log_likelihood
-from .infer.ais import ais_log_likelihood, bdmc
+from .estimate import METHODS, ImportanceSamplingWarning, ais_summary, bdmc_summary, evaluate_examples
 from .models import MODEL_OPTIONS, MODELS, model_class
 from .models.m2 import StackedM2
 from .infer.objectives import check_training_options
@@ -25,11 +22,11 @@ from .report import write_report
 from .run_folder import RunFolder, load, vae_from_state
 from .train import LogLikelihoodCurve, fit, stream_seed
 from .train.callbacks import BEST, selection_metric
+from .protocol import PLOT_KINDS, family
 from .validation import require_positive_int
 
 __all__ = ["train_run", "evaluate_run", "ais_summary", "bdmc_summary", "METHODS", "ImportanceSamplingWarning", "plot_run", "report_run", "PLOT_KINDS", "read_run_config"]
 
-PLOT_KINDS = ("manifold", "scatter", "reconstructions", "samples", "interpolation", "attributes", "curves")
 
 
 def read_run_config(run_dir, trust=False):
@@ -213,135 +210,25 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
     x, dataset = _evaluation_data(config, vae, split, limit, device)
     split = dataset.split
     targets = None if dataset.targets is None else dataset.targets[:len(x)].to(device)
-    labels = targets if getattr(vae, "requires_labels", False) else None
-    if getattr(vae, "requires_labels", False) and labels is None:
+    labels = targets if family(vae).requires_labels else None
+    if family(vae).requires_labels and labels is None:
         raise ValueError(f"this {type(vae).__name__} is conditioned on labels and the {split} data have none")
-    ll, se, diagnostics = distributed.log_likelihood(context, vae, x, num_samples, seed=seed, progress=progress,
-                                                     labels=labels, return_diagnostics=True)
-    repeated = [float(ll.double().mean())]
-    for r in range(1, repeats):
-        again, _ = distributed.log_likelihood(context, vae, x, num_samples, seed=stream_seed(seed, r), progress=progress,
-                                              labels=labels)
-        repeated.append(float(again.double().mean()))
+    seeds = [seed] + [stream_seed(seed, r) for r in range(1, repeats)]
+    result, check = evaluate_examples(context, vae, x, labels, num_samples, seeds, progress=progress, ks=ks)
     if not context.is_main:
         return None
-    elbo_values = elbo(vae, x, num_particles=10, seed=seed + 1, labels=labels)
-    ks = ks or sorted({1, 10, 100, num_samples} | ({1000} if num_samples >= 1000 else set()))
-    # the ordering check on a subset: it needs replicated draws for every k, through traces
-    subset = x[: min(len(x), 200)]
-    check = check_bounds(vae, subset, ks=[k for k in ks if k <= num_samples], samples_per_k=2000, seed=seed,
-                         labels=None if labels is None else labels[:len(subset)])
-    mean_ll, mean_elbo = sum(repeated) / len(repeated), float(elbo_values.double().mean())
-    # the IS estimate below the ELBO of the same examples, beyond the paired error, is a violation too
-    gap = (ll - elbo_values).double()
-    below = float(gap.mean()) < -4 * float(gap.std()) / math.sqrt(len(x)) - 1e-3 if len(x) > 1 else float(gap[0]) < -1e-3
-    violated = not check.ok or below
-    result = {
-        "split": split,
-        "num_examples": len(x),
-        "num_samples": num_samples,
-        "log_likelihood": mean_ll,
-        "log_likelihood_stderr": float((se.double() ** 2).sum().sqrt() / len(x)),
-        "log_likelihood_sd": float(torch.tensor(repeated, dtype=torch.float64).std()) if repeats > 1 else None,
-        "repeats": repeated,
-        "checkpoint": checkpoint,
-        "epoch": int(state["epoch"]),
-        "nll": -mean_ll,
-        "elbo": mean_elbo,
-        "jensen_gap": mean_ll - mean_elbo,
-        "bits_per_dim": -mean_ll / (vae.data_dim * math.log(2)),
-        "bound_check": "violated" if violated else "ok",
-        "bounds": {**check.as_dict(), "examples": len(subset)},
-        "importance_diagnostics": diagnostics.summary(),
-    }
+    result = {"split": split, **result, "checkpoint": checkpoint, "epoch": int(state["epoch"])}
     if config["data"].get("features"):  # every density above is of those latent means, not of the examples
         result["features"] = config["data"]["features"]
-    flagged = result["importance_diagnostics"]["pareto_k_above_0.7"]
-    if flagged:
-        warnings.warn(f"{flagged} of {len(x)} examples have a Pareto k above 0.7 (worst "
-                      f"{result['importance_diagnostics']['pareto_k_max']:.2f}): their importance-sampled log p(x) is "
-                      "not to be trusted (q(z|x) too narrow for the posterior); more samples help slowly, AIS "
-                      "(--method ais) more", ImportanceSamplingWarning, stacklevel=2)
-    if method == "ais":
-        result["ais"] = ais_summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed)
-    elif method == "bdmc":
-        result["bdmc"] = bdmc_summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed, num_samples)
-    extra_metrics = getattr(vae, "extra_metrics", None)  # a model family's own numbers (accuracy, ...)
-    if extra_metrics is not None:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed + 2)
-            result.update(extra_metrics(x, targets, num_samples))
+    summary = METHODS[method].summary
+    if summary is not None:
+        result[method] = summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed, num_samples)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed + 2)
+        result.update(family(vae).extra_metrics(x, targets, num_samples))  # a family's own numbers (accuracy, ...)
     run.write_json("evaluation.json", result)
     plots.save(plots.jensen_gap(check), run.file("jensen_gap.png"))
     return result
-
-
-class ImportanceSamplingWarning(UserWarning):
-    """Some examples' importance weights have a Pareto k above 0.7."""
-
-
-METHODS = ("is", "ais", "bdmc")
-
-
-def _ais_per_example(vae, x, labels, **options):
-    """AIS log p(x_n) per example through the VAE's own model and guide; for m2, whose y is
-    discrete, AIS over z given each class, and log p(x) = logsumexp_y log p(x, y) (p(y) inside
-    the model's observed y site). Returns (estimate, chain sd, acceptance), each (N,)."""
-    if getattr(vae, "semi_supervised", False):
-        per_class = [ais_log_likelihood(vae.model, vae.guide, x, torch.full((len(x),), c, device=x.device), **options)
-                     for c in range(vae.num_classes)]
-        stacked = torch.stack([r.log_likelihood for r in per_class])
-        return (torch.logsumexp(stacked, 0), torch.stack([r.chain_sd for r in per_class]).amax(0),
-                torch.stack([r.acceptance for r in per_class]).mean(0))
-    result = ais_log_likelihood(vae.model, vae.guide, x, *(() if labels is None else (labels,)), **options)
-    return result.log_likelihood, result.chain_sd, result.acceptance
-
-
-def ais_summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed):
-    """``evaluation.json``'s ``ais`` entry: the AIS estimate of the set's mean log p(x), its
-    spread, the acceptance, the wall-clock."""
-    import time
-
-    started = time.perf_counter()
-    estimate, chain_sd, acceptance = _ais_per_example(vae, x, labels, num_chains=num_chains, num_steps=num_steps,
-                                                      num_leapfrog=num_leapfrog, seed=seed)
-    estimate = estimate.double()
-    return {"log_likelihood": float(estimate.mean()),
-            "stderr": float(estimate.std() / math.sqrt(len(x))) if len(x) > 1 else 0.0,
-            "chain_sd_median": float(chain_sd.double().median()), "acceptance": float(acceptance.double().mean()),
-            "num_chains": num_chains, "num_steps": num_steps, "num_leapfrog": num_leapfrog,
-            "seconds": time.perf_counter() - started}
-
-
-def bdmc_summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed, num_samples):
-    """``evaluation.json``'s ``bdmc`` entry: as many examples as ``x`` simulated from the model
-    ((z, x) ~ p, the data's shape), the BDMC lower and upper bounds of their log p(x), the gap,
-    and the importance-sampled estimate on the same simulated data, so the gap says how far the
-    estimators are from the truth on data like the model's own."""
-    if getattr(vae, "semi_supervised", False):
-        raise ValueError("--method bdmc needs a model whose latents are all continuous; m2's y is discrete (use "
-                         "--method ais, which sums y exactly)")
-    started = time.perf_counter()
-    args = (x,) if labels is None else (x, labels)
-    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed + 3)
-        trace = poutine.trace(poutine.uncondition(vae.model)).get_trace(*args)
-    # under uncondition every site is drawn: the data site "x" and the latents, an exact draw of p(z | x)
-    sim_x = trace.nodes["x"]["value"].detach()
-    simulated = {name: site["value"] for name, site in trace.nodes.items()
-                 if site["type"] == "sample" and not site_is_subsample(site) and name != "x"}
-    result = bdmc(vae.model, vae.guide, sim_x, simulated, *args[1:], num_chains=num_chains, num_steps=num_steps,
-                  num_leapfrog=num_leapfrog, seed=seed)
-    is_estimate, _, diagnostics = log_likelihood(vae, sim_x, num_samples, seed=seed, return_stderr=True,
-                                                 return_diagnostics=True, labels=labels)
-    lower, upper = result.lower.double(), result.upper.double()
-    return {"examples": len(x), "lower": float(lower.mean()), "upper": float(upper.mean()),
-            "gap": float((upper - lower).mean()), "gap_median": float((upper - lower).median()),
-            "importance_sampling": float(is_estimate.double().mean()),
-            "importance_sampling_below_lower": float((lower - is_estimate.double()).mean()),
-            "pareto_k_above_0.7_share": diagnostics.summary()["pareto_k_above_0.7_share"],
-            "num_chains": num_chains, "num_steps": num_steps, "num_leapfrog": num_leapfrog,
-            "seconds": time.perf_counter() - started}
 
 
 def _attribute_vectors(vae, x, labels):

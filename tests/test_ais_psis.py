@@ -9,7 +9,7 @@ import torch
 
 import pyrovae
 from pyrovae import exact
-from pyrovae.infer.ais import ais_log_likelihood, annealing_schedule, bdmc
+from pyrovae.estimate.ais import ais_log_likelihood, annealing_schedule, bdmc
 from pyrovae.models import M2
 
 LATENT, DATA, SIGMA = 3, 7, 0.5

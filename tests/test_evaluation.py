@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pyrovae
-from pyrovae import evaluation, exact
+from pyrovae import estimate as evaluation, exact
 from pyrovae.likelihoods import Gaussian
 
 

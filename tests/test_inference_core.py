@@ -17,7 +17,7 @@ from torch import nn
 
 import pyrovae
 from pyrovae.infer import IWAE_ELBO, log_weight_parts, make_elbo
-from pyrovae.infer.fast_path import fast_vae
+from pyrovae.models.vae import fast_vae
 from pyrovae.infer.objectives import ELBOLoss, KLSchedule
 
 PRIORS = ["normal", "laplace", "student_t", "mixture", "vamp", "flow"]
@@ -221,7 +221,7 @@ def test_a_subclass_trains_by_its_own_model_under_every_loss_and_schedule(loss, 
                               **options)
     assert abs(vae.log_prior_scale.item()) > 0.01  # the model's own parameter was trained
     # the metrics come from the subclass's model: 0.5 log p(x|z) + log p(norm | z) per example
-    terms = pyrovae.evaluation.elbo_terms(vae, x[:64])
+    terms = pyrovae.estimate.elbo_terms(vae, x[:64])
     pyro.set_rng_seed(0)
     parts = log_weight_parts(*through_traces(vae), x[:64], analytic_kl=True)
     assert terms["reconstruction"].shape == parts.observed.shape == (64,)
@@ -233,7 +233,7 @@ def test_a_subclass_is_evaluated_by_its_own_model():
     torch.manual_seed(0)
     vae = LearnedPriorScale((6,), latent_dim=2, hidden=(8,))
     pyro.set_rng_seed(3)
-    lw = pyrovae.evaluation.log_weights(vae, x, 5)
+    lw = pyrovae.estimate.log_weights(vae, x, 5)
     pyro.set_rng_seed(3)
     guide_trace = poutine.trace(pyro.plate("p", 5, dim=-2)(vae.guide)).get_trace(x)
     model_trace = poutine.trace(poutine.replay(pyro.plate("p", 5, dim=-2)(vae.model), guide_trace)).get_trace(x)
@@ -334,7 +334,7 @@ def test_elbo_terms_are_the_closed_form():
     torch.manual_seed(0)
     vae = pyrovae.VAE((6,), latent_dim=3, hidden=(8,))
     x = data_for("bernoulli")
-    terms = pyrovae.evaluation.elbo_terms(vae, x)
+    terms = pyrovae.estimate.elbo_terms(vae, x)
     loc, scale = vae.encode(x)
     assert torch.allclose(terms["kl"], closed_form_kl_per_dim(loc, scale).sum(-1), rtol=1e-5)
     assert torch.allclose(terms["elbo"], terms["reconstruction"] - terms["kl"])

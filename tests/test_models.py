@@ -82,7 +82,7 @@ def test_m2_log_likelihood_sums_the_classes_and_bounds_hold():
     # the per-epoch ELBO (y under q(y|x), KL in closed form) is TraceEnum_ELBO's bound in expectation,
     # and below the k = 1 bound with y summed exactly (Jensen over y)
     with torch.no_grad():
-        terms = torch.stack([pyrovae.evaluation.elbo_terms(m2, x)["elbo"].mean() for _ in range(300)])
+        terms = torch.stack([pyrovae.estimate.elbo_terms(m2, x)["elbo"].mean() for _ in range(300)])
         enum = torch.tensor([TraceEnum_ELBO(max_plate_nesting=1).loss(m2.model, m2.guide, x) / len(x)
                              for _ in range(300)])
     assert abs(float(terms.mean() + enum.mean())) < 4 * float(torch.hypot(terms.std(), enum.std())) / math.sqrt(300)
@@ -171,7 +171,7 @@ def test_hvae_refuses_the_closed_form_kl_and_reports_a_monte_carlo_one():
     with pytest.raises(ValueError, match="mean-field guide"):
         pyrovae.fit(hvae, x, epochs=1, loss="meanfield", progress=False, device="cpu")
     with torch.no_grad():
-        terms = torch.stack([pyrovae.evaluation.elbo_terms(hvae, x)["elbo"].mean() for _ in range(400)])
+        terms = torch.stack([pyrovae.estimate.elbo_terms(hvae, x)["elbo"].mean() for _ in range(400)])
     reference = float(pyrovae.elbo(hvae, x, num_particles=400, seed=0).mean())
     assert abs(float(terms.mean()) - reference) < 4 * float(terms.std()) / math.sqrt(400) + 0.05
 

@@ -15,7 +15,7 @@ import scipy.stats
 import torch
 
 import pyrovae
-from pyrovae import evaluation, likelihoods, priors
+from pyrovae import estimate as evaluation, likelihoods, priors
 from pyrovae.cli import build_parser, config_from_args
 from pyrovae.config import load_toml, validate
 from pyrovae.infer.objectives import ELBOLoss, KLSchedule

@@ -6,7 +6,7 @@ proven by tests, and is chosen by structure, never by the user's model changing 
   (``tests/test_cpu_kernels.py``: values and gradients against ``F.linear`` and scipy);
 - :mod:`pyrovae.fast.compiled`: the training step (forward, gradient, Adam's fused kernel), the
   loss and the per-epoch report under ``torch.compile``, for the package VAE's structural fast
-  path (:mod:`pyrovae.infer.fast_path`) (``tests/test_compiled.py``: a compiled run follows the
+  path (:mod:`pyrovae.models.vae_fast_path`) (``tests/test_compiled.py``: a compiled run follows the
   eager one);
 - :mod:`pyrovae.fast.binarize`: the dynamic binarization's draws from a counter-based generator
   that the compiler vectorizes, the one function eager and compiled steps both call

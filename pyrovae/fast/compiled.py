@@ -15,7 +15,7 @@ Two forms, the first where it applies:
 A compiled run's per-epoch ELBO report is compiled too (:class:`CompiledTerms`).
 
 It is chosen by structure, like the fast path it compiles: the built-in VAE's own model and guide
-(:func:`~pyrovae.infer.fast_path.fast_vae`), one process, no auxiliary programs and no model with
+(:func:`~pyrovae.models.vae.fast_vae`), one process, no auxiliary programs and no model with
 its own objective; everything else trains eager, unchanged. The compiled graph is the same function
 of the same random draws (``fallback_random``: the normal and Bernoulli draws come from torch's
 generator, as in eager mode), so a compiled run follows the eager one within floating-point
@@ -42,7 +42,9 @@ import warnings
 
 import torch
 
-from ..infer.fast_path import fast_vae, vae_weight_parts
+from ..models.vae import fast_vae
+from ..models.vae_fast_path import vae_weight_parts
+from ..protocol import trains_with_own_objective
 from .binarize import bernoulli_pixels
 from .kernels import cpu_kernels
 
@@ -84,7 +86,7 @@ def compile_reason(trainer):
         return "the model takes Pyro's trace path (a subclass's own model or guide, or fast_path=False)"
     if trainer.context.enabled:
         return "torch.distributed runs the step under DistributedDataParallel"
-    if getattr(vae, "make_objective", None) is not None or getattr(vae, "auxiliary_programs", None) is not None:
+    if trains_with_own_objective(vae):
         return "the model trains with its own objective"
     if objective.estimator == "dreg":
         return "DReG reweights the gradient through a hook on z, which the compiler does not trace"
@@ -383,7 +385,7 @@ class CompiledTerms:
         self.compile_seconds = None  # of the first compiled batch
 
     def __call__(self, x):
-        from ..evaluation import elbo_terms
+        from ..estimate.importance import elbo_terms
 
         if self.failed:
             return elbo_terms(self.vae, x, batch_size=self.batch_size)

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from .elbo import IWAE_ELBO, LOSSES, VAE_ELBO, make_elbo
-from .fast_path import fast_vae
+from .weights import fast_weight_parts
+from ..protocol import family
 from .parts import require_per_dim_factor
 from ..priors import has_analytic_kl
 
@@ -19,11 +20,11 @@ def check_training_options(vae, loss, num_particles, estimator, free_bits):
     an estimator that does not apply to the loss, free bits under IWAE or with a prior that does
     not factorize over the latent coordinates (checked where the VAE's own model says so)."""
     make_elbo(loss, num_particles, estimator, free_bits=free_bits)
-    if loss == "meanfield" and not getattr(vae, "mean_field_guide", True):
+    if loss == "meanfield" and not family(vae).mean_field_guide:
         raise ValueError(f"loss='meanfield' takes each latent site's KL in closed form, which needs a mean-field "
                          f"guide; the {type(vae).__name__}'s guide draws one latent layer given another: use "
                          "loss='trace' or 'iwae'")
-    if free_bits and fast_vae(vae.model, vae.guide) is not None:
+    if free_bits and fast_weight_parts(vae.model, vae.guide) is not None:
         require_per_dim_factor(vae.prior(), f"the {vae.config['prior']['kind']!r} prior")
 
 
@@ -106,5 +107,4 @@ class ELBOLoss(nn.Module):
         return loss
 
     def _auxiliary(self):
-        programs = getattr(self.vae, "auxiliary_programs", None)
-        return programs() if programs is not None else ()
+        return family(self.vae).auxiliary_programs()

@@ -12,6 +12,7 @@ r"""How far an importance-sampling estimate can be trusted, per example, from it
   near K where q(z|x) is the posterior, near 1 where one draw dominates.
 """
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -39,10 +40,13 @@ class ImportanceDiagnostics:
         bad = k > PARETO_K_BAD
         slow = (k > PARETO_K_SLOW) & ~bad
         fitted = not bool(k.isnan().all())  # K < 25: no fit (NaN throughout)
+        worst, median = float(k.nan_to_num(-float("inf")).max()), float(k.nanmedian())
         return {"pareto_k_above_0.7": int(bad.sum()), "pareto_k_above_0.7_share": float(bad.double().mean()),
                 "pareto_k_0.5_to_0.7": int(slow.sum()),
-                "pareto_k_max": float(k.nan_to_num(-float("inf")).max()) if fitted else None,
-                "pareto_k_median": float(k.nanmedian()) if fitted else None,
+                # -inf (all weights equal, an exact proposal) is not JSON: reported as None with the count
+                "pareto_k_max": worst if fitted and math.isfinite(worst) else None,
+                "pareto_k_median": median if fitted and math.isfinite(median) else None,
+                "pareto_k_exact": int(torch.isneginf(k).sum()),
                 "ess_median": float(self.ess.double().median()), "num_samples": self.num_samples}
 
 
@@ -69,8 +73,22 @@ def pareto_k(log_weights: torch.Tensor) -> torch.Tensor:
         return torch.full(log_weights.shape[1:], float("nan"), dtype=torch.float64, device=log_weights.device)
     array = log_weights.detach().double().cpu().numpy()
     # arviz's psislw takes the negated log ratios (its LOO convention: ratios 1 / p(y_i | theta))
-    _, k = psis.psislw(-array, r_eff=1.0, axis=0)
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):  # the examples' own tails are checked below
+            _, k = psis.psislw(-array, r_eff=1.0, axis=0)
+    except ValueError:  # "All tail values are the same" for some example: fit the others one by one
+        k = np.array([_column_k(psis, array[:, n]) for n in range(array.shape[1])])
     return torch.as_tensor(np.asarray(k, dtype=np.float64), device=log_weights.device)
+
+
+def _column_k(psis, column):
+    """k of one example's log weights; -inf where the largest weights are all equal (a proposal
+    that is the posterior itself gives every draw the same weight: every moment is finite)."""
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(psis.psislw(-column, r_eff=1.0, axis=0)[1])
+    except ValueError:
+        return -np.inf
 
 
 def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:

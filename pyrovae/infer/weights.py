@@ -12,9 +12,10 @@ dimension is summed, as :class:`pyro.infer.RenyiELBO` does; so the weights are p
 the particles (``num_particles``) on the left. Every objective (:mod:`pyrovae.infer.elbo`) and
 every estimate (:mod:`pyrovae.evaluation`) is computed from :class:`WeightParts`.
 
-:func:`log_weight_parts` takes the fast path of :mod:`pyrovae.infer.fast_path` where the model and
-guide are the package's own VAE (decided by structure, never by comparing numbers), and Pyro's
-traces otherwise; tests hold the two equal in value and gradient.
+:func:`log_weight_parts` takes a fast path where the model offers one for this model/guide pair
+(``fast_weight_parts`` of the model protocol, :mod:`pyrovae.protocol`: the package VAE's, decided
+by structure, never by comparing numbers), and Pyro's traces otherwise; tests hold the two equal
+in value and gradient. This module knows no model class.
 """
 
 from typing import Callable, Optional
@@ -26,7 +27,7 @@ from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from torch.distributions import kl_divergence
 
-from .fast_path import fast_vae, vae_weight_parts
+from ..protocol import ModelProtocol, as_program
 from .parts import WeightParts, detach_distribution, require_per_dim_factor, scaled_per_dim
 
 __all__ = ["WeightParts", "log_weight_parts", "trace_weight_parts", "ESTIMATORS", "PARTICLE_PLATE"]
@@ -36,6 +37,8 @@ PARTICLE_PLATE = "num_particles_vectorized"  # the name Pyro's own ELBOs give th
 
 
 def _check_guide_site(name, site, estimator):
+    if estimator is None:  # no gradient is taken (an estimate of log p(x)): any guide distribution
+        return
     if not site["fn"].has_rsample:
         raise ValueError(
             f"guide site {name!r} ({type(site['fn']).__name__}) is not reparameterized; pyrovae's ELBOs and "
@@ -84,7 +87,7 @@ def trace_weight_parts(model, guide, args=(), kwargs=None, num_particles=None, m
             continue
         _check_guide_site(name, site, estimator)
         log_q = site["log_prob"]
-        if estimator != "standard":
+        if estimator not in ("standard", None):
             log_q = scale_and_mask(detach_distribution(site["fn"]).log_prob(site["value"]), site["scale"], site["mask"])
             latent_values.append(site["value"])
         latent = latent - reduce(log_q)
@@ -117,15 +120,28 @@ def _site_kl_per_dim(name, model_site, guide_site, analytic):
     return scaled_per_dim(per_dim, guide_site["scale"], guide_site["mask"])
 
 
-def log_weight_parts(model: Callable, guide: Callable, *args, num_particles: Optional[int] = None,
+def fast_weight_parts(model, guide):
+    """The fast path the owner of ``model`` offers for this pair (the model protocol's
+    ``fast_weight_parts``), or None."""
+    owner = getattr(model, "__self__", None)  # a bound method's module
+    return owner.fast_weight_parts(model, guide) if isinstance(owner, ModelProtocol) else None
+
+
+def log_weight_parts(model, guide=None, *args, num_particles: Optional[int] = None,
                      max_plate_nesting: int = 1, analytic_kl: bool = False, per_dim: bool = False,
                      estimator: str = "standard", **kwargs) -> WeightParts:
-    """:class:`WeightParts` of ``model`` and ``guide`` at ``args``: by the package VAE's fast path
-    where :func:`~pyrovae.infer.fast_path.fast_vae` recognizes the pair, else by Pyro's traces."""
-    vae = fast_vae(model, guide)
-    if vae is not None and len(args) == 1 and not kwargs:
-        return vae_weight_parts(vae, args[0], num_particles=num_particles, analytic_kl=analytic_kl,
-                                per_dim=per_dim, estimator=estimator)
+    """:class:`WeightParts` of ``model`` and ``guide`` at ``args``: by the fast path the model
+    offers for the pair (:func:`fast_weight_parts`), else by Pyro's traces. ``model`` may also be
+    an object with ``model`` and ``guide`` (a pyrovae model, a user's ``nn.Module``), the data then
+    following it: ``log_weight_parts(vae, x)``."""
+    if torch.is_tensor(guide) or guide is None:  # the object form: (program, x, *args)
+        program = as_program(model)
+        args = (guide, *args) if guide is not None else args
+        model, guide = program.model, program.guide
+    fast = fast_weight_parts(model, guide)
+    if fast is not None and len(args) == 1 and not kwargs:
+        return fast(args[0], num_particles=num_particles, analytic_kl=analytic_kl, per_dim=per_dim,
+                    estimator=estimator)
     return trace_weight_parts(model, guide, args, kwargs, num_particles=num_particles,
                               max_plate_nesting=max_plate_nesting, analytic_kl=analytic_kl, per_dim=per_dim,
                               estimator=estimator)

@@ -4,6 +4,7 @@ model:  z ~ p(z),  x ~ p(x | decoder(z))          (the generative model, p_theta
 guide:  z ~ Normal(mu(x), diag sigma(x)^2)         (the inference network, q_phi)
 """
 
+import functools
 import math
 from typing import Any, Sequence, Tuple, Union
 
@@ -12,16 +13,27 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from pyro.params import param_with_module_name
+from pyro.poutine.runtime import _PYRO_STACK
 
-from ..likelihoods import make_likelihood
+from ..likelihoods import LIKELIHOODS, make_likelihood
 from ..networks import build_networks
-from ..priors import check_prior_distribution, make_prior
+from ..priors import PRIORS, check_prior_distribution, make_prior
+from ..protocol import ModelProtocol
 from ..validation import require_positive_int
+from .vae_fast_path import vae_weight_parts
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "fast_vae"]
+
+def fast_vae(model, guide):
+    """The :class:`VAE` behind ``model`` and ``guide`` where its fast path
+    (:mod:`pyrovae.models.vae_fast_path`) computes exactly what their traces define, else None."""
+    vae = getattr(model, "__self__", None)
+    if not isinstance(vae, VAE) or vae.fast_weight_parts(model, guide) is None:
+        return None
+    return vae
 
 
-class VAE(PyroModule):
+class VAE(PyroModule, ModelProtocol):
     """A variational autoencoder whose ``model`` is the decoder and whose ``guide`` is the encoder.
 
     The weights are module parameters (``vae.parameters()``). ``model`` and ``guide`` register
@@ -102,6 +114,33 @@ class VAE(PyroModule):
             raise ValueError(f"x must be a floating-point tensor; got dtype {x.dtype}")
         return x
 
+    def prepare_data(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` checked (:meth:`check_data`, the likelihood's support) and on the VAE's device."""
+        self.check_data(x)
+        x = x.to(self.device)
+        self.likelihood.check_support(x)
+        return x
+
+    def evaluation_width(self) -> int:
+        """Floats per example and sample in the widest tensor of one evaluation of the weights:
+        what the estimators size their chunks by."""
+        width = max(self.data_dim * self.likelihood.num_params, max(self.config["hidden"], default=1))
+        return width * (self.num_classes if self.semi_supervised else 1)  # a decoder pass per class
+
+    def fast_weight_parts(self, model, guide):
+        """The fast path (:mod:`pyrovae.models.vae_fast_path`) where ``model`` and ``guide`` are
+        this VAE's own, not overridden by a subclass, with a registered prior and likelihood, and
+        no Pyro handler active; else None (the traces)."""
+        if _PYRO_STACK or getattr(model, "__self__", None) is not self or getattr(guide, "__self__", None) is not self:
+            return None
+        if getattr(model, "__func__", None) is not VAE.model or getattr(guide, "__func__", None) is not VAE.guide:
+            return None
+        if type(self).model is not VAE.model or type(self).guide is not VAE.guide:
+            return None
+        if not (PRIORS.holds(type(self.prior)) and LIKELIHOODS.holds(type(self.likelihood))):
+            return None
+        return functools.partial(vae_weight_parts, self)
+
     def register_with_pyro(self) -> None:
         """``pyro.module(name, self)``: every parameter becomes a ``param`` site, which is how
         ``SVI`` with a ``pyro.optim`` optimizer finds what to train. An entry of the same name that
@@ -147,6 +186,15 @@ class VAE(PyroModule):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """x -> E[x | z = mu(x)]: the decoded posterior mean."""
         return self.decode(self.encode(x)[0])
+
+    @torch.no_grad()
+    def prior_latents(self, num: int) -> torch.Tensor:
+        """z ~ p(z), ``(num, latent_dim)``."""
+        return self.prior().sample((num,))
+
+    @property
+    def prior_name(self) -> str:
+        return self.config["prior"].get("kind", "custom")
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True) -> torch.Tensor:

@@ -7,7 +7,8 @@ from typing import Callable, Dict
 
 from tqdm.auto import tqdm
 
-from ..evaluation import log_likelihood
+from ..estimate.importance import log_likelihood
+from ..protocol import family
 
 __all__ = ["Callback", "ProgressBar", "MetricsFile", "Checkpoint", "CheckpointWriteError", "BestCheckpoint",
            "EarlyStopping", "LogLikelihoodCurve", "FunctionCallback", "format_row", "best_epoch", "selection_metric", "BEST"]
@@ -136,7 +137,7 @@ BEST = "best.pt"
 def selection_metric(vae):
     """The validation number a run keeps its best epoch by: the ELBO, or a model family's own
     (``vae.selection_metric``: m2's validation accuracy, as Pyro's ss_vae example selects)."""
-    return getattr(vae, "selection_metric", "valid_elbo")
+    return family(vae).selection_metric
 
 
 def best_epoch(history, key="valid_elbo"):

@@ -22,9 +22,10 @@ import torch
 from .. import distributed
 from ..config import family_defaults, train_options
 from ..datasets import as_tensor, fixed_binarization, prepare
-from ..evaluation import elbo_terms
+from ..estimate.importance import elbo_terms
 from ..infer.objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
+from ..protocol import family
 from ..fast.binarize import bernoulli_pixels
 from ..fast.compiled import (AUTO_MIN_STEPS, ONE_STEP_GRAPH_MIN_STEPS, auto_steps_per_call, CompiledLoss, CompiledStep,
                        CompiledTerms, compile_reason, whole_step_reason)
@@ -112,7 +113,7 @@ class Trainer:
                     x, y = as_tensor(data, name)
                     held_out[name] = prepare(self.vae, x, self.binarize, name)[0]
                     held_labels[name] = self._labels_for(held_out[name], y, name)
-            if self.options["labels"] is not None and not getattr(self.vae, "semi_supervised", False):
+            if self.options["labels"] is not None and not family(self.vae).semi_supervised:
                 raise ValueError(f"labels={self.options['labels']}: the number of labelled examples applies to a "
                                  f"semi-supervised model (m2), not to a {type(self.vae).__name__}")
             if self.options["patience"] and "valid" not in held_out:
@@ -126,7 +127,7 @@ class Trainer:
         self.vae.to(self.device).train()
         self.train_x = train_x.to(self.device)
         # labels travel with every batch only where the model takes them (a label CVAE)
-        needs_labels = getattr(self.vae, "requires_labels", False)
+        needs_labels = family(self.vae).requires_labels
         self.train_y = train_y.to(self.device) if needs_labels else None
         # fixed draws of grey data, so the per-epoch ELBO compares across epochs
         reported = options["report_examples"]
@@ -139,17 +140,16 @@ class Trainer:
                 self.metric_labels[name] = held_labels[name].to(self.device) if needs_labels else None
         # a semi-supervised model's held-out accuracy each epoch (what its best.pt is chosen by)
         self.accuracy_labels = {name: held_labels[name].to(self.device) for name in ("valid", "test")
-                                if getattr(self.vae, "semi_supervised", False) and name in held_out}
+                                if family(self.vae).semi_supervised and name in held_out}
         schedule = KLSchedule(options["beta"], options["warmup_epochs"], options["free_bits"])
-        make_objective = getattr(self.vae, "make_objective", None)
-        if make_objective is not None:  # a model with its own training objective (m2)
-            self.objective = make_objective(options["loss"], options["num_particles"], schedule, options["estimator"],
-                                            self.train_x, None if train_y is None else train_y.to(self.device),
-                                            options["labels"], seed, options["aux_weight"], options["batch_size"],
-                                            binarize=self.binarize,
-                                            every_batch_classifier_step=options["every_batch_classifier_step"],
-                                            labelled_repeats=options["labelled_repeats"])
-        else:
+        # a model with its own training objective (m2), else None
+        self.objective = family(self.vae).make_objective(
+            options["loss"], options["num_particles"], schedule, options["estimator"], self.train_x,
+            None if train_y is None else train_y.to(self.device), options["labels"], seed, options["aux_weight"],
+            options["batch_size"], binarize=self.binarize,
+            every_batch_classifier_step=options["every_batch_classifier_step"],
+            labelled_repeats=options["labelled_repeats"])
+        if self.objective is None:
             self.objective = ELBOLoss(self.vae, options["loss"], options["num_particles"], schedule,
                                       options["estimator"], self.fast_path)
         self.step_loss = self.objective
@@ -211,7 +211,7 @@ class Trainer:
 
     def _labels_for(self, x, y, what):
         """The labels of a model that reads them (checked), else None."""
-        if not (getattr(self.vae, "requires_labels", False) or getattr(self.vae, "semi_supervised", False)):
+        if not (family(self.vae).requires_labels or family(self.vae).semi_supervised):
             return None
         if y is None:
             raise ValueError(f"this {type(self.vae).__name__} needs the {what} labels: pass (images, labels) pairs, a "
