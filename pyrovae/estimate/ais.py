@@ -281,11 +281,11 @@ def bdmc(model, guide=None, x: torch.Tensor = None, z: Dict[str, torch.Tensor] =
          num_leapfrog: int = 10, step_size: float = 0.05, target_accept: float = 0.9, seed: Optional[int] = None,
          data_plate: Optional[str] = None, **kwargs) -> BDMCResult:
     """Bidirectional Monte Carlo on data simulated from the model, ``(z, x) ~ p``: ``z`` (a dict
-    of latent site -> (N, *event)) is an exact draw of p(z | x), from which the reverse chain
+    of latent site -> ``(N, *event)``) is an exact draw of p(z | x), from which the reverse chain
     starts. The reverse weights W' have E[W'] = 1 / p(x), so -log mean W' is a stochastic upper
     bound as the forward log mean is a lower one; their gap bounds how far either estimator is
     from log p(x) on such data (:class:`BDMCResult`). The model in any accepted form, as
-    :func:`ais_log_likelihood` takes it (``bdmc(vae, x, z)``)."""
+    :func:`ais_log_likelihood` takes it: ``bdmc(vae, x, z)``."""
     _check(num_chains, num_steps, num_leapfrog, step_size, target_accept, proposal)
     if torch.is_tensor(guide):  # bdmc(obj, x, z, *args)
         model, guide, x, z = model, None, guide, x

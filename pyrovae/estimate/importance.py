@@ -101,7 +101,7 @@ class Evaluation:
         return self.x.device
 
     def sliced(self, start, stop):
-        """((x, *args), kwargs) of examples ``start:stop``."""
+        """``((x, *args), kwargs)`` of examples ``start:stop``."""
         n = self.num_examples
         return ((self.x[start:stop],) + slice_examples(self.args, n, start, stop),
                 slice_examples(self.kwargs, n, start, stop))

@@ -32,6 +32,7 @@ from ..infer.elbo import VAE_ELBO
 from ..infer.weights import log_weight_parts
 from .vae import VAE
 from ..networks import ACTIVATIONS, MLPDecoder, MLPEncoder, _mlp, hidden_linears, init_normal
+from ..protocol import ModelProtocol
 from ..validation import require_positive_int
 from .labels import balanced_labelled_subset, check_labels, concat_broadcast
 
@@ -309,12 +310,14 @@ class M2Loss(nn.Module):
         return torch.zeros((), device=self.labelled_x.device, requires_grad=True)
 
 
-class StackedM2:
+class StackedM2(ModelProtocol):
     """Kingma et al.'s M1+M2 seen as one model of the examples, for its figures: M2 trained on the
     latent means z1 of the VAE ``m1`` (``[data] features``), its outputs decoded by M1,
-    E[x | z1 = E[z1 | y, z2]]; the analogies start from M1's encoder means of the examples."""
+    E[x | z1 = E[z1 | y, z2]]; the analogies start from M1's encoder means of the examples. (It has
+    no program of its own: its numbers are M2's, of the means.)"""
 
     semi_supervised = True
+    plot_kinds = ("analogies", "classes", "curves")
 
     def __init__(self, m2, m1):
         self.m2, self.m1 = m2, m1
