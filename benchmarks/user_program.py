@@ -38,7 +38,7 @@ def hand_weights(net, x, eps):
         flat = x.reshape(len(x), -1)
         loc, scale = net.encoder(flat)
         z = loc + scale * eps
-        return (Normal(0.0, 1.0).log_prob(z).sum(-1) + Bernoulli(probs=net.decoder(z)).log_prob(flat).sum(-1)
+        return (Normal(0.0, 1.0).log_prob(z).sum(-1) + Bernoulli(probs=net.decoder(z), validate_args=False).log_prob(flat).sum(-1)
                 - Normal(loc, scale).log_prob(z).sum(-1)).double()
 
 
