@@ -129,6 +129,9 @@ class TrainConfig:
                                   minimum=1)
     checkpoint_minutes: float = option(5.0, "also checkpoint when this many minutes passed since the last one "
                                        "(0: at epoch ends only)", minimum=0)
+    keep_checkpoints: int = option(2, "checkpoint generations kept (checkpoint.pt, checkpoint.1.pt, ...): a damaged "
+                                   "newest one falls back to the one before, losing at most one checkpoint interval",
+                                   minimum=1)
 
 
 @dataclass

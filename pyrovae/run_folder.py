@@ -2,7 +2,9 @@
 never leaves half a file), and reads checkpoints safely.
 
     config.toml       the resolved run config
-    checkpoint.pt     the last checkpoint (written every epoch)
+    checkpoint.pt     the newest checkpoint (written every epoch)
+    checkpoint.1.pt   the one before it (``keep_checkpoints`` generations in all, 2 by default)
+    best.pt           the best validation epoch, where the run has a validation set
     metrics.jsonl     one JSON object per epoch
     evaluation.json   what ``pyrovae evaluate`` measured
     figures           ``*.png`` and ``report.html``
@@ -10,9 +12,22 @@ never leaves half a file), and reads checkpoints safely.
 Checkpoints hold tensors and plain types only, and every reader loads them with
 ``torch.load(weights_only=True)``: a checkpoint carrying any other object (a pickle that could
 run code) is refused unless the caller passes ``trust=True`` for a file they trust.
+
+**Integrity.** A checkpoint is torch's serialized bytes followed by one line, the SHA-256 of those
+bytes (:data:`DIGEST_PREFIX`), written in the same atomic rename; every read verifies it, so a
+flipped byte is :class:`CheckpointCorrupt` ("does not match its digest"), never silently used.
+A checkpoint of pyrovae 0.3 (no digest line) loads with a note. **Generations.** A new checkpoint
+becomes ``checkpoint.pt`` and the one it replaces ``checkpoint.1.pt`` (a hard link, so
+``checkpoint.pt`` exists at every instant); reading a run folder falls back to the newest intact
+generation with a warning naming the file it skipped and why. **Failed writes** (a full disk, a
+read-only folder) raise :class:`RunFolderWriteError`, which names the file, the cause, what is on
+disk, and how to go on; what was on disk before stays as it was.
 """
 
+import errno
 import fcntl
+import hashlib
+import io
 import json
 import os
 import pickle
@@ -26,20 +41,52 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
-__all__ = ["RunFolder", "RunFolderLocked", "atomic_write", "atomic_write_text", "load", "vae_from_state", "read_checkpoint",
-           "UntrustedCheckpoint",
-           "CHECKPOINT", "METRICS", "CONFIG", "EVALUATION", "FORMAT"]
+__all__ = ["RunFolder", "RunFolderLocked", "RunFolderWriteError", "CheckpointCorrupt", "CheckpointFallbackWarning", "atomic_write",
+           "atomic_write_text", "load", "vae_from_state", "read_checkpoint", "checkpoint_bytes", "UntrustedCheckpoint",
+           "CHECKPOINT", "METRICS", "CONFIG", "EVALUATION", "FORMAT", "DIGEST_PREFIX", "generation_path"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 CONFIG = "config.toml"
 EVALUATION = "evaluation.json"
-FORMAT = "pyrovae-checkpoint-v2"
-_READABLE_FORMATS = ("pyrovae-checkpoint-v1", FORMAT)
+FORMAT = "pyrovae-checkpoint-v3"  # v3: the digest line; v1, v2 (pyrovae <= 0.3) have none
+_READABLE_FORMATS = ("pyrovae-checkpoint-v1", "pyrovae-checkpoint-v2", FORMAT)
+DIGEST_PREFIX = b"\n#pyrovae-sha256:"
+_DIGEST_LINE = len(DIGEST_PREFIX) + 64 + 1  # prefix, 64 hex digits, newline
 
 
 class UntrustedCheckpoint(ValueError):
     """A checkpoint holds objects other than tensors and plain types; loading it could run code."""
+
+
+class CheckpointCorrupt(ValueError):
+    """A checkpoint cannot be read as written: truncated, damaged, or not matching its digest."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """The newest checkpoint was not intact; an earlier generation was read instead."""
+
+
+class RunFolderWriteError(OSError):
+    """A file of a run folder could not be written (a full disk, a read-only folder); what was on
+    disk before is left as it was. The message names the file, the cause and how to go on."""
+
+
+def generation_path(path, generation: int) -> Path:
+    """``checkpoint.pt`` for generation 0, ``checkpoint.1.pt`` for 1, ...: the same stem for any
+    checkpoint file name."""
+    path = Path(path)
+    return path if generation == 0 else path.with_name(f"{path.stem}.{generation}{path.suffix}")
+
+
+def checkpoint_bytes(state: Dict) -> bytes:
+    """The bytes of a checkpoint file: torch's serialization of ``state`` (made in memory, so a
+    full disk is an ``OSError`` of the write, not an error inside torch's writer) and its digest
+    line."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    return payload + DIGEST_PREFIX + hashlib.sha256(payload).hexdigest().encode() + b"\n"
 
 
 def _umask():
@@ -48,24 +95,88 @@ def _umask():
     return mask
 
 
-def atomic_write(path, write):
-    """Calls ``write(file)`` on a temporary file beside ``path``, flushes it to disk, then renames
-    it over ``path``: readers see the old file or the new one, never a part. On any error the
-    temporary file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _write_failure(path, error, exists):
+    """The :class:`RunFolderWriteError` of a failed write of ``path``; ``exists`` says what was on
+    disk before (and still is)."""
+    reason = ("the disk is full" if getattr(error, "errno", None) in _NO_SPACE else
+              "the folder is read-only or not writable" if getattr(error, "errno", None) in (errno.EROFS, errno.EACCES,
+                                                                                             errno.EPERM) else
+              "the write failed")
+    before = f"the previous {Path(path).name} is intact" if exists else f"no {Path(path).name} existed before"
+    return RunFolderWriteError(getattr(error, "errno", None) or errno.EIO,
+                               f"could not write {str(path)!r}: {reason} ({error}); {before}")
+
+
+def _temporary(path):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run's files get the usual mode
+    return fd, tmp
+
+
+def _sync_folder(folder):
+    """fsync a folder, so the renames in it survive a power cut (where the platform allows)."""
     try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write, keep_previous: int = 0):
+    """Calls ``write(file)`` on a temporary file beside ``path``, flushes it to disk, then renames
+    it over ``path``: readers see the old file or the new one, never a part. With
+    ``keep_previous`` = g > 0 the file it replaces becomes generation 1 (``name.1.ext``, a hard
+    link made before the rename, so ``path`` exists at every instant) and the older ones move one
+    generation back, up to g. On any error the temporary file is removed, ``path`` is left as it
+    was, and an ``OSError`` becomes a :class:`RunFolderWriteError` that says so."""
+    path = Path(path)
+    existed = path.exists()
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temporary(path)
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        if keep_previous and existed:
+            _rotate(path, keep_previous)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+        _sync_folder(path.parent)
+    except OSError as error:
+        if isinstance(error, RunFolderWriteError):
+            raise
+        raise _write_failure(path, error, existed) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def _rotate(path, generations):
+    """name.(g-1).ext -> name.g.ext, ..., then name.ext linked as name.1.ext."""
+    for generation in range(generations - 1, 0, -1):
+        older = generation_path(path, generation)
+        if older.exists():
+            os.replace(older, generation_path(path, generation + 1))
+    link = path.with_name(f".{path.name}.link.tmp")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)
+        os.replace(link, generation_path(path, 1))
+    except OSError as error:
+        link.unlink(missing_ok=True)
+        if error.errno in _NO_SPACE:
+            raise
+        os.replace(path, generation_path(path, 1))  # a filesystem without hard links: a rename
 
 
 def atomic_write_text(path, text):
@@ -73,18 +184,36 @@ def atomic_write_text(path, text):
 
 
 def read_checkpoint(path, map_location="cpu", trust=False) -> Dict:
-    """The checkpoint's dict, or a clear error for a missing, corrupt, foreign or unsafe file.
+    """The checkpoint's dict, or a clear error for a missing, corrupt, foreign or unsafe file. A
+    run folder (or its ``checkpoint.pt``) falls back to the newest intact generation
+    (:meth:`RunFolder.read_checkpoint`).
 
     :param trust: load with ``weights_only=False`` (UNSAFE: a malicious file runs code); only for
         a checkpoint you made or trust, written by another program.
     """
     path = Path(path)
     if path.is_dir():
-        path = path / CHECKPOINT
+        return RunFolder(path).read_checkpoint(map_location=map_location, trust=trust)
+    return read_checkpoint_file(path, map_location, trust)
+
+
+def read_checkpoint_file(path, map_location="cpu", trust=False) -> Dict:
+    """One checkpoint file's dict, its digest verified (:class:`CheckpointCorrupt` where it does
+    not match), or a clear error for a missing, foreign or unsafe file."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r} (a run folder holds {CHECKPOINT} after its first epoch)")
+    data = path.read_bytes()
+    digest_line = data[-_DIGEST_LINE:]
+    verified = False
+    if digest_line.startswith(DIGEST_PREFIX) and digest_line.endswith(b"\n"):
+        payload = data[:-_DIGEST_LINE]
+        if hashlib.sha256(payload).hexdigest().encode() != digest_line[len(DIGEST_PREFIX):-1]:
+            raise CheckpointCorrupt(f"checkpoint {str(path)!r} does not match its digest: its bytes changed after "
+                                    "it was written (a damaged disk or copy)")
+        data, verified = payload, True
     try:
-        state = torch.load(path, map_location=map_location, weights_only=not trust)
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=not trust)
     except pickle.UnpicklingError as error:
         globals_named = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
         if not trust and globals_named:
@@ -93,11 +222,19 @@ def read_checkpoint(path, map_location="cpu", trust=False) -> Dict:
                 f"when loaded ({globals_named[0][:200]}). If you trust the file, load it with trust=True "
                 "(--trust-checkpoint); it is unsafe otherwise"
             ) from None
-        raise ValueError(f"corrupt checkpoint {str(path)!r}: {type(error).__name__}: {error}") from None
+        raise CheckpointCorrupt(f"corrupt checkpoint {str(path)!r}: {type(error).__name__}: {error}") from None
     except Exception as error:
-        raise ValueError(f"corrupt checkpoint {str(path)!r}: {type(error).__name__}: {error}") from None
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointCorrupt(f"corrupt checkpoint {str(path)!r} (truncated or damaged): {type(error).__name__}: "
+                                f"{first}") from None
     if not isinstance(state, dict) or state.get("format") not in _READABLE_FORMATS:
         raise ValueError(f"{str(path)!r} is not a pyrovae checkpoint (expected format {FORMAT!r})")
+    if state["format"] == FORMAT and not verified and not trust:
+        raise CheckpointCorrupt(f"checkpoint {str(path)!r} has lost its digest line (its end is damaged); it cannot "
+                                "be verified")
+    if not verified:
+        warnings.warn(f"checkpoint {str(path)!r} was written by pyrovae 0.3 or earlier and carries no digest: loaded "
+                      "unverified", UserWarning, stacklevel=3)
     return state
 
 
@@ -121,9 +258,11 @@ class RunFolder:
     :param config: the run's resolved config (a nested dict), saved inside each checkpoint.
     """
 
-    def __init__(self, path: Union[str, Path], config: Optional[Dict] = None):
+    def __init__(self, path: Union[str, Path], config: Optional[Dict] = None, keep_checkpoints: int = 2):
         self.path = Path(path)
         self.config = config
+        self.keep_checkpoints = keep_checkpoints
+        self.loaded_from = None
         self._locked = False
 
     def __repr__(self):
@@ -157,19 +296,74 @@ class RunFolder:
         self.config = config
         atomic_write_text(self.config_file, dumps(config))
 
-    def save_checkpoint(self, state: Dict, path: Optional[Path] = None):
-        atomic_write(path or self.checkpoint, lambda f: torch.save({"format": FORMAT, **state}, f))
+    def save_checkpoint(self, state: Dict, path: Optional[Path] = None, keep: Optional[int] = None):
+        """Writes a checkpoint with its digest, atomically. ``checkpoint.pt`` keeps ``keep``
+        generations (``self.keep_checkpoints`` by default: the newest and the one before);
+        another ``path`` (``best.pt``) is written alone."""
+        data = checkpoint_bytes({"format": FORMAT, **state})
+        path = Path(path) if path is not None else self.checkpoint
+        keep = self.keep_checkpoints if keep is None else keep
+        atomic_write(path, lambda f: f.write(data), keep_previous=keep - 1 if path == self.checkpoint else 0)
+
+    def checkpoint_generations(self) -> List[Path]:
+        """The checkpoint files on disk, newest first: ``checkpoint.pt``, ``checkpoint.1.pt``, ..."""
+        found = {0: self.checkpoint} if self.checkpoint.exists() else {}
+        for file in self.path.glob(f"{self.checkpoint.stem}.*{self.checkpoint.suffix}"):
+            middle = file.name[len(self.checkpoint.stem) + 1:-len(self.checkpoint.suffix)]
+            if middle.isdigit():
+                found[int(middle)] = file
+        return [found[g] for g in sorted(found)]
 
     def read_checkpoint(self, map_location="cpu", trust=False, path: Optional[Path] = None) -> Dict:
-        return read_checkpoint(path or self.checkpoint, map_location=map_location, trust=trust)
+        """The newest intact checkpoint (or the file ``path``, alone, where it is another one):
+        a generation that is truncated, damaged or does not match its digest is skipped with a
+        warning naming it and why; none intact is a :class:`CheckpointCorrupt` naming each."""
+        if path is not None and Path(path) != self.checkpoint:
+            return read_checkpoint_file(path, map_location=map_location, trust=trust)
+        generations = self.checkpoint_generations()
+        if not generations:
+            raise FileNotFoundError(f"no checkpoint in {str(self.path)!r} (a run folder holds {CHECKPOINT} after its "
+                                    "first epoch)")
+        skipped = [] if generations[0] == self.checkpoint else [(self.checkpoint, "missing")]
+        for file in generations:
+            try:
+                state = read_checkpoint_file(file, map_location=map_location, trust=trust)
+            except UntrustedCheckpoint:
+                raise
+            except (ValueError, OSError) as error:  # corrupt, foreign, unreadable: the next generation
+                skipped.append((file, error))
+                continue
+            if skipped:
+                warnings.warn("; ".join(f"skipped {f.name}: {e}" for f, e in skipped)
+                              + f"; using {file.name} (epoch {state.get('epoch')}, step {state.get('step', 0)}): "
+                              "at most one checkpoint interval is lost", CheckpointFallbackWarning, stacklevel=2)
+            self.loaded_from = file
+            return state
+        raise CheckpointCorrupt(f"no intact checkpoint in {str(self.path)!r}: "
+                                + "; ".join(f"{f.name}: {e}" for f, e in skipped)
+                                + ". The run cannot be resumed from it: train again into a new folder")
 
     def write_metrics(self, history: List[Dict]):
         atomic_write_text(self.metrics, "".join(json.dumps(row) + "\n" for row in history))
 
     def read_metrics(self) -> List[Dict]:
+        """The rows of ``metrics.jsonl``; a damaged file is a named error (the checkpoint holds the
+        history too, and training rewrites the file from it at every epoch's end)."""
         if not self.metrics.is_file():
             raise FileNotFoundError(f"no {METRICS} in {str(self.path)!r}: train first")
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(self.metrics.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{str(self.metrics)!r} is damaged at line {number} ({error}); the checkpoint holds "
+                                 "the history: a resumed run rewrites the file at its next epoch") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{str(self.metrics)!r} is damaged at line {number}: not a JSON object")
+            rows.append(row)
+        return rows
 
     def write_json(self, name: str, value):
         atomic_write_text(self.file(name), json.dumps(value, indent=2) + "\n")

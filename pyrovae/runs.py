@@ -19,9 +19,10 @@ from .models import MODEL_OPTIONS, MODELS, model_class
 from .models.m2 import StackedM2
 from .infer.objectives import check_training_options
 from .report import write_report
-from .run_folder import RunFolder, load, vae_from_state
+from .run_folder import RunFolder, RunFolderWriteError, load, vae_from_state
 from .train import LogLikelihoodCurve, fit, stream_seed
-from .train.callbacks import BEST, selection_metric
+from .train.callbacks import BEST, CheckpointWriteError, describe_checkpoint, selection_metric
+from .train.trainer import TrainingDiverged
 from .protocol import PLOT_KINDS, family
 from .validation import require_positive_int
 
@@ -99,10 +100,12 @@ def build_model(config, train):
 
 def train_run(config, out, resume=False, progress=True, trust=False):
     """Trains the configured VAE into run folder ``out``; returns (vae, history). Everything that
-    can fail on the inputs fails before the folder gets its first file, and a run that fails
-    before its first checkpoint removes the folder it made."""
+    can fail on the inputs fails before the folder gets its first file (a bad input found later,
+    before the first checkpoint, removes the folder it made). A run that fails in training before
+    its first checkpoint (a NaN loss, a full disk, an interrupt) keeps its folder and config, so
+    the same command runs again; a failed write says what is on disk and how to go on."""
     run = RunFolder(out)
-    if resume and not run.checkpoint.is_file():
+    if resume and not run.checkpoint_generations():
         raise FileNotFoundError(f"--resume: no checkpoint in {str(run.path)!r} to resume from")
     config = cfg.validate(config)
     t = config["train"]
@@ -134,9 +137,18 @@ def train_run(config, out, resume=False, progress=True, trust=False):
                           progress=progress, callbacks=callbacks, run_config=config, trust=trust, **t)
             if config["logging"]["plots"]:
                 plot_run(run.path, "standard", vae=vae, config=config)
+    except (TrainingDiverged, OSError, KeyboardInterrupt) as error:
+        if made_folder and not run.checkpoint_generations() and not run.config_file.exists():
+            shutil.rmtree(run.path, ignore_errors=True)  # nothing was written to go on from
+        if isinstance(error, RunFolderWriteError) and not isinstance(error, CheckpointWriteError):
+            raise RunFolderWriteError(error.errno, f"{error}. The run folder holds {describe_checkpoint(run)}: free "
+                                      f"space or fix the folder's permissions, then "
+                                      + ("continue with --resume" if run.checkpoint_generations() else
+                                         "run the same command again")) from None
+        raise
     except BaseException:
-        if made_folder and not run.checkpoint.exists():
-            shutil.rmtree(run.path, ignore_errors=True)
+        if made_folder and not run.checkpoint_generations():
+            shutil.rmtree(run.path, ignore_errors=True)  # a bad input: the command itself must change
         raise
     return vae, history
 
@@ -217,7 +229,8 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
     result, check = evaluate_examples(context, vae, x, labels, num_samples, seeds, progress=progress, ks=ks)
     if not context.is_main:
         return None
-    result = {"split": split, **result, "checkpoint": checkpoint, "epoch": int(state["epoch"])}
+    result = {"split": split, **result, "checkpoint": checkpoint, "epoch": int(state["epoch"]),
+              "checkpoint_file": (run.loaded_from or source).name}
     if config["data"].get("features"):  # every density above is of those latent means, not of the examples
         result["features"] = config["data"]["features"]
     summary = METHODS[method].summary

@@ -4,7 +4,8 @@
 
 MODE: ``step`` (inside the N-th optimizer step: gradients computed, parameters not yet updated),
 ``write`` (the N-th atomic file write, after the bytes and before the rename), ``eval`` (the N-th
-per-epoch evaluation, half-way), ``time`` (after N milliseconds), ``none`` (no kill).
+per-epoch evaluation, half-way), ``time`` (after N milliseconds), ``training-time`` (N milliseconds after the
+first optimizer step: a moment of training, whatever the start-up took), ``none`` (no kill).
 """
 
 import os
@@ -47,4 +48,13 @@ if __name__ == "__main__":
         pyrovae.train.trainer.elbo_terms = on_nth_call(pyrovae.train.trainer.elbo_terms, n)
     elif mode == "time":
         threading.Timer(n / 1000, kill).start()
+    elif mode == "training-time":
+        first_step = torch.optim.Adam.step
+
+        def start_timer_then_step(self, *args, **kwargs):
+            torch.optim.Adam.step = first_step
+            threading.Timer(n / 1000, kill).start()
+            return first_step(self, *args, **kwargs)
+
+        torch.optim.Adam.step = start_timer_then_step
     sys.exit(main(args))

@@ -50,6 +50,8 @@ def fit(vae, train, test=None, *, valid=None, binarize: str = "auto", run_dir: U
         run.config = run_config if run_config is not None else run.config
     else:
         run = RunFolder(run_dir, config=run_config) if run_dir is not None else None
+    if run is not None:
+        run.keep_checkpoints = options["keep_checkpoints"]
     trainer = Trainer(vae, options, binarize=binarize, run=run, fast_path=fast_path, trust=trust)
     watchers: List[Callback] = []
     if progress and trainer.context.is_main:

@@ -3,6 +3,7 @@ loops): each hook gets the :class:`~pyrovae.train.Trainer`, which holds the VAE,
 history and the run folder."""
 
 import time
+import warnings
 from typing import Callable, Dict
 
 from tqdm.auto import tqdm
@@ -117,18 +118,39 @@ class Checkpoint(Callback):
             self.save(trainer)
 
     def save(self, trainer):
+        existed = trainer.run.checkpoint.exists()
         try:
             trainer.run.save_checkpoint(trainer.state_dict())
         except OSError as error:
+            cause = getattr(error, "strerror", None) or str(error)
+            if existed:
+                state = (f"the previous checkpoint is intact ({describe_checkpoint(trainer.run)}): free space or fix "
+                         "the folder's permissions, then continue with --resume (resume=True)")
+            else:
+                state = ("no checkpoint was written yet; the run folder keeps its config: free space or fix the "
+                         "folder's permissions, then run the same command again")
             raise CheckpointWriteError(
-                f"could not write the checkpoint {str(trainer.run.checkpoint)!r} ({error}); the previous "
-                "checkpoint is intact: free space or fix the folder's permissions, then resume"
-            ) from error
+                f"could not write the checkpoint {str(trainer.run.checkpoint)!r} ({cause}; {error}); {state}"
+            ) from None
         self._last = time.monotonic()
 
 
+def describe_checkpoint(run) -> str:
+    """What the newest checkpoint on disk holds, for a message: ``checkpoint.pt, epoch 3 step 0``,
+    or that there is none."""
+    if not run.checkpoint.exists():
+        return "none written yet"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = run.read_checkpoint()
+        return f"{run.loaded_from.name}, epoch {state.get('epoch')} step {state.get('step', 0)}"
+    except (ValueError, OSError):
+        return f"{run.checkpoint.name}, not readable"
+
+
 class CheckpointWriteError(OSError):
-    """Writing a checkpoint failed; the previous one is left as it was."""
+    """Writing a checkpoint failed; what was on disk is left as it was."""
 
 
 BEST = "best.pt"

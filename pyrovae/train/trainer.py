@@ -431,8 +431,14 @@ class Trainer:
         return loss
 
     def _diverged(self, loss, xb):
-        kept = (f"the last good checkpoint {str(self.run.checkpoint)!r} is kept" if self.run is not None
-                else "no checkpoint was written")
+        if self.run is None:
+            kept = "no run folder: nothing was written"
+        elif self.run.checkpoint.exists():
+            kept = (f"the last good checkpoint {str(self.run.checkpoint)!r} is kept (continue from it with --resume "
+                    "once the cause is fixed)")
+        else:
+            kept = (f"no checkpoint was written yet (the failure came before the first); the run folder "
+                    f"{str(self.run.path)!r} keeps its config: fix the cause and run the same command again")
         largest = float(xb.detach().abs().max()) if xb is not None and xb.numel() else 0.0
         # a loss that is not finite before any update comes from the data, not from the optimizer
         hint = (f" The minibatch's values reach {largest:.3g}: the likelihood's log density "
