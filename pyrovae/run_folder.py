@@ -27,7 +27,6 @@ disk, and how to go on; what was on disk before stays as it was.
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -42,7 +41,7 @@ from typing import Dict, List, Optional, Union
 import torch
 
 __all__ = ["RunFolder", "RunFolderLocked", "RunFolderWriteError", "CheckpointCorrupt", "CheckpointFallbackWarning", "atomic_write",
-           "atomic_write_text", "load", "vae_from_state", "read_checkpoint", "checkpoint_bytes", "UntrustedCheckpoint",
+           "atomic_write_text", "load", "vae_from_state", "read_checkpoint", "read_checkpoint_file", "write_checkpoint", "UntrustedCheckpoint",
            "CHECKPOINT", "METRICS", "CONFIG", "EVALUATION", "FORMAT", "DIGEST_PREFIX", "generation_path"]
 
 CHECKPOINT = "checkpoint.pt"
@@ -79,14 +78,38 @@ def generation_path(path, generation: int) -> Path:
     return path if generation == 0 else path.with_name(f"{path.stem}.{generation}{path.suffix}")
 
 
-def checkpoint_bytes(state: Dict) -> bytes:
-    """The bytes of a checkpoint file: torch's serialization of ``state`` (made in memory, so a
-    full disk is an ``OSError`` of the write, not an error inside torch's writer) and its digest
-    line."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
-    return payload + DIGEST_PREFIX + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+class _HashingWriter:
+    """A file that hashes what torch writes into it and keeps the ``OSError`` of a failed write
+    (torch's writer turns it into a RuntimeError of its own)."""
+
+    def __init__(self, file):
+        self.file, self.hash, self.error = file, hashlib.sha256(), None
+
+    def write(self, data):
+        try:
+            written = self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+        self.hash.update(data)
+        return written
+
+    def flush(self):
+        self.file.flush()
+
+
+def write_checkpoint(file, state: Dict):
+    """Writes a checkpoint into the open binary ``file``: torch's serialization of ``state``,
+    hashed as it is written, then its digest line. A full disk is the write's ``OSError``, not
+    torch's RuntimeError."""
+    writer = _HashingWriter(file)
+    try:
+        torch.save(state, writer)
+    except Exception:
+        if writer.error is not None:
+            raise writer.error from None
+        raise
+    file.write(DIGEST_PREFIX + writer.hash.hexdigest().encode() + b"\n")
 
 
 def _umask():
@@ -203,17 +226,17 @@ def read_checkpoint_file(path, map_location="cpu", trust=False) -> Dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r} (a run folder holds {CHECKPOINT} after its first epoch)")
-    data = path.read_bytes()
-    digest_line = data[-_DIGEST_LINE:]
+    data = memoryview(path.read_bytes())
+    digest_line = bytes(data[-_DIGEST_LINE:])
     verified = False
     if digest_line.startswith(DIGEST_PREFIX) and digest_line.endswith(b"\n"):
-        payload = data[:-_DIGEST_LINE]
-        if hashlib.sha256(payload).hexdigest().encode() != digest_line[len(DIGEST_PREFIX):-1]:
+        if hashlib.sha256(data[:-_DIGEST_LINE]).hexdigest().encode() != digest_line[len(DIGEST_PREFIX):-1]:
             raise CheckpointCorrupt(f"checkpoint {str(path)!r} does not match its digest: its bytes changed after "
                                     "it was written (a damaged disk or copy)")
-        data, verified = payload, True
-    try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=not trust)
+        verified = True
+    del data
+    try:  # torch's zip reader finds its directory before the digest line
+        state = torch.load(path, map_location=map_location, weights_only=not trust)
     except pickle.UnpicklingError as error:
         globals_named = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
         if not trust and globals_named:
@@ -300,10 +323,10 @@ class RunFolder:
         """Writes a checkpoint with its digest, atomically. ``checkpoint.pt`` keeps ``keep``
         generations (``self.keep_checkpoints`` by default: the newest and the one before);
         another ``path`` (``best.pt``) is written alone."""
-        data = checkpoint_bytes({"format": FORMAT, **state})
         path = Path(path) if path is not None else self.checkpoint
         keep = self.keep_checkpoints if keep is None else keep
-        atomic_write(path, lambda f: f.write(data), keep_previous=keep - 1 if path == self.checkpoint else 0)
+        atomic_write(path, lambda f: write_checkpoint(f, {"format": FORMAT, **state}),
+                     keep_previous=keep - 1 if path == self.checkpoint else 0)
 
     def checkpoint_generations(self) -> List[Path]:
         """The checkpoint files on disk, newest first: ``checkpoint.pt``, ``checkpoint.1.pt``, ..."""
