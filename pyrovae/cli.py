@@ -133,7 +133,7 @@ def _flag(f):
 
 def add_config_flags(parser):
     """One flag per option of the config schema (:mod:`pyrovae.config`), its help and choices
-    taken from there; ``--prior``/``--likelihood`` name a kind, ``--prior-arg KEY=VALUE`` its
+    taken from there; ``--prior``/``--likelihood``/``--guide`` name a kind, ``--prior-arg KEY=VALUE`` its
     arguments."""
     for section, cls in cfg.SECTIONS.items():
         group = parser.add_argument_group(f"[{section}]")
@@ -141,7 +141,7 @@ def add_config_flags(parser):
             meta = f.metadata
             if not meta["flag"]:
                 continue
-            if f.name in ("prior", "likelihood"):
+            if f.name in ("prior", "likelihood", "guide"):
                 group.add_argument(_flag(f), help=meta["help"])
                 group.add_argument(_flag(f) + "-arg", action="append", metavar="KEY=VALUE",
                                    help=f"{f.name} argument, repeatable")
@@ -168,10 +168,10 @@ def config_from_args(args):
     for section, cls in cfg.SECTIONS.items():
         table = flags.setdefault(section, {})
         for f in fields(cls):
-            if f.metadata["flag"] and f.name not in ("prior", "likelihood"):
+            if f.metadata["flag"] and f.name not in ("prior", "likelihood", "guide"):
                 table[f.name] = getattr(args, f.name)
     flags["logging"]["plots"] = False if args.no_plots else None
-    for key in ("prior", "likelihood"):
+    for key in ("prior", "likelihood", "guide"):
         kind = getattr(args, key)
         extra = cfg.parse_assignments(getattr(args, f"{key}_arg"), key)
         if kind is not None:

@@ -3,7 +3,7 @@ command-line flags (with their help), :func:`pyrovae.fit`'s keywords and the Lig
 arguments are all derived. A TOML file has one table a dataclass:
 
     [data]             DataConfig       dataset, data_dir, binarize, valid_fraction
-    [model]            ModelConfig      model, latent_dim, hidden, network, prior, likelihood, family keys
+    [model]            ModelConfig      model, latent_dim, hidden, network, prior, likelihood, guide, family keys
     [train]            TrainConfig      loss, num_particles, estimator, epochs, batch_size, lr, ...
     [logging]          LoggingConfig    tensorboard, plots
 
@@ -15,6 +15,7 @@ import difflib
 import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Dict, List, Optional
 
 if sys.version_info >= (3, 11):
@@ -60,6 +61,8 @@ class ModelConfig:
     prior: Dict[str, Any] = option({"kind": "normal"}, "prior name (normal, laplace, student_t, mixture, vamp, flow)")
     likelihood: Dict[str, Any] = option({"kind": "auto"}, "likelihood name (bernoulli, continuous_bernoulli, "
                                         "gaussian, laplace, beta, logistic256)")
+    guide: Dict[str, Any] = option({"kind": "meanfield"}, "the posterior family q(z|x) (meanfield, lowrank: rank; "
+                                   "planar: steps; iaf: steps, hidden)")
     condition: str = option("quadrants", "cvae: what the model is conditioned on, the given quadrants of an image "
                             "or the label", choices=("quadrants", "label"))
     given_quadrants: int = option(1, "cvae: quadrants given, 1 (bottom left), 2 (left half) or 3 (all but bottom "
@@ -194,6 +197,8 @@ def family_defaults(train, model):
 
     declared = model.training_defaults if isinstance(model, type) and issubclass(model, ModelProtocol) else \
         family(model).training_defaults
+    if not isinstance(declared, Mapping):  # a class whose defaults depend on the instance (its guide)
+        declared = {}
     defaults = {"loss": "meanfield", **declared}
     return {key: defaults[key] if value == "auto" and key in defaults else value for key, value in train.items()}
 
@@ -285,7 +290,7 @@ def validate(config):
     config = merge(default_config(), config)
     for section, table in config.items():
         _check_table(section, table)
-    for key in ("prior", "likelihood"):
+    for key in ("prior", "likelihood", "guide"):
         if "kind" not in config["model"][key]:
             raise ValueError(f"[model.{key}] needs a 'kind'")
     return config

@@ -1,7 +1,9 @@
 """Encoder and decoder networks: plain ``torch.nn`` modules, no Pyro inside.
 
 An encoder maps ``x`` of shape ``(..., *data_shape)`` to ``(loc, scale)`` of q(z|x),
-each ``(..., latent_dim)``. A decoder maps ``z`` of shape ``(..., latent_dim)`` to the
+each ``(..., latent_dim)``: ``heads(features(x))``, where ``features`` is its last hidden layer
+(``hidden_width`` wide), the context a richer posterior family (:mod:`pyrovae.guides`) reads.
+A decoder maps ``z`` of shape ``(..., latent_dim)`` to the
 likelihood's raw parameters, shape ``(..., num_params, *data_shape)``. Leading batch
 dimensions (particles, examples) pass through unchanged.
 """
@@ -41,11 +43,19 @@ class MLPEncoder(nn.Module):
         if hidden:
             self.body.append(activation())
         width = hidden[-1] if hidden else data_dim
+        self.hidden_width = width
         self.loc = nn.Linear(width, latent_dim)
         self.log_scale = nn.Linear(width, latent_dim)
 
     def forward(self, x):
-        h = self.body(x.flatten(-len(self.data_shape)))
+        return self.heads(self.features(x))
+
+    def features(self, x):
+        """The last hidden layer h(x)."""
+        return self.body(x.flatten(-len(self.data_shape)))
+
+    def heads(self, h):
+        """h -> (mu, sigma)."""
         if torch.compiler.is_compiling():
             # both heads in one matrix product (one call forward, one for each gradient): in a
             # compiled graph the concatenated weight costs one small fused copy; eagerly it would
@@ -98,14 +108,20 @@ class ConvEncoder(nn.Module):
         )
         hh, ww = _conv_trunk_shape(h, w)
         width = hidden[-1] if hidden else channels[1] * hh * ww
+        self.hidden_width = width
         self.fc = nn.Sequential(nn.Linear(channels[1] * hh * ww, width), activation()) if hidden else nn.Identity()
         self.loc = nn.Linear(width, latent_dim)
         self.log_scale = nn.Linear(width, latent_dim)
 
     def forward(self, x):
+        return self.heads(self.features(x))
+
+    def features(self, x):
         batch = x.shape[: -len(self.data_shape)]
         h = self.conv(x.reshape(-1, *self.data_shape)).flatten(1)
-        h = self.fc(h).reshape(*batch, -1)
+        return self.fc(h).reshape(*batch, -1)
+
+    def heads(self, h):
         return self.loc(h), _scale_from_log(self.log_scale(h))
 
 
@@ -179,12 +195,18 @@ class GatedEncoder(nn.Module):
         self.data_shape = tuple(data_shape)
         self.latent_dim = latent_dim
         self.body = _gated_stack([math.prod(self.data_shape), *hidden], activation)
+        self.hidden_width = hidden[-1]
         self.loc = nn.Linear(hidden[-1], latent_dim)
         self.log_variance = nn.Linear(hidden[-1], latent_dim)
         _he_normal_(self)
 
     def forward(self, x):
-        h = self.body(x.flatten(-len(self.data_shape)))
+        return self.heads(self.features(x))
+
+    def features(self, x):
+        return self.body(x.flatten(-len(self.data_shape)))
+
+    def heads(self, h):
         low, high = self.LOG_VARIANCE_RANGE
         return self.loc(h), torch.exp(0.5 * nn.functional.hardtanh(self.log_variance(h), low, high))
 

@@ -446,8 +446,8 @@ def build_vae(model_config, model_class=None):
         if key in config:
             config[key] = tuple(config[key])
     config.setdefault("activation", "relu")  # checkpoints of 0.1 had no choice
-    for key in ("prior", "likelihood"):
-        if config[key].get("kind") == "custom":
+    for key in ("prior", "likelihood", "guide"):
+        if config.get(key, {}).get("kind") == "custom":
             raise ValueError(
                 f"this run used a custom {key} object, which a checkpoint cannot rebuild; build the VAE "
                 "yourself and load the state with vae.load_state_dict(read_checkpoint(run_dir)['model'])"

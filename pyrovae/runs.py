@@ -95,7 +95,8 @@ def build_model(config, train):
                for key in MODEL_OPTIONS[model["model"]]}
     return model_class(model["model"])(
         data_shape=train.shape, latent_dim=model["latent_dim"], hidden=tuple(model["hidden"]), likelihood=spec,
-        prior=model["prior"], network=model["network"], activation=model["activation"], **options)
+        prior=model["prior"], network=model["network"], activation=model["activation"], guide=model["guide"],
+        **options)
 
 
 def train_run(config, out, resume=False, progress=True, trust=False):

@@ -414,7 +414,8 @@ def test_a_run_killed_at_many_random_moments_ends_bit_identical(tmp_path, binary
     soak longer), each followed by a resume, until the run finishes: its parameters and metrics
     are the uninterrupted run's."""
     seed, kills = int(os.environ.get("PYROVAE_SOAK_SEED", "0")), int(os.environ.get("PYROVAE_SOAK_KILLS", "6"))
-    args = lambda out: train_args(binary_npy, out, "--epochs", "30", "--checkpoint-every", "1")  # noqa: E731
+    epochs = str(5 * max(kills, 6))  # training long enough for every kill to land in it
+    args = lambda out: train_args(binary_npy, out, "--epochs", epochs, "--checkpoint-every", "1")  # noqa: E731
     reference = tmp_path / "reference"
     subprocess.run([sys.executable, CRASH_RUN, "none", "0", "--", *args(reference)], check=True, capture_output=True)
     rng = random.Random(seed)
@@ -435,3 +436,28 @@ def test_a_run_killed_at_many_random_moments_ends_bit_identical(tmp_path, binary
     assert _same_parameters(_state_of(out), _state_of(reference)), (seed, killed)
     assert _metrics_without_timing(out) == _metrics_without_timing(reference), (seed, killed)
     assert not list(out.glob(".*.tmp"))
+
+
+def test_a_nan_before_the_first_checkpoint_says_so_and_the_folder_keeps_its_config(binary_npy, tmp_path, capsys,
+                                                                                    monkeypatch):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real_adam = torch.optim.Adam.step
+
+    def poisoned(self, *args, **kwargs):  # the second step's update makes every weight NaN
+        calls["n"] += 1
+        result = real_adam(self, *args, **kwargs)
+        if calls["n"] == 1:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
+    assert main(train_args(binary_npy, out, "--checkpoint-every", "0", "--compile", "off")) == 2
+    err = capsys.readouterr().err
+    assert "epoch 1, step 2" in err and "no checkpoint was written yet" in err and "last good checkpoint" not in err, err
+    assert (out / "config.toml").is_file() and not (out / "checkpoint.pt").exists()
+    monkeypatch.setattr(torch.optim.Adam, "step", real_adam)
+    assert main(train_args(binary_npy, out, "--checkpoint-every", "0", "--compile", "off")) == 0  # the same command

@@ -125,7 +125,12 @@ class _Target:
             base = self._reduced(model_trace, list(z))
         else:
             guide_trace = poutine.trace(poutine.condition(self.guide, data=z)).get_trace(*self.args, **self.kwargs)
-            base = self._reduced(guide_trace, [name for name, _ in _sample_sites(guide_trace)])
+            try:
+                base = self._reduced(guide_trace, [name for name, _ in _sample_sites(guide_trace)])
+            except (KeyError, NotImplementedError):  # a flow without an inverse (planar)
+                raise ValueError("AIS from the guide needs q(z|x) at points it did not draw; this guide's density is "
+                                 "known at its own draws only (a planar flow has no inverse): run AIS with "
+                                 "proposal='prior'") from None
         return base, joint
 
 

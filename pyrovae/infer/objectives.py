@@ -21,9 +21,17 @@ def check_training_options(vae, loss, num_particles, estimator, free_bits):
     not factorize over the latent coordinates (checked where the VAE's own model says so)."""
     make_elbo(loss, num_particles, estimator, free_bits=free_bits)
     if loss == "meanfield" and not family(vae).mean_field_guide:
-        raise ValueError(f"loss='meanfield' takes each latent site's KL in closed form, which needs a mean-field "
-                         f"guide; the {type(vae).__name__}'s guide draws one latent layer given another: use "
-                         "loss='trace' or 'iwae'")
+        guide = getattr(vae, "posterior", None)  # the posterior family of a pyrovae model, where it has one
+        why = (f"the {guide.spec.get('kind')!r} guide's KL has no closed form" if guide is not None
+               and not guide.analytic_kl else
+               f"the {type(vae).__name__}'s guide draws one latent layer given another")
+        raise ValueError(f"loss='meanfield' takes each latent site's KL in closed form; {why}: use loss='trace' (the "
+                         "Monte Carlo KL) or 'iwae'")
+    guide = getattr(vae, "posterior", None)  # the posterior family of a pyrovae model, where it has one
+    if estimator != "standard" and guide is not None and not guide.invertible:
+        raise ValueError(f"estimator={estimator!r} evaluates q(z|x) at z with its parameters stopped; the "
+                         f"{guide.spec.get('kind')!r} guide has no inverse to do so: use estimator='standard', or the "
+                         "'iaf' or 'lowrank' guide")
     if free_bits and fast_weight_parts(vae.model, vae.guide) is not None:
         require_per_dim_factor(vae.prior(), f"the {vae.config['prior']['kind']!r} prior")
 

@@ -5,9 +5,10 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from pyro.distributions.util import scale_and_mask
-from torch.distributions import Independent
+from torch.distributions import Independent, LowRankMultivariateNormal, Normal, kl_divergence
 
-__all__ = ["WeightParts", "detach_distribution", "per_dim_factor", "require_per_dim_factor", "scaled_per_dim"]
+__all__ = ["WeightParts", "detach_distribution", "per_dim_factor", "require_per_dim_factor", "scaled_per_dim",
+           "closed_form_kl"]
 
 
 class WeightParts:
@@ -89,3 +90,19 @@ def scaled_per_dim(per_dim, scale, mask):
     over the site's examples: the weight of the free-bits threshold)."""
     examples = scale_and_mask(torch.ones_like(per_dim[..., 0]), scale, mask)
     return per_dim * examples.unsqueeze(-1), examples
+
+
+def closed_form_kl(q, p):
+    """KL(q || p) in closed form: torch's registered pairs, and a low-rank Gaussian against a
+    diagonal Normal (the latter written as a low-rank Gaussian of rank 1 with a zero factor, so
+    torch's own low-rank formula computes it). NotImplementedError where there is none."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        if (isinstance(q, LowRankMultivariateNormal) and isinstance(p, Independent)
+                and p.reinterpreted_batch_ndims == 1 and isinstance(p.base_dist, Normal)):
+            loc, scale = p.base_dist.loc, p.base_dist.scale
+            loc, scale = torch.broadcast_tensors(loc, scale)
+            diagonal = LowRankMultivariateNormal(loc, torch.zeros_like(loc).unsqueeze(-1), scale.pow(2))
+            return kl_divergence(q, diagonal)
+        raise

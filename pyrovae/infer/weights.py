@@ -25,10 +25,11 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
-from torch.distributions import kl_divergence
 
 from ..protocol import ModelProtocol, as_program
-from .parts import WeightParts, detach_distribution, require_per_dim_factor, scaled_per_dim
+from .parts import WeightParts, closed_form_kl, detach_distribution, require_per_dim_factor, scaled_per_dim
+
+STOPPED_LOG_PROB = "pyrovae_stopped_log_prob"  # a guide site's infer key: log q at z with q's parameters stopped
 
 __all__ = ["WeightParts", "log_weight_parts", "trace_weight_parts", "ESTIMATORS", "PARTICLE_PLATE"]
 
@@ -76,7 +77,8 @@ def trace_weight_parts(model, guide, args=(), kwargs=None, num_particles=None, m
             raise ValueError(f"latent site {name!r} of the model has no site in the guide")
         if analytic_kl:
             try:
-                site_kl = scale_and_mask(kl_divergence(guide_site["fn"], site["fn"]), guide_site["scale"], guide_site["mask"])
+                site_kl = scale_and_mask(closed_form_kl(guide_site["fn"], site["fn"]), guide_site["scale"],
+                                         guide_site["mask"])
             except NotImplementedError:
                 site_kl = guide_site["log_prob"] - site["log_prob"]
             kl = kl + reduce(site_kl)
@@ -88,7 +90,10 @@ def trace_weight_parts(model, guide, args=(), kwargs=None, num_particles=None, m
         _check_guide_site(name, site, estimator)
         log_q = site["log_prob"]
         if estimator not in ("standard", None):
-            log_q = scale_and_mask(detach_distribution(site["fn"]).log_prob(site["value"]), site["scale"], site["mask"])
+            stopped = site["infer"].get(STOPPED_LOG_PROB)  # a flow: its own density with parameters stopped
+            value = stopped(site["value"]) if stopped is not None else \
+                detach_distribution(site["fn"]).log_prob(site["value"])
+            log_q = scale_and_mask(value, site["scale"], site["mask"])
             latent_values.append(site["value"])
         latent = latent - reduce(log_q)
     like = observed if torch.is_tensor(observed) else latent
@@ -113,7 +118,7 @@ def _site_kl_per_dim(name, model_site, guide_site, analytic):
     try:
         if not analytic:
             raise NotImplementedError
-        per_dim = kl_divergence(q, p)
+        per_dim = closed_form_kl(q, p)
     except NotImplementedError:
         z = guide_site["value"]
         per_dim = q.log_prob(z) - p.log_prob(z)

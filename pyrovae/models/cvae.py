@@ -28,6 +28,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
+from ..guides import posterior
 from ..infer.weights import log_weight_parts
 from ..likelihoods import make_likelihood
 from .vae import VAE
@@ -66,7 +67,8 @@ class CVAE(VAE):
                  hidden: Union[int, Sequence[int]] = (500, 500), likelihood: Any = "bernoulli", prior: Any = "normal",
                  network: str = "mlp", name: str = "vae", activation: str = "relu", condition: str = "quadrants",
                  given_quadrants: int = 1, num_classes: int = 10,
-                 baseline_hidden: Union[int, Sequence[int]] = (500, 500)):
+                 baseline_hidden: Union[int, Sequence[int]] = (500, 500), guide: Any = "meanfield",
+                 guide_args: dict = None):
         if condition not in CONDITIONS:
             raise ValueError(f"unknown condition {condition!r}; choose one of {list(CONDITIONS)}")
         if (prior if isinstance(prior, str) else getattr(prior, "get", lambda k: None)("kind")) != "normal":
@@ -106,6 +108,7 @@ class CVAE(VAE):
             self.config.update(num_classes=self.num_classes)
         self.prior_net = MLPEncoder((condition_dim,), latent_dim, hidden, act)
         self.config.update(model="cvae", condition=condition)
+        self.bind_guide(guide, guide_args)  # on the encoder of (x, c)
 
     @property
     def plot_kinds(self):
@@ -157,8 +160,8 @@ class CVAE(VAE):
         self.check_data(x)
         self.register_with_pyro()
         with pyro.plate("data", x.shape[0], dim=-1):
-            loc, scale = self.encode(x, y)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            q, infer = posterior(self.posterior, self.encoder, self.encoder_inputs(x, y))
+            pyro.sample("z", q, infer=infer)
 
     def prior_guide(self, x: torch.Tensor, y: torch.Tensor = None) -> None:
         """z ~ p(z | c): the proposal of the tutorial's Monte Carlo estimate, log p(x | c) ~
@@ -243,11 +246,14 @@ class CVAE(VAE):
         """The baseline's guess of the rest pixels, filled into the given ones: ``(N, *data_shape)``."""
         return self.baseline_guess(self.split(self.check_data(x))[0]).reshape(x.shape)
 
+    def encoder_inputs(self, x, y=None):
+        """What q(z | x, c) reads: the whole image under ``condition="quadrants"`` (it holds c),
+        the image and the one-hot label otherwise."""
+        return x.flatten(1) if self.condition == "quadrants" else torch.cat([x.flatten(1), self.context(x, y)], -1)
+
     def encode(self, x, y=None):
-        """(x, c) -> the mean and standard deviation of q(z | x, c): the whole image under
-        ``condition="quadrants"`` (it holds c), the image and the one-hot label otherwise."""
-        inputs = x.flatten(1) if self.condition == "quadrants" else torch.cat([x.flatten(1), self.context(x, y)], -1)
-        return self.encoder(inputs)
+        """(x, c) -> the mean and standard deviation of q(z | x, c) (of its base, for a flow)."""
+        return self.encoder(self.encoder_inputs(x, y))
 
 
 def _pieces(total, size):

@@ -19,6 +19,7 @@ import torch
 
 from .vae import VAE
 from ..networks import ACTIVATIONS, MLPEncoder
+from ..guides import make_guide, posterior
 from ..priors import check_prior_distribution, make_prior
 from ..validation import require_positive_int
 
@@ -40,7 +41,8 @@ class HVAE(VAE):
     def __init__(self, data_shape: Union[int, Sequence[int]], latent_dim: int = 50,
                  hidden: Union[int, Sequence[int]] = (200, 200), likelihood: Any = "bernoulli", prior: Any = "normal",
                  network: str = "mlp", name: str = "vae", activation: str = "tanh", middle_dim: int = 100,
-                 middle_hidden: Union[int, Sequence[int]] = (100, 100)):
+                 middle_hidden: Union[int, Sequence[int]] = (100, 100), guide: Any = "meanfield",
+                 guide_args: dict = None):
         require_positive_int(latent_dim, "latent_dim")
         require_positive_int(middle_dim, "middle_dim")
         if network != "mlp":
@@ -50,17 +52,20 @@ class HVAE(VAE):
                              "layer is two encoders away from the data: use another prior")
         # the base VAE's encoder and decoder are the bottom layer, x <-> z1
         super().__init__(data_shape, latent_dim=middle_dim, hidden=hidden, likelihood=likelihood, prior="normal",
-                         network=network, name=name, activation=activation)
+                         network=network, name=name, activation=activation, guide=guide, guide_args=guide_args)
         middle_hidden = (middle_hidden,) if isinstance(middle_hidden, int) else tuple(int(h) for h in middle_hidden)
         act = ACTIVATIONS[activation]
         self.middle_dim, self.latent_dim = int(middle_dim), int(latent_dim)
         self.top_encoder = MLPEncoder((middle_dim,), latent_dim, middle_hidden, act)  # q(z2 | z1)
+        # each layer's q of the same family: q(z1 | x) on the bottom encoder, q(z2 | z1) on the top one
+        self.top_posterior = make_guide(guide, guide_args).bind(latent_dim, self.top_encoder.hidden_width)
         self.top_decoder = MLPEncoder((latent_dim,), middle_dim, middle_hidden, act)  # p(z1 | z2)
         self.prior = make_prior(prior).bind(latent_dim, self)
         check_prior_distribution(self.prior(), latent_dim)
         self.config.update(model="hvae", latent_dim=self.latent_dim, middle_dim=self.middle_dim,
                            middle_hidden=list(middle_hidden),
                            prior=dict(getattr(self.prior, "spec", {"kind": "custom"})))
+        self._record_guide()
 
     def model(self, x: torch.Tensor) -> None:
         """p(x, z1, z2) = p(z2) p(z1 | z2) p(x | z1)."""
@@ -77,13 +82,17 @@ class HVAE(VAE):
         self.check_data(x)
         self.register_with_pyro()
         with pyro.plate("data", x.shape[0], dim=-1):
-            loc, scale = self.encoder(x)
-            z1 = pyro.sample("z1", dist.Normal(loc, scale).to_event(1))
-            loc, scale = self.top_encoder(z1)
-            pyro.sample("z2", dist.Normal(loc, scale).to_event(1))
+            q, infer = posterior(self.posterior, self.encoder, x)
+            z1 = pyro.sample("z1", q, infer=infer)
+            q, infer = posterior(self.top_posterior, self.top_encoder, z1)
+            pyro.sample("z2", q, infer=infer)
+
+    @property
+    def posterior_dim(self) -> int:
+        return self.middle_dim if hasattr(self, "middle_dim") else self.latent_dim
 
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x -> the mean and standard deviation of q(z2 | z1 = mu(x))."""
+        """x -> the mean and standard deviation of q(z2 | z1 = mu(x)) (of its base, for a flow)."""
         return self.top_encoder(self.encoder(self.check_data(x))[0])
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

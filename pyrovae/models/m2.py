@@ -28,6 +28,7 @@ from pyro.infer import TraceEnum_ELBO, config_enumerate
 from torch import nn
 
 from ..fast.binarize import bernoulli_pixels
+from ..guides import posterior
 from ..infer.elbo import VAE_ELBO
 from ..infer.weights import log_weight_parts
 from .vae import VAE
@@ -57,7 +58,7 @@ class M2(VAE):
     def __init__(self, data_shape: Union[int, Sequence[int]], latent_dim: int = 50,
                  hidden: Union[int, Sequence[int]] = (500,), likelihood: Any = "bernoulli", prior: Any = "normal",
                  network: str = "mlp", name: str = "vae", activation: str = "relu", num_classes: int = 10,
-                 init_std: float = 0.0):
+                 init_std: float = 0.0, guide: Any = "meanfield", guide_args: dict = None):
         if network != "mlp":
             raise ValueError(f"m2 is built of MLPs; got network={network!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
@@ -76,6 +77,7 @@ class M2(VAE):
             encoder_hidden = [m for m in self.encoder.body if isinstance(m, nn.Linear)]  # its heads are apart
             init_normal([*encoder_hidden, *hidden_linears(self.decoder.net), *hidden_linears(self.classifier)], init_std)
         self.config.update(model="m2", num_classes=num_classes, init_std=float(init_std))
+        self.bind_guide(guide, guide_args)  # q(z | x, y) on the encoder of (x, y)
 
     # -- the Pyro programs ------------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor = None) -> None:
@@ -100,8 +102,8 @@ class M2(VAE):
                 y = pyro.sample("y", dist.OneHotCategorical(logits=self.classifier(flat)))
             else:
                 y = self.one_hot(x, y)
-            loc, scale = self.encoder(concat_broadcast(flat, y))
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            q, infer = posterior(self.posterior, self.encoder, concat_broadcast(flat, y))
+            pyro.sample("z", q, infer=infer)
 
     def classifier_model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """y ~ q(y | x), observed: its log density is the auxiliary classification term."""

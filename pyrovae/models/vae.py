@@ -1,7 +1,8 @@
 """The VAE as a Pyro model/guide pair.
 
 model:  z ~ p(z),  x ~ p(x | decoder(z))          (the generative model, p_theta)
-guide:  z ~ Normal(mu(x), diag sigma(x)^2)         (the inference network, q_phi)
+guide:  z ~ q(z | x), by default Normal(mu(x), diag sigma(x)^2)   (the inference network, q_phi;
+        a richer family by name: lowrank, planar, iaf, :mod:`pyrovae.guides`)
 """
 
 import functools
@@ -15,6 +16,7 @@ from pyro.nn import PyroModule
 from pyro.params import param_with_module_name
 from pyro.poutine.runtime import _PYRO_STACK
 
+from ..guides import MeanField, make_guide, posterior
 from ..likelihoods import LIKELIHOODS, make_likelihood
 from ..networks import build_networks
 from ..priors import PRIORS, check_prior_distribution, make_prior
@@ -49,6 +51,10 @@ class VAE(PyroModule, ModelProtocol):
         table, or a :class:`~pyrovae.likelihoods.Likelihood`.
     :param prior: a name from ``pyrovae.priors.PRIORS``, a table, a
         :class:`~pyrovae.priors.Prior`, or a callable returning a Distribution over z.
+    :param guide: the posterior family q(z|x): a name from ``pyrovae.guides.GUIDES``
+        (``"meanfield"``, ``"lowrank"``, ``"planar"``, ``"iaf"``), a ``{"kind": ...}`` table, a
+        :class:`~pyrovae.guides.Guide`, a Pyro conditional transform, or a callable
+        ``(loc, scale, h) -> Distribution``; ``guide_args`` the named family's arguments.
     :param network: ``"mlp"``, ``"conv"`` or ``"gated"`` (Tomczak & Welling's gated units).
     :param activation: ``"relu"``, ``"tanh"`` or ``"identity"`` between hidden layers.
     :param name: the prefix of the parameters' names in Pyro's param store.
@@ -56,7 +62,7 @@ class VAE(PyroModule, ModelProtocol):
 
     def __init__(self, data_shape: Union[int, Sequence[int]], latent_dim: int = 2, hidden: Union[int, Sequence[int]] = (400,),
                  likelihood: Any = "bernoulli", prior: Any = "normal", network: str = "mlp", name: str = "vae",
-                 activation: str = "relu"):
+                 activation: str = "relu", guide: Any = "meanfield", guide_args: dict = None):
         super().__init__()
         if not isinstance(name, str) or not name or "$$$" in name:
             raise ValueError(f"name must be a non-empty string without '$$$'; got {name!r}")
@@ -76,6 +82,7 @@ class VAE(PyroModule, ModelProtocol):
                                                     activation)
         self.prior = make_prior(prior).bind(latent_dim, self)
         check_prior_distribution(self.prior(), latent_dim)
+        self.bind_guide(guide, guide_args)
         self.config = {
             "data_shape": list(data_shape),
             "latent_dim": latent_dim,
@@ -85,6 +92,24 @@ class VAE(PyroModule, ModelProtocol):
             "likelihood": dict(getattr(self.likelihood, "spec", {"kind": "custom"})),
             "prior": dict(getattr(self.prior, "spec", {"kind": "custom"})),
         }
+        self._record_guide()
+
+    def bind_guide(self, guide: Any = "meanfield", guide_args: dict = None) -> None:
+        """The posterior family q(z|x) on the encoder as it is now (a family that replaces the
+        encoder binds it again): ``self.posterior``."""
+        self.posterior = make_guide(guide, guide_args).bind(self.posterior_dim, self.encoder.hidden_width)
+        if hasattr(self, "config"):
+            self._record_guide()
+
+    @property
+    def posterior_dim(self) -> int:
+        """The dimension of the latent site the encoder's guide draws (z; the hvae's z1)."""
+        return self.latent_dim
+
+    def _record_guide(self):
+        self.config.pop("guide", None)
+        if not isinstance(self.posterior, MeanField):  # (a mean-field run's config reads as before)
+            self.config["guide"] = dict(self.posterior.spec)
 
     @property
     def device(self) -> torch.device:
@@ -137,6 +162,8 @@ class VAE(PyroModule, ModelProtocol):
             return None
         if type(self).model is not VAE.model or type(self).guide is not VAE.guide:
             return None
+        if not isinstance(self.posterior, MeanField):  # a richer posterior: Pyro's traces
+            return None
         if not (PRIORS.holds(type(self.prior)) and LIKELIHOODS.holds(type(self.likelihood))):
             return None
         return functools.partial(vae_weight_parts, self)
@@ -163,16 +190,41 @@ class VAE(PyroModule, ModelProtocol):
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
-        """q(z | x) = Normal(mu(x), diag sigma(x)^2), reparameterized."""
+        """q(z | x): Normal(mu(x), diag sigma(x)^2) or the family ``guide`` names, reparameterized."""
         self.check_data(x)
         self.register_with_pyro()
         with pyro.plate("data", x.shape[0], dim=-1):
-            loc, scale = self.encoder(x)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            q, infer = posterior(self.posterior, self.encoder, x)
+            pyro.sample("z", q, infer=infer)
+
+    @property
+    def training_defaults(self):
+        """The loss a run trains with by default: the closed-form KL where the guide has one
+        (``meanfield``), the Monte Carlo KL (``trace``) for a flow."""
+        return {} if self.posterior.analytic_kl else {"loss": "trace"}
+
+    @property
+    def mean_field_guide(self) -> bool:
+        """Whether KL(q(z|x) || p(z)) has a closed form for the guide's family (meanfield, lowrank)."""
+        return self.posterior.analytic_kl
 
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x -> (mu(x), sigma(x)), the posterior mean and standard deviation."""
-        return self.encoder(self.check_data(x))
+        """x -> (mu(x), sigma(x)), the posterior mean and standard deviation (a low-rank guide:
+        its mean and marginal deviations; a flow: its base's mean pushed through the flow, and the
+        base's deviation)."""
+        x = self.check_data(x)
+        if isinstance(self.posterior, MeanField):
+            return self.encoder(x)
+        q, _ = posterior(self.posterior, self.encoder, x)
+        if isinstance(q, dist.LowRankMultivariateNormal):
+            return q.loc, q.variance.sqrt()
+        base = q.base_dist.base_dist if isinstance(q, dist.TransformedDistribution) else q
+        if isinstance(q, dist.TransformedDistribution):
+            z = base.loc
+            for transform in q.transforms:
+                z = transform(z)
+            return z, base.scale
+        return q.mean, q.stddev
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z -> E[x | z], the likelihood's mean."""
