@@ -40,6 +40,7 @@ __all__ = [
     "completions",
     "classes",
     "analogies",
+    "posterior",
 ]
 
 
@@ -357,6 +358,86 @@ def analogies(m2, x, examples=8, title=None):
     return _labelled_grid(m2, grid, [str(i + 1) for i in range(len(x))],
                           ["input"] + [str(c) for c in range(m2.num_classes)],
                           title or "analogies: each row's style with every class")
+
+
+def _site_log_prob_sum(trace, dim=-2):
+    """Per point of the leading plate (``dim``): the sum over the trace's sample sites of their
+    log densities, every other plate summed."""
+    trace.compute_log_prob()
+    total = 0.0
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and "log_prob" in site:
+            value = site["log_prob"]
+            total = total + (value.reshape(value.shape[:value.dim() + dim + 1] + (-1,)).sum(-1)
+                             if value.dim() >= -dim else value)
+    return total
+
+
+@torch.no_grad()
+def _posterior_panel(vae, x, site, draws, seed):
+    """(draws from q(z|x), shape (D, 2)) for one example ``x`` (shape (1, ...))."""
+    from pyro import poutine
+    import pyro
+
+    with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+        torch.manual_seed(seed)
+        trace = poutine.trace(pyro.plate("draws", draws, dim=-2)(vae.guide)).get_trace(x)
+    return trace.nodes[site]["value"].reshape(draws, -1)
+
+
+@torch.no_grad()
+def _log_joint_on_grid(vae, x, site, points):
+    """log p(x, z) at each of ``points`` (G, 2), from the model's trace with its latent site set."""
+    from pyro import poutine
+    import pyro
+
+    conditioned = poutine.condition(pyro.plate("grid", len(points), dim=-2)(vae.model),
+                                    data={site: points.reshape(len(points), 1, -1)})
+    with pyro.validation_enabled(False):
+        trace = poutine.trace(conditioned).get_trace(x)
+    return _site_log_prob_sum(trace).reshape(len(points))
+
+
+@torch.no_grad()
+def posterior(vaes, x, examples=4, draws=300, grid=70, seed=0, site="z", title=None):
+    """For a 2-D latent: per example (rows) and model (columns, ``vaes`` a model or a dict of name
+    -> model, e.g. one per guide family), draws from q(z|x) over the contours of the true posterior
+    p(z|x), which a 2-D latent allows exactly: log p(x, z) on a grid, from the model's trace with
+    its latent site set. The contours are at 1, 2 and 3 standard deviations' worth of density
+    below the mode (log p(x, z) = max - 0.5, 2, 4.5)."""
+    vaes = vaes if isinstance(vaes, dict) else {type(vaes).__name__: vaes}
+    columns = list(vaes.items())
+    fig = Figure(figsize=(2.6 * len(columns), 2.5 * examples + 0.5))
+    axes = fig.subplots(examples, len(columns), squeeze=False)
+    for row in range(examples):
+        example = x[row:row + 1]
+        samples = {name: _posterior_panel(vae, example.to(vae.device), site, draws, seed + row).cpu()
+                   for name, vae in columns}
+        for name, z in samples.items():
+            if z.shape[-1] != 2:
+                raise ValueError(f"the posterior picture is drawn for a 2-D latent; {name}'s has {z.shape[-1]}")
+        every = torch.cat(list(samples.values()))
+        low, high = every.quantile(0.005, 0), every.quantile(0.995, 0)
+        pad = 0.35 * (high - low)
+        u = torch.linspace(float(low[0] - pad[0]), float(high[0] + pad[0]), grid)
+        v = torch.linspace(float(low[1] - pad[1]), float(high[1] + pad[1]), grid)
+        points = torch.stack(torch.meshgrid(u, v, indexing="xy"), -1).reshape(-1, 2)
+        for col, (name, vae) in enumerate(columns):
+            ax = axes[row][col]
+            log_joint = _log_joint_on_grid(vae, example.to(vae.device), site,
+                                           points.to(vae.device, vae.dtype)).cpu().reshape(grid, grid)
+            levels = sorted(float(log_joint.max()) - torch.tensor([4.5, 2.0, 0.5]).tolist()[i] for i in range(3))
+            ax.contour(u.numpy(), v.numpy(), log_joint.numpy(), levels=levels, colors="k", linewidths=0.8)
+            z = samples[name]
+            ax.scatter(z[:, 0], z[:, 1], s=2, alpha=0.35, color=colormaps["tab10"](col % 10))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=10)
+    fig.suptitle(title or "q(z|x) draws (dots) over the true posterior p(z|x) (contours), one test image a row",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def save(fig, path, dpi=110):

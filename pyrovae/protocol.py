@@ -51,7 +51,7 @@ from pyro.poutine.util import site_is_subsample
 __all__ = ["ModelProtocol", "Program", "ProgramSites", "as_program", "family", "trains_with_own_objective", "PLOT_KINDS", "PROTOCOL_MEMBERS",
            "slice_examples"]
 
-PLOT_KINDS = ("manifold", "scatter", "reconstructions", "samples", "interpolation", "attributes", "curves")
+PLOT_KINDS = ("manifold", "scatter", "reconstructions", "samples", "interpolation", "attributes", "posterior", "curves")
 
 PROTOCOL_MEMBERS = ("requires_labels", "semi_supervised", "mean_field_guide", "training_defaults", "selection_metric",
                     "plot_kinds", "make_objective", "auxiliary_programs", "extra_metrics", "log_importance_weights",

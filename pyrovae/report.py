@@ -19,6 +19,8 @@ FIGURE_TITLES = {
     "interpolation": ("Interpolation", "decoded points on the path between the encodings of two test examples"),
     "attributes": ("Attribute vectors", "encodings moved along attribute directions, then decoded"),
     "scatter": ("Latent scatter", "posterior means of test examples, coloured by label"),
+    "posterior": ("Posterior", "draws of the guide q(z|x) over the contours of the true posterior p(z|x) (a 2-D "
+                  "latent: log p(x, z) on a grid), one test image a row"),
     "curves": ("Training curves", "ELBO, reconstruction and KL per epoch, nats per example"),
     "jensen_gap": ("Bounds against k", "ELBO = IWAE_1 <= IWAE_k <= log p(x), with Monte Carlo errors"),
 }

@@ -274,7 +274,7 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
     if features and config["model"]["model"] == "m2":  # M1+M2: the figures are of the examples, through M1
         vae = StackedM2(vae, load(features, device=device, trust=trust))
     needs_data = set(kinds) & {"scatter", "reconstructions", "interpolation", "attributes", "completions",
-                               "analogies"} or pca
+                               "analogies", "posterior"} or pca
     x = labels = None
     if needs_data:
         if features:  # M1+M2's figures start from the examples themselves, not from their features
@@ -295,6 +295,15 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
             fig = plots.manifold(vae, n=n, dims=dims, data=x if pca else None)
         elif k == "scatter":
             fig = plots.scatter(vae, x, labels)
+        elif k == "posterior":
+            if vae.latent_dim != 2 or config["model"]["model"] != "vae":
+                if kind in ("all", "standard"):
+                    print("posterior skipped: drawn for the plain vae with a 2-D latent", file=sys.stderr)
+                    continue
+                raise ValueError("--kind posterior is drawn for the plain vae with a 2-D latent (the true posterior "
+                                 "on a grid)")
+            name = vae.config.get("guide", {"kind": "meanfield"})["kind"]
+            fig = plots.posterior({f"{name} guide": vae}, x)
         elif k == "reconstructions":
             fig = plots.reconstructions(vae, x, n=12)
         elif k == "samples":

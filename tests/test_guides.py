@@ -231,3 +231,22 @@ def test_the_lowrank_analytic_kl_equals_torchs_full_covariance_kl():
 def test_the_registry_lists_the_families():
     assert set(FAMILIES) <= set(GUIDES.names())
     assert make_guide({"kind": "planar", "steps": 2}).spec == {"kind": "planar", "steps": 2}
+
+
+def test_the_posterior_picture_puts_the_true_log_joint_on_its_grid():
+    """The contours are log p(x, z) from the model's trace: for the linear-Gaussian VAE,
+    log N(z; 0, I) + log N(x; W z + b, sigma^2 I) at every grid point."""
+    from pyrovae import plots
+
+    torch.manual_seed(0)
+    vae = pyrovae.VAE((5,), latent_dim=2, hidden=(), likelihood=Gaussian(scale=0.5))
+    x = vae.sample(3, mean=False)
+    points = torch.randn(50, 2)
+    weight, bias, sigma, _ = exact.linear_gaussian_parameters(vae)
+    expected = (Normal(0.0, 1.0).log_prob(points.double()).sum(-1)
+                + Normal(points.double() @ weight.T + bias, sigma).log_prob(x[:1].double()).sum(-1))
+    got = plots._log_joint_on_grid(vae, x[:1], "z", points)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+    figure = plots.posterior({"meanfield": vae, "iaf": pyrovae.VAE((5,), latent_dim=2, hidden=(), guide="iaf",
+                                                                   likelihood=Gaussian(scale=0.5))}, x, examples=2)
+    assert len(figure.axes) == 4

@@ -107,7 +107,8 @@ def tiny_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("kind", ["manifold", "scatter", "reconstructions", "samples", "interpolation", "attributes", "curves"])
+@pytest.mark.parametrize("kind", ["manifold", "scatter", "reconstructions", "samples", "interpolation", "attributes",
+                                  "posterior", "curves"])
 def test_every_cli_kind_writes_a_png(tiny_run, kind):
     assert main(["plot", str(tiny_run), "--kind", kind]) == 0
     path = tiny_run / f"{kind}.png"

@@ -25,8 +25,8 @@ def check_training_options(vae, loss, num_particles, estimator, free_bits):
         why = (f"the {guide.spec.get('kind')!r} guide's KL has no closed form" if guide is not None
                and not guide.analytic_kl else
                f"the {type(vae).__name__}'s guide draws one latent layer given another")
-        raise ValueError(f"loss='meanfield' takes each latent site's KL in closed form; {why}: use loss='trace' (the "
-                         "Monte Carlo KL) or 'iwae'")
+        raise ValueError(f"loss='meanfield' takes each latent site's KL in closed form, which needs a mean-field guide "
+                         f"(or a low-rank one); {why}: use loss='trace' (the Monte Carlo KL) or 'iwae'")
     guide = getattr(vae, "posterior", None)  # the posterior family of a pyrovae model, where it has one
     if estimator != "standard" and guide is not None and not guide.invertible:
         raise ValueError(f"estimator={estimator!r} evaluates q(z|x) at z with its parameters stopped; the "
