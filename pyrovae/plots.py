@@ -416,19 +416,26 @@ def posterior(vaes, x, examples=4, draws=300, grid=70, seed=0, site="z", title=N
         for name, z in samples.items():
             if z.shape[-1] != 2:
                 raise ValueError(f"the posterior picture is drawn for a 2-D latent; {name}'s has {z.shape[-1]}")
-        every = torch.cat(list(samples.values()))
-        low, high = every.quantile(0.005, 0), every.quantile(0.995, 0)
-        pad = 0.35 * (high - low)
-        u = torch.linspace(float(low[0] - pad[0]), float(high[0] + pad[0]), grid)
-        v = torch.linspace(float(low[1] - pad[1]), float(high[1] + pad[1]), grid)
-        points = torch.stack(torch.meshgrid(u, v, indexing="xy"), -1).reshape(-1, 2)
-        for col, (name, vae) in enumerate(columns):
-            ax = axes[row][col]
+        for col, (name, vae) in enumerate(columns):  # each model its own latent space: its own grid
+            ax, z = axes[row][col], samples[name]
+            # the grid spans q's draws and the true posterior's mass, found on a coarse grid over the
+            # prior's bulk (a q that misses the posterior must not hide it)
+            coarse = torch.linspace(-4.5, 4.5, 60)
+            wide = torch.stack(torch.meshgrid(coarse, coarse, indexing="xy"), -1).reshape(-1, 2)
+            wide = torch.cat([wide, z])
+            wide_log = _log_joint_on_grid(vae, example.to(vae.device), site, wide.to(vae.device, vae.dtype)).cpu()
+            mass = wide[wide_log > wide_log.max() - 6.0]
+            region = torch.cat([mass, z.quantile(0.005, 0)[None], z.quantile(0.995, 0)[None]])
+            low, high = region.min(0).values, region.max(0).values
+            pad = 0.3 * (high - low).clamp_min(0.05)
+            u = torch.linspace(float(low[0] - pad[0]), float(high[0] + pad[0]), grid)
+            v = torch.linspace(float(low[1] - pad[1]), float(high[1] + pad[1]), grid)
+            points = torch.stack(torch.meshgrid(u, v, indexing="xy"), -1).reshape(-1, 2)
             log_joint = _log_joint_on_grid(vae, example.to(vae.device), site,
                                            points.to(vae.device, vae.dtype)).cpu().reshape(grid, grid)
-            levels = sorted(float(log_joint.max()) - torch.tensor([4.5, 2.0, 0.5]).tolist()[i] for i in range(3))
-            ax.contour(u.numpy(), v.numpy(), log_joint.numpy(), levels=levels, colors="k", linewidths=0.8)
-            z = samples[name]
+            top = float(log_joint.max())
+            ax.contour(u.numpy(), v.numpy(), log_joint.numpy(), levels=[top - 4.5, top - 2.0, top - 0.5], colors="k",
+                       linewidths=0.8)
             ax.scatter(z[:, 0], z[:, 1], s=2, alpha=0.35, color=colormaps["tab10"](col % 10))
             ax.set_xticks([])
             ax.set_yticks([])

@@ -39,7 +39,7 @@ def test_lowrank_density_is_the_full_covariance_gaussian():
     h = vae.encoder.features(x)
     loc, scale = vae.encoder.heads(h)
     q = vae.posterior(loc, scale, h)
-    factor = vae.posterior.factor(h).reshape(4, 3, 3)
+    factor = vae.posterior.factor(h).reshape(4, 3, 3) / 3 ** 0.5  # F = (W h + c) / sqrt(rank)
     reference = MultivariateNormal(loc, covariance_matrix=torch.diag_embed(scale ** 2) + factor @ factor.mT)
     z = q.sample((5,))
     torch.testing.assert_close(q.log_prob(z), reference.log_prob(z), rtol=1e-5, atol=1e-5)

@@ -329,9 +329,9 @@ def test_every_file_truncated_flipped_or_deleted_gives_the_intact_numbers_or_a_n
         assert set(outcomes.values()) <= {"same numbers", "warned"}, outcomes
 
 
-def _fail_writes(monkeypatch, match, after=0):
-    """ENOSPC from fsync (where a full disk shows itself on Linux's delayed allocation) for the
-    temporary files whose name contains ``match``, from its ``after``-th write on."""
+def _fail_writes(monkeypatch, match, after=0, code=errno.ENOSPC):
+    """ENOSPC (or ``code``) from fsync (where a full disk shows itself on Linux's delayed
+    allocation) for the temporary files whose name contains ``match``, from its ``after``-th write on."""
     import pyrovae.run_folder as run_folder
 
     real_fsync, seen = os.fsync, {"count": 0}
@@ -344,7 +344,7 @@ def _fail_writes(monkeypatch, match, after=0):
         if match in Path(target).name:
             seen["count"] += 1
             if seen["count"] > after:
-                raise OSError(errno.ENOSPC, "No space left on device")
+                raise OSError(code, os.strerror(code))
         return real_fsync(fd)
 
     monkeypatch.setattr(run_folder.os, "fsync", fsync)
@@ -373,18 +373,23 @@ def test_a_full_disk_while_training_is_a_named_error_and_the_same_command_goes_o
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd to find what a write is of")
-@pytest.mark.parametrize("command, target", [(["evaluate", "--num-samples", "10", "--limit", "20", "--no-progress"],
-                                              ".evaluation.json."),
-                                             (["plot", "--kind", "samples"], ".samples.png."),
-                                             (["report"], ".report.html.")])
+@pytest.mark.parametrize("command, target, code, says", [
+    (["evaluate", "--num-samples", "10", "--limit", "20", "--no-progress"], ".evaluation.json.", errno.ENOSPC,
+     "the disk is full"),
+    (["plot", "--kind", "samples"], ".samples.png.", errno.ENOSPC, "the disk is full"),
+    (["report"], ".report.html.", errno.ENOSPC, "the disk is full"),
+    (["evaluate", "--num-samples", "10", "--limit", "20", "--no-progress"], ".evaluation.json.", errno.EROFS,
+     "the folder is read-only or not writable"),
+])
 def test_a_full_disk_while_evaluating_or_drawing_is_a_named_error_and_keeps_what_was_there(trained_run, monkeypatch,
-                                                                                          capsys, command, target):
+                                                                                          capsys, command, target, code,
+                                                                                          says):
     before = {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()}
     with monkeypatch.context() as patch:
-        _fail_writes(patch, target)
+        _fail_writes(patch, target, code=code)
         assert main([command[0], str(trained_run), *command[1:]]) == 2
     err = capsys.readouterr().err
-    assert "could not write" in err and "the disk is full" in err and "Traceback" not in err, err
+    assert "could not write" in err and says in err and "Traceback" not in err, err
     for name, data in before.items():
         assert (trained_run / name).read_bytes() == data, name
     assert not list(trained_run.glob(".*.tmp"))
