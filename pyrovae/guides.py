@@ -8,7 +8,7 @@ with ``event_shape == (latent_dim,)``, which the guide samples at the latent sit
   a Normal prior is in closed form.
 - ``planar``: z = f_k o ... o f_1(z_0), z_0 ~ Normal(mu, diag sigma^2),
   f(z) = z + u tanh(w^T z + b) with (u, w, b) affine in h(x) (Rezende & Mohamed 2015), ``steps``
-  of them; log q(z) = log N(z_0) - sum_k log |1 + psi_k^T u_k|. It has no inverse: its density is
+  of them; ``log q(z) = log N(z_0) - sum_k log |1 + psi_k^T u_k|``. It has no inverse: its density is
   known at its own draws only (importance sampling, the ELBOs; not AIS from the guide, not STL).
 - ``iaf``: ``steps`` affine autoregressive steps z_k = mu_k(z_{k-1}, h) + sigma_k(z_{k-1}, h) z_{k-1}
   (Kingma et al. 2016), each a masked network (``hidden`` widths) that also reads h(x), the order
