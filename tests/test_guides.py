@@ -250,3 +250,11 @@ def test_the_posterior_picture_puts_the_true_log_joint_on_its_grid():
     figure = plots.posterior({"meanfield": vae, "iaf": pyrovae.VAE((5,), latent_dim=2, hidden=(), guide="iaf",
                                                                    likelihood=Gaussian(scale=0.5))}, x, examples=2)
     assert len(figure.axes) == 4
+
+
+def test_the_bare_command_with_a_flow_guide_trains_with_the_monte_carlo_kl_and_evaluates(tmp_path, binary_npy):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(binary_npy), "--guide", "iaf", "--out", str(out)]) == 0
+    assert pyrovae.config.load_toml(out / "config.toml")["train"]["loss"] == "trace"  # no closed-form KL
+    assert (out / "posterior.png").is_file()  # the 2-D picture of its own guide, with the standard figures
+    assert main(["evaluate", str(out), "--num-samples", "5", "--limit", "20", "--no-progress"]) in (0, 3)

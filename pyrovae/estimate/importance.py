@@ -82,7 +82,6 @@ class Evaluation:
         labels = _check_labels(program, self.x, labels)
         self.args = tuple(args) + (() if labels is None else (labels,))
         self.kwargs = dict(kwargs or {})
-        self.args = slice_examples(self.args, len(x), 0, len(x))
         self.max_plate_nesting = 1
         if self.is_user_program:
             self.args = tuple(_to_device(a, self.x.device) for a in self.args)
