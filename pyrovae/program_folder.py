@@ -191,4 +191,4 @@ def report_program(out, spec, program_args=None, weights=None, dataset="mnist", 
     record = folder.file("program.toml")
     text = record.read_text() if record.is_file() else cfg.dumps(
         _program_record(spec, program_args, weights, dataset, "test", None, "none"))
-    return write_report(folder.path, figures, text, [], evaluation)
+    return write_report(folder.path, figures, text, [], evaluation, program=spec)

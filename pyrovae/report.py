@@ -124,28 +124,37 @@ def _figure(name, path):
 
 
 def write_report(run_dir, figures: Sequence[Tuple[str, Path]], config_text: str, history: List[Dict],
-                 evaluation: Optional[Dict] = None, model: Optional[Dict] = None) -> Path:
-    """Writes ``run_dir/report.html`` atomically and returns its path."""
+                 evaluation: Optional[Dict] = None, model: Optional[Dict] = None,
+                 program: Optional[str] = None) -> Path:
+    """Writes ``run_dir/report.html`` atomically and returns its path. ``program``: the
+    ``file.py:NAME`` of a user's Pyro program evaluated into the folder (no training section; its
+    ``program.toml`` is the configuration shown)."""
     run_dir = Path(run_dir)
     figures = dict(figures)
     summary = ""
+    if program is not None:
+        summary = f"a user's Pyro program, {program}"
     if model:
         summary = (f"{'-'.join(map(str, model['data_shape']))} data, {model['latent_dim']}-D latent, "
                    f"{model['network']} {model.get('hidden')} networks, {model['prior'].get('kind')} prior, "
                    f"{model['likelihood'].get('kind')} likelihood")
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-             f"<title>pyrovae run {html.escape(run_dir.name)}</title><style>{STYLE}</style></head><body><main>",
-             f"<h1>pyrovae run <code>{html.escape(run_dir.name)}</code></h1>",
-             f"<p class='sub'>{html.escape(summary)}{'; ' if summary else ''}{len(history)} epochs trained.</p>"]
+             f"<title>pyrovae {'evaluation' if program else 'run'} {html.escape(run_dir.name)}</title>"
+             f"<style>{STYLE}</style></head><body><main>",
+             f"<h1>pyrovae {'evaluation' if program else 'run'} <code>{html.escape(run_dir.name)}</code></h1>",
+             f"<p class='sub'>{html.escape(summary)}"
+             + (f"{'; ' if summary else ''}{len(history)} epochs trained." if program is None else ".") + "</p>"]
     parts += _evaluation(evaluation)
     if "jensen_gap" in figures:
         parts.append(_figure("jensen_gap", figures.pop("jensen_gap")))
-    parts.append("<h2>Training</h2>")
-    parts += _metrics(history)
+    if program is None:
+        parts.append("<h2>Training</h2>")
+        parts += _metrics(history)
     for name in [n for n in FIGURE_TITLES if n in figures] + [n for n in figures if n not in FIGURE_TITLES]:
         parts.append(_figure(name, figures[name]))
-    parts.append(f"<h2>Configuration</h2><details open><summary class='sub'>config.toml</summary>"
+    parts.append(f"<h2>Configuration</h2><details open><summary class='sub'>"
+                 f"{'program.toml' if program else 'config.toml'}</summary>"
                  f"<pre>{html.escape(config_text)}</pre></details></main></body></html>")
     out = run_dir / "report.html"
     atomic_write(out, lambda f: f.write("\n".join(parts).encode()))

@@ -347,7 +347,8 @@ def test_cli_evaluates_plots_and_reports_a_users_program(trained_vae, tmp_path, 
     assert main(["report", str(out), *common, "--image-shape", "6,5"]) == 0
     for name in ("manifold", "scatter", "reconstructions", "samples", "interpolation", "jensen_gap"):
         assert (out / f"{name}.png").is_file(), name
-    assert "evaluated" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "evaluated" in report and "a user&#x27;s Pyro program" in report and "epochs trained" not in report
     capsys.readouterr()
     # bad input: named errors, exit 2
     for argv, message in (
