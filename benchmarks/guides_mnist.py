@@ -14,7 +14,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 import pyrovae
 from pyrovae import config as cfg

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
 from pyrovae import config as cfg  # noqa: E402
-from pyrovae import estimate as evaluation, priors, runs  # noqa: E402
+from pyrovae import estimate, priors, runs  # noqa: E402
 from pyrovae.distributions import DiagonalNormalMixture  # noqa: E402
 
 
@@ -81,7 +81,7 @@ def main():
     try:
         for name, forward in (("MixtureSameFamily", torch_forward), ("DiagonalNormalMixture", built_in)):
             priors.VampPrior.forward = forward
-            seconds[name], value = timed(lambda: evaluation.log_likelihood(vae, x, num_samples=200, seed=0), 1)
+            seconds[name], value = timed(lambda: estimate.log_likelihood(vae, x, num_samples=200, seed=0), 1)
             results["estimator"][f"{name}_s"] = seconds[name]
             results["estimator"][f"{name}_log_likelihood"] = float(value.mean())
     finally:

@@ -3,11 +3,8 @@ step reading and writing one :class:`~pyrovae.run_folder.RunFolder`. The command
 thin layer over these functions."""
 
 import json
-import math
 import shutil
 import sys
-import time
-import warnings
 from pathlib import Path
 
 import torch

@@ -15,7 +15,7 @@ import scipy.stats
 import torch
 
 import pyrovae
-from pyrovae import estimate as evaluation, likelihoods, priors
+from pyrovae import estimate, likelihoods, priors
 from pyrovae.cli import build_parser, config_from_args
 from pyrovae.config import load_toml, validate
 from pyrovae.infer.objectives import ELBOLoss, KLSchedule
@@ -183,12 +183,12 @@ def two_cluster_data(n=256, dim=6, seed=0):
 def test_a_few_svi_steps_raise_the_elbo_for_every_prior(name):
     x = two_cluster_data()
     vae = pyrovae.VAE((6,), latent_dim=2, hidden=(16,), prior=name, likelihood={"kind": "gaussian", "scale": 0.2})
-    before = float(evaluation.elbo(vae, x, num_particles=10, seed=0).mean())
+    before = float(estimate.elbo(vae, x, num_particles=10, seed=0).mean())
     with pytest.warns(UserWarning, match="no closed form") if name in ("mixture", "vamp", "flow", "student_t") else _nothing():
         pyrovae.fit(vae, x, epochs=10, batch_size=64, lr=1e-2, progress=False, device="cpu")
-    after = float(evaluation.elbo(vae, x, num_particles=10, seed=0).mean())
+    after = float(estimate.elbo(vae, x, num_particles=10, seed=0).mean())
     assert after > before + 5
-    check = evaluation.check_bounds(vae, x[:20], ks=(1, 10, 100), seed=0)  # traces work for every prior
+    check = estimate.check_bounds(vae, x[:20], ks=(1, 10, 100), seed=0)  # traces work for every prior
     assert check.ok
 
 
@@ -292,9 +292,9 @@ def test_a_few_svi_steps_raise_the_elbo_for_every_likelihood(name):
     base = torch.cat([make_x(g) for _ in range(40)])[:200]
     x = torch.cat([base[:100].sort(1).values, base[100:].sort(1, descending=True).values])  # structure to learn
     vae = pyrovae.VAE((6,), latent_dim=2, hidden=(16,), likelihood={"kind": name, **kwargs})
-    before = float(evaluation.elbo(vae, x, num_particles=10, seed=0).mean())
+    before = float(estimate.elbo(vae, x, num_particles=10, seed=0).mean())
     pyrovae.fit(vae, x, epochs=30, batch_size=50, lr=1e-2, progress=False, device="cpu", binarize="none")
-    after = float(evaluation.elbo(vae, x, num_particles=10, seed=0).mean())
+    after = float(estimate.elbo(vae, x, num_particles=10, seed=0).mean())
     assert after > before + 0.5
 
 
@@ -324,7 +324,7 @@ def test_mixture_prior_beats_normal_on_a_well_separated_mixture():
         vae = pyrovae.VAE((2,), latent_dim=2, hidden=(), prior={"kind": name, **({"components": 3, "init_spread": 2.0} if name == "mixture" else {})},
                           likelihood={"kind": "gaussian", "scale": "learned"})
         pyrovae.fit(vae, x, epochs=60, batch_size=100, lr=2e-2, loss="trace", progress=False, device="cpu")
-        scores[name] = float(evaluation.log_likelihood(vae, x[:300], num_samples=500, seed=0).mean())
+        scores[name] = float(estimate.log_likelihood(vae, x[:300], num_samples=500, seed=0).mean())
     assert scores["mixture"] > scores["normal"] + 0.3, scores
 
 
@@ -369,8 +369,8 @@ def test_a_user_prior_in_a_few_lines():
         x = two_cluster_data()
         with pytest.warns(UserWarning, match="no closed form; the KL term is estimated by Monte Carlo"):
             pyrovae.fit(vae, x, epochs=2, progress=False, device="cpu")
-        log_px = evaluation.log_likelihood(vae, x[:5], num_samples=2000, seed=0)
-        assert (log_px >= evaluation.elbo(vae, x[:5], num_particles=2000, seed=1) - 0.05).all()  # Jensen
+        log_px = estimate.log_likelihood(vae, x[:5], num_samples=2000, seed=0)
+        assert (log_px >= estimate.elbo(vae, x[:5], num_particles=2000, seed=1) - 0.05).all()  # Jensen
     finally:
         priors.PRIORS.unregister("logistic")
     assert "logistic" not in priors.PRIORS
@@ -439,9 +439,9 @@ def test_a_user_likelihood_function():
     lik = lambda params: dist.Gamma(torch.nn.functional.softplus(params) + 0.1, 2.0).to_event(1)  # noqa: E731
     vae = pyrovae.VAE((6,), latent_dim=2, hidden=(16,), likelihood=lik)
     x = two_cluster_data().abs() + 0.05
-    before = float(evaluation.elbo(vae, x, num_particles=10, seed=0).mean())
+    before = float(estimate.elbo(vae, x, num_particles=10, seed=0).mean())
     pyrovae.fit(vae, x, epochs=10, batch_size=64, lr=1e-2, progress=False, device="cpu")
-    assert float(evaluation.elbo(vae, x, num_particles=10, seed=0).mean()) > before
+    assert float(estimate.elbo(vae, x, num_particles=10, seed=0).mean()) > before
     bad = x.clone()
     bad[4, 2] = -1.0
     with pytest.raises(ValueError, match=r"GreaterThan.*-1.0 at index \(4, 2\)"):

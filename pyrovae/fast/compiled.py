@@ -365,7 +365,7 @@ class CompiledStep:
 class CompiledTerms:
     """The per-epoch ELBO report of a compiled run: per example, from one draw z ~ q(z|x),
     ``reconstruction`` log p(x|z), ``kl`` KL(q(z|x) || p(z)) and ``elbo`` their difference, as
-    :func:`pyrovae.evaluation.elbo_terms` gives them for the package VAE (its fast path, the
+    :func:`pyrovae.estimate.elbo_terms` gives them for the package VAE (its fast path, the
     closed-form KL where the prior has one), compiled for batches of ``batch_size`` on the run's
     kernels: the metrics cost a tenth of an epoch eagerly. A last short batch runs the same
     function eagerly; a compiler failure falls back to ``elbo_terms`` itself, with a warning.

@@ -10,7 +10,7 @@ mask (``poutine.scale``, subsampling), so every scale is applied exactly once, a
 ELBOs apply it. Plates common to every site (the ``"data"`` plate) are kept, every other plate
 dimension is summed, as :class:`pyro.infer.RenyiELBO` does; so the weights are per example, with
 the particles (``num_particles``) on the left. Every objective (:mod:`pyrovae.infer.elbo`) and
-every estimate (:mod:`pyrovae.evaluation`) is computed from :class:`WeightParts`.
+every estimate (:mod:`pyrovae.estimate`) is computed from :class:`WeightParts`.
 
 :func:`log_weight_parts` takes a fast path where the model offers one for this model/guide pair
 (``fast_weight_parts`` of the model protocol, :mod:`pyrovae.protocol`: the package VAE's, decided
@@ -18,7 +18,7 @@ by structure, never by comparing numbers), and Pyro's traces otherwise; tests ho
 in value and gradient. This module knows no model class.
 """
 
-from typing import Callable, Optional
+from typing import Optional
 
 import pyro
 import torch

@@ -78,7 +78,7 @@ class Trainer:
     :param run: a :class:`~pyrovae.run_folder.RunFolder` for checkpoints and metrics, or None.
     :param callbacks: :class:`~pyrovae.train.callbacks.Callback` objects, called in order.
     :param fast_path: let the package VAE's loss take its fast path (see
-        :mod:`pyrovae.infer.fast_path`); ``False`` runs Pyro's traces at every step.
+        :mod:`pyrovae.models.vae_fast_path`); ``False`` runs Pyro's traces at every step.
     """
 
     def __init__(self, vae, options: Dict, binarize: str = "auto", run=None, callbacks: Sequence[Callback] = (),
