@@ -43,6 +43,7 @@ IMPLEMENTATIONS = ["pyrovae", "pyrovae-defaults", "pyrovae-eager", "torch-eager"
 BATCH, HIDDEN, LATENT, LR = 128, 400, 50, 1e-3
 RESULTS = ROOT / "benchmarks" / "results-peers-cpu.json"
 DEFAULTS_RESULTS = ROOT / "benchmarks" / "results-peers-defaults-cpu.json"  # --defaults keeps its own record
+UNPAIRED_RESULTS = ROOT / "benchmarks" / "results-peers-unpaired-cpu.json"  # --defaults --unpaired
 LOCKSTEP = False  # set in a child of --lockstep: wait for the parent's word before each epoch
 
 
@@ -347,6 +348,9 @@ def main():
                         "steps flags) beside the tuned pyrovae and NumPyro: --only pyrovae-defaults,pyrovae,numpyro")
     parser.add_argument("--lockstep", action="store_true", help="all implementations of a repeat alive at once, "
                         "taking turns epoch by epoch (on with --defaults), instead of one whole run after another")
+    parser.add_argument("--unpaired", action="store_true", help="each process alone on the machine, one after "
+                        "another, their order alternating by repeat (with --defaults too, which is otherwise in "
+                        "lockstep): what a user running one program sees; medians and lower quartiles")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -362,7 +366,7 @@ def main():
     for name in missing:
         print(f"{name}: skipped, not installed (pip install -e '.[bench]')", file=sys.stderr)
     names = [n for n in names if n not in missing]
-    lockstep = args.lockstep or args.defaults
+    lockstep = (args.lockstep or args.defaults) and not args.unpaired
     runs = {name: [] for name in names}
     for repeat in range(args.repeats):
         order = names if repeat % 2 == 0 else names[::-1]  # interleave: no implementation always first
@@ -381,6 +385,7 @@ def main():
         whole_runs = [sum(run["seconds"]) for run in measured]
         table[name] = {"first_epoch": statistics.median(run["seconds"][0] for run in measured),
                        "epoch": statistics.median(steady), "epoch_min": min(steady), "epoch_max": max(steady),
+                       "epoch_lower_quartile": statistics.quantiles(steady, n=4)[0] if len(steady) > 1 else steady[0],
                        "compile_seconds": measured[0].get("compile_seconds"),
                        "whole_run": statistics.median(whole_runs), "whole_run_min": min(whole_runs),
                        "whole_run_max": max(whole_runs)}
@@ -409,7 +414,16 @@ def main():
                     table[name][label + "_min"], table[name][label + "_max"] = min(ratios), max(ratios)
                     print(f"  {name}, {what}: {statistics.median(ratios):.3f} [{min(ratios):.2f}, {max(ratios):.2f}] "
                           f"over {len(ratios)} epochs")
-    (DEFAULTS_RESULTS if args.defaults else RESULTS).write_text(json.dumps(
+    if not lockstep and fastest_peer_name:
+        quartile = table[fastest_peer_name]["epoch_lower_quartile"]
+        print(f"\nUnpaired against {fastest_peer_name}: ratio of medians, ratio of lower quartiles")
+        for name, row in table.items():
+            if name != fastest_peer_name:
+                row["unpaired_lower_quartile_ratio"] = row["epoch_lower_quartile"] / quartile
+                print(f"  {name}: {row['ratio_to_fastest_peer']:.3f}, {row['unpaired_lower_quartile_ratio']:.3f}")
+    results_file = DEFAULTS_RESULTS if args.defaults and lockstep else (
+        UNPAIRED_RESULTS if args.defaults else RESULTS)
+    results_file.write_text(json.dumps(
         {"machine": versions(), "epochs": args.epochs, "repeats": args.repeats, "lockstep": lockstep,
          "table": table, "runs": runs, "time": time.ctime()}, indent=2) + "\n")
 
