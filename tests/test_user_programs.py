@@ -358,3 +358,40 @@ def test_cli_evaluates_plots_and_reports_a_users_program(trained_vae, tmp_path, 
             (["--program", program, "--weights", str(data)], "not a state dict")):
         assert main(["evaluate", str(tmp_path / "bad"), *argv, "--dataset", str(data), "--no-progress"]) == 2
         assert message in capsys.readouterr().err
+
+
+class _SummedMixture(torch.nn.Module):
+    """A user's program with a discrete latent c the guide does not sample, and its own
+    log_importance_weights (the protocol's member) summing c out exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.means = torch.nn.Parameter(torch.tensor([-2.0, 2.0]))
+
+    def model(self, x):
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Categorical(logits=torch.zeros(len(x), 2)))
+            z = pyro.sample("z", dist.Normal(self.means[c], 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(x / 2, 0.8))
+
+    def log_importance_weights(self, x, num_samples):
+        z = dist.Normal(x / 2, 0.8).sample((num_samples,))
+        log_prior = torch.logsumexp(torch.stack([dist.Normal(m, 1.0).log_prob(z) for m in self.means]), 0) \
+            - math.log(2)
+        return log_prior + dist.Normal(z, 1.0).log_prob(x) - dist.Normal(x / 2, 0.8).log_prob(z)
+
+
+def test_a_users_program_that_sums_its_discrete_latent_out_is_weighed_by_its_own_weights():
+    program = _SummedMixture()
+    x = torch.tensor([-3.0, -1.0, 0.5, 2.5])
+    with pytest.raises(ValueError, match="latent site 'c' of the model is discrete"):
+        pyrovae.log_likelihood(model=program.model, guide=program.guide, x=x, num_samples=10)
+    estimate, stderr = pyrovae.log_likelihood(program, x, 20000, seed=0, return_stderr=True)  # its own member
+    # p(x) = (1/2) sum_c N(x; m_c, 2): z integrated out in closed form
+    exact = torch.logsumexp(torch.stack([dist.Normal(m, math.sqrt(2.0)).log_prob(x) for m in (-2.0, 2.0)]), 0) \
+        - math.log(2)
+    assert bool(((estimate - exact).abs() < 5 * stderr + 1e-3).all()), (estimate - exact, stderr)

@@ -74,16 +74,20 @@ class Evaluation:
         among them); ``kwargs`` the keyword arguments.
     """
 
-    def __init__(self, program, x, args=(), kwargs=None, labels=None, data_plate=None):
+    def __init__(self, program, x, args=(), kwargs=None, labels=None):
         self.program = program
         self.is_user_program = isinstance(program, Program)
+        # a user's object that sums a discrete latent out itself (the protocol's log_importance_weights)
+        self.own_weights = self.is_user_program and "log_importance_weights" in vars(program)
         self.x = program.prepare_data(x)
         self.num_examples = len(self.x)
         labels = _check_labels(program, self.x, labels)
         self.args = tuple(args) + (() if labels is None else (labels,))
         self.kwargs = dict(kwargs or {})
         self.max_plate_nesting = 1
-        if self.is_user_program:
+        if self.own_weights:
+            self.width = 2 * self.x[0].numel()
+        elif self.is_user_program:
             self.args = tuple(_to_device(a, self.x.device) for a in self.args)
             self.kwargs = {k: _to_device(v, self.x.device) for k, v in self.kwargs.items()}
             probe = min(self.num_examples, PROBE_EXAMPLES)
@@ -110,8 +114,8 @@ class Evaluation:
         where it declares one, else from the traces (or the model's fast path)."""
         args, kwargs = self.sliced(start, stop)
         with torch.no_grad(), pyro.validation_enabled(False):
-            log_w = None if self.is_user_program else family(self.program).log_importance_weights(args[0],
-                                                                                                   num_samples)
+            own = self.own_weights or not self.is_user_program
+            log_w = family(self.program).log_importance_weights(args[0], num_samples) if own else None
             if log_w is None:
                 log_w = log_weight_parts(self.program.model, self.program.guide, *args, num_particles=num_samples,
                                          max_plate_nesting=self.max_plate_nesting,
