@@ -226,15 +226,25 @@ def read_checkpoint_file(path, map_location="cpu", trust=False) -> Dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r} (a run folder holds {CHECKPOINT} after its first epoch)")
-    data = memoryview(path.read_bytes())
-    digest_line = bytes(data[-_DIGEST_LINE:])
     verified = False
-    if digest_line.startswith(DIGEST_PREFIX) and digest_line.endswith(b"\n"):
-        if hashlib.sha256(data[:-_DIGEST_LINE]).hexdigest().encode() != digest_line[len(DIGEST_PREFIX):-1]:
-            raise CheckpointCorrupt(f"checkpoint {str(path)!r} does not match its digest: its bytes changed after "
-                                    "it was written (a damaged disk or copy)")
-        verified = True
-    del data
+    with open(path, "rb") as file:  # hashed in pieces: a large checkpoint is never held twice
+        size = file.seek(0, os.SEEK_END)
+        if size >= _DIGEST_LINE:
+            file.seek(size - _DIGEST_LINE)
+            digest_line = file.read(_DIGEST_LINE)
+            if digest_line.startswith(DIGEST_PREFIX) and digest_line.endswith(b"\n"):
+                file.seek(0)
+                digest, left = hashlib.sha256(), size - _DIGEST_LINE
+                while left:
+                    piece = file.read(min(left, 1 << 22))
+                    if not piece:
+                        break
+                    digest.update(piece)
+                    left -= len(piece)
+                if digest.hexdigest().encode() != digest_line[len(DIGEST_PREFIX):-1]:
+                    raise CheckpointCorrupt(f"checkpoint {str(path)!r} does not match its digest: its bytes changed "
+                                            "after it was written (a damaged disk or copy)")
+                verified = True
     try:  # torch's zip reader finds its directory before the digest line
         state = torch.load(path, map_location=map_location, weights_only=not trust)
     except pickle.UnpicklingError as error:
