@@ -48,9 +48,11 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["ModelProtocol", "Program", "ProgramSites", "as_program", "family", "trains_with_own_objective", "PLOT_KINDS", "PROTOCOL_MEMBERS",
+__all__ = ["ModelProtocol", "Program", "ProgramSites", "as_program", "family", "trains_with_own_objective", "PLOT_KINDS",
+           "PROBE_EXAMPLES", "PROTOCOL_MEMBERS",
            "slice_examples"]
 
+PROBE_EXAMPLES = 64  # examples a user's program is first traced on, for its sites and its named errors
 PLOT_KINDS = ("manifold", "scatter", "reconstructions", "samples", "interpolation", "attributes", "posterior", "curves")
 
 PROTOCOL_MEMBERS = ("requires_labels", "semi_supervised", "mean_field_guide", "training_defaults", "selection_metric",
@@ -257,6 +259,20 @@ class Program(ModelProtocol):
         if self.input_shape is None:
             self.input_shape = tuple(x.shape[1:])
         return x.to(self.device_for(x))
+
+    def prepare(self, x, args=(), kwargs=None):
+        """``(x, args, kwargs, sites)``: the data and the further program arguments on the
+        parameters' device, and :meth:`sites` from one trace of the first :data:`PROBE_EXAMPLES`
+        examples, with Pyro's validation on (its support checks), so a program the estimators
+        cannot weigh per example fails here, by name, before any work."""
+        x = self.prepare_data(x)
+        args = tuple(a.to(x.device) if torch.is_tensor(a) else a for a in args)
+        kwargs = {k: v.to(x.device) if torch.is_tensor(v) else v for k, v in (kwargs or {}).items()}
+        probe = min(len(x), PROBE_EXAMPLES)
+        with torch.no_grad(), pyro.validation_enabled(True):
+            sites = self.sites((x[:probe],) + slice_examples(args, len(x), 0, probe),
+                               slice_examples(kwargs, len(x), 0, probe))
+        return x, args, kwargs, sites
 
     # -- its sites ---------------------------------------------------------------------------------
     def sites(self, args, kwargs=None, refresh=False) -> ProgramSites:

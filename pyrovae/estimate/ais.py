@@ -36,7 +36,7 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.util import site_is_subsample
 
 from ..infer.weights import PARTICLE_PLATE
-from ..protocol import Program, as_program, slice_examples
+from ..protocol import Program, as_program
 from ..validation import require_positive_int
 from .importance import _seeded
 
@@ -234,17 +234,13 @@ def _resolve(model, guide, x, args, kwargs, data_plate):
         program = as_program(model, guide, data_plate=data_plate)
     if x is None:
         raise TypeError("the data x is missing: pass x (its first dimension the examples)")
+    if isinstance(program, Program):
+        x, args, kwargs, sites = program.prepare(x, args, kwargs)
+        return program.model, program.guide, x, args, kwargs, sites.max_plate_nesting
     x = program.prepare_data(x)
     args = tuple(a.to(x.device) if torch.is_tensor(a) else a for a in args)
     kwargs = {k: v.to(x.device) if torch.is_tensor(v) else v for k, v in kwargs.items()}
-    nesting = 1
-    if isinstance(program, Program):
-        probe = min(len(x), 64)
-        with torch.no_grad():
-            sites = program.sites((x[:probe],) + slice_examples(args, len(x), 0, probe),
-                                  slice_examples(kwargs, len(x), 0, probe))
-        nesting = sites.max_plate_nesting
-    return program.model, program.guide, x, args, kwargs, nesting
+    return program.model, program.guide, x, args, kwargs, 1
 
 
 def ais_log_likelihood(model, guide=None, x: torch.Tensor = None, *args, num_chains: int = 16,

@@ -47,7 +47,6 @@ __all__ = [
 # Floats in the widest per-chunk tensor (samples x examples x data dimensions): 8 MB; larger
 # chunks were slower here (fresh pages for every tensor), smaller ones pay Pyro per chunk.
 DEFAULT_CHUNK_ELEMENTS = 2**21
-PROBE_EXAMPLES = 64  # examples a user's program is first traced on, for its sites and errors
 
 
 class BoundViolationWarning(UserWarning):
@@ -80,7 +79,6 @@ class Evaluation:
         # a user's object that sums a discrete latent out itself (the protocol's log_importance_weights)
         self.own_weights = self.is_user_program and "log_importance_weights" in vars(program)
         self.x = program.prepare_data(x)
-        self.num_examples = len(self.x)
         labels = _check_labels(program, self.x, labels)
         self.args = tuple(args) + (() if labels is None else (labels,))
         self.kwargs = dict(kwargs or {})
@@ -88,16 +86,11 @@ class Evaluation:
         if self.own_weights:
             self.width = 2 * self.x[0].numel()
         elif self.is_user_program:
-            self.args = tuple(_to_device(a, self.x.device) for a in self.args)
-            self.kwargs = {k: _to_device(v, self.x.device) for k, v in self.kwargs.items()}
-            probe = min(self.num_examples, PROBE_EXAMPLES)
-            with torch.no_grad(), pyro.validation_enabled(True):
-                sites = program.sites(*self.sliced(0, probe))
-            self.sites = sites
-            self.max_plate_nesting = sites.max_plate_nesting
-            self.width = sites.width
+            self.x, self.args, self.kwargs, sites = program.prepare(self.x, self.args, self.kwargs)
+            self.max_plate_nesting, self.width = sites.max_plate_nesting, sites.width
         else:
             self.width = program.evaluation_width()
+        self.num_examples = len(self.x)
 
     @property
     def device(self):
@@ -128,10 +121,6 @@ class Evaluation:
         raise ValueError(
             f"per-example log weights need every sample site of the model inside its data plate; got weights of "
             f"shape {tuple(log_w.shape)} for {num_samples} samples of {count} examples")
-
-
-def _to_device(value, device):
-    return value.to(device) if torch.is_tensor(value) else value
 
 
 def evaluation_of(vae, x, model=None, guide=None, args=(), kwargs=None, labels=None, data_plate=None) -> Evaluation:

@@ -68,7 +68,7 @@ def _simulated(program, x, args):
     """(simulated x, the exact posterior draw that made it): every site of the model drawn, under
     ``poutine.uncondition``, with the data's shape; the model's one observed site must score x."""
     if isinstance(program, Program):
-        observed = program.sites((x[:64],) + tuple(a[:64] if torch.is_tensor(a) else a for a in args)).observed
+        observed = program.prepare(x, args)[3].observed
     else:
         observed = ["x"]
     if len(observed) != 1:
