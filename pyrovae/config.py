@@ -54,8 +54,9 @@ class ModelConfig:
                         "hvae (two stochastic layers)", choices=("vae", "cvae", "m2", "hvae"))
     latent_dim: int = option(2, "dimension of z (hvae: of the top layer z2)", minimum=1)
     hidden: List[int] = option([400], "hidden widths, e.g. 400 or 512,256; 'none' for affine networks")
-    network: str = option("mlp", "encoder and decoder networks: mlp, conv, or gated (Tomczak & Welling's gated "
-                          "units, He-normal weights, log-variance in [-6, 2])", choices=("mlp", "conv", "gated"))
+    network: str = option("mlp", "encoder and decoder networks: mlp, conv, gated (Tomczak & Welling's gated "
+                          "units, He-normal weights, log-variance in [-6, 2]) or gated-conv (van den Berg et al.'s "
+                          "gated convolutions; hidden 256 is theirs)", choices=("mlp", "conv", "gated", "gated-conv"))
     activation: str = option("relu", "the networks' nonlinearity (gated: on each unit's value branch; identity in "
                              "the paper)", choices=("relu", "tanh", "softplus", "identity"))
     prior: Dict[str, Any] = option({"kind": "normal"}, "prior name (normal, laplace, student_t, mixture, vamp, flow)")
@@ -87,8 +88,8 @@ class TrainConfig:
                             choices=("standard", "stl", "dreg"))
     epochs: int = option(10, "passes over the training data", minimum=0)
     batch_size: int = option(128, "examples per step", minimum=1)
-    optimizer: str = option("adam", "adam or rmsprop (PyTorch's defaults besides the learning rate)",
-                            choices=("adam", "rmsprop"))
+    optimizer: str = option("adam", "adam, adamax or rmsprop (PyTorch's defaults besides the learning rate)",
+                            choices=("adam", "adamax", "rmsprop"))
     lr: float = option(1e-3, "the optimizer's learning rate", positive=True)
     adam_beta1: float = option(0.9, "Adam's beta1, the decay of its running mean of the gradient (Pyro's ss_vae "
                                "example: 0.95)", minimum=0)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 __all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "GatedDense", "GatedEncoder", "GatedDecoder",
-           "build_networks", "NETWORKS", "ACTIVATIONS", "init_normal", "hidden_linears"]
+           "GatedConv", "GatedConvEncoder", "GatedConvDecoder", "build_networks", "NETWORKS", "ACTIVATIONS", "init_normal", "hidden_linears"]
 
 
 def _mlp(sizes, activation):
@@ -229,7 +229,103 @@ class GatedDecoder(nn.Module):
         return out.reshape(*out.shape[:-1], self.num_params, *self.data_shape)
 
 
-NETWORKS = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder), "gated": (GatedEncoder, GatedDecoder)}
+class GatedConv(nn.Module):
+    """A gated convolution, y = a(conv_h(x)) * sigmoid(conv_g(x)), two convolutions (``transposed``
+    or not) of the same shape, ``a`` the activation (identity in the papers): the unit of van den
+    Berg et al. (2018)'s and Tomczak & Welling (2018)'s convolutional VAEs."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+                 transposed=False, activation=nn.Identity):
+        super().__init__()
+        self.activation = activation()
+        if transposed:
+            def make():
+                return nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding, output_padding)
+        else:
+            def make():
+                return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)
+        self.h, self.g = make(), make()
+
+    def forward(self, x):
+        return self.activation(self.h(x)) * torch.sigmoid(self.g(x))
+
+
+def _gated_conv_sides(data_shape):
+    if len(data_shape) != 3:
+        raise ValueError(
+            f"network='gated-conv' needs image data of shape (channels, height, width); got data_shape={tuple(data_shape)}"
+        )
+    c, h, w = data_shape
+    if h % 4 or w % 4:
+        raise ValueError(f"network='gated-conv' needs image sides divisible by 4 (two stride-2 layers each way); "
+                         f"got {h}x{w}")
+    return c, h, w
+
+
+class GatedConvEncoder(nn.Module):
+    """x -> (mu(x), sigma(x)) through six gated convolutions (van den Berg et al. 2018's encoder:
+    kernel 5, channels 32, 32, 64, 64, 64, strides 1, 2, 1, 2, 1, then a gated convolution as wide as
+    the remaining H/4 x W/4 map, to ``hidden[-1]`` channels, 256 in the paper); mu affine in those
+    features, sigma^2 = softplus(affine), as their code has it. ``activation`` on each unit's value
+    branch (the paper's: identity)."""
+
+    def __init__(self, data_shape, latent_dim, hidden=(256,), activation=nn.Identity):
+        super().__init__()
+        c, h, w = _gated_conv_sides(data_shape)
+        self.data_shape = tuple(data_shape)
+        self.latent_dim = latent_dim
+        width = hidden[-1] if hidden else 256
+        self.hidden_width = width
+        a = activation
+        self.conv = nn.Sequential(
+            GatedConv(c, 32, 5, 1, 2, activation=a), GatedConv(32, 32, 5, 2, 2, activation=a),
+            GatedConv(32, 64, 5, 1, 2, activation=a), GatedConv(64, 64, 5, 2, 2, activation=a),
+            GatedConv(64, 64, 5, 1, 2, activation=a), GatedConv(64, width, (h // 4, w // 4), 1, 0, activation=a),
+        )
+        self.loc = nn.Linear(width, latent_dim)
+        self.variance = nn.Linear(width, latent_dim)
+
+    def forward(self, x):
+        return self.heads(self.features(x))
+
+    def features(self, x):
+        batch = x.shape[: -len(self.data_shape)]
+        return self.conv(x.reshape(-1, *self.data_shape)).reshape(*batch, self.hidden_width)
+
+    def heads(self, h):
+        return self.loc(h), nn.functional.softplus(self.variance(h)).sqrt()
+
+
+class GatedConvDecoder(nn.Module):
+    """z -> likelihood parameters through six gated transposed convolutions (van den Berg et al.
+    2018's decoder: z as a 1x1 map with ``latent_dim`` channels, widened to H/4 x W/4 with 64
+    channels, then kernel 5, channels 64, 32, 32, 32, 32, strides 1, 2, 1, 2, 1) and a 1x1
+    convolution to ``num_params`` parameters per pixel."""
+
+    def __init__(self, data_shape, latent_dim, hidden=(256,), num_params=1, activation=nn.Identity):
+        super().__init__()
+        c, h, w = _gated_conv_sides(data_shape)
+        self.data_shape = tuple(data_shape)
+        self.num_params = num_params
+        a = activation
+        self.deconv = nn.Sequential(
+            GatedConv(latent_dim, 64, (h // 4, w // 4), 1, 0, transposed=True, activation=a),
+            GatedConv(64, 64, 5, 1, 2, transposed=True, activation=a),
+            GatedConv(64, 32, 5, 2, 2, 1, transposed=True, activation=a),
+            GatedConv(32, 32, 5, 1, 2, transposed=True, activation=a),
+            GatedConv(32, 32, 5, 2, 2, 1, transposed=True, activation=a),
+            GatedConv(32, 32, 5, 1, 2, transposed=True, activation=a),
+            nn.Conv2d(32, num_params * c, 1),
+        )
+
+    def forward(self, z):
+        batch = z.shape[:-1]
+        out = self.deconv(z.reshape(-1, z.shape[-1], 1, 1))
+        return out.reshape(*batch, self.num_params, *self.data_shape)
+
+
+NETWORKS = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder), "gated": (GatedEncoder, GatedDecoder),
+            "gated-conv": (GatedConvEncoder, GatedConvDecoder)}
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "identity": nn.Identity}
 
 

@@ -201,3 +201,46 @@ def test_gated_networks_are_tomczak_and_wellings():
     assert vae.decoder(torch.randn(2, 5, 40)).shape == (2, 5, 1, 1, 28, 28)
     with pytest.raises(ValueError, match="gated' needs at least one hidden layer"):
         pyrovae.VAE((1, 28, 28), latent_dim=4, hidden=(), network="gated")
+
+
+def test_gated_convolutional_networks_are_van_den_bergs():
+    """Gated convolutions y = conv_h(x) * sigmoid(conv_g(x)); the encoder's spatial sizes 28, 14, 7,
+    then 1x1 with 256 channels; sigma^2 = softplus(affine); the decoder's 1x1 -> 7 -> 14 -> 28;
+    leading dimensions (particles, examples) pass through; sides not divisible by 4 are refused."""
+    from pyrovae.networks import GatedConv, GatedConvEncoder
+
+    torch.manual_seed(0)
+    unit = GatedConv(2, 3, 5, 1, 2)
+    x = torch.randn(4, 2, 9, 9)
+    by_hand = torch.nn.functional.conv2d(x, unit.h.weight, unit.h.bias, padding=2) * torch.sigmoid(
+        torch.nn.functional.conv2d(x, unit.g.weight, unit.g.bias, padding=2))
+    assert torch.allclose(unit(x), by_hand, atol=1e-6)
+
+    vae = pyrovae.VAE((1, 28, 28), latent_dim=64, hidden=(256,), network="gated-conv", activation="identity",
+                      guide="planar")
+    assert isinstance(vae.encoder, GatedConvEncoder) and vae.encoder.hidden_width == 256
+    images = torch.rand(3, 1, 28, 28).bernoulli()
+    sizes = []
+    h = images
+    for layer in vae.encoder.conv:
+        h = layer(h)
+        sizes.append(tuple(h.shape[1:]))
+    assert sizes == [(32, 28, 28), (32, 14, 14), (64, 14, 14), (64, 7, 7), (64, 7, 7), (256, 1, 1)]
+    loc, scale = vae.encoder(images)
+    assert loc.shape == scale.shape == (3, 64)
+    by_hand = torch.nn.functional.softplus(vae.encoder.variance(h.flatten(1))).sqrt()
+    assert torch.allclose(scale, by_hand)
+    assert vae.decoder(torch.randn(2, 5, 64)).shape == (2, 5, 1, 1, 28, 28)
+    assert vae.encoder.features(images.expand(2, 3, 1, 28, 28)).shape == (2, 3, 256)
+    assert pyrovae.elbo(vae, images, 2).shape == (3,)
+    with pytest.raises(ValueError, match="sides divisible by 4"):
+        pyrovae.VAE((1, 30, 28), latent_dim=4, network="gated-conv")
+    with pytest.raises(ValueError, match="shape \\(channels, height, width\\)"):
+        pyrovae.VAE(784, latent_dim=4, network="gated-conv")
+
+
+def test_adamax_is_torchs():
+    from pyrovae.train.trainer import make_optimizer
+
+    optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(3))], {"optimizer": "adamax", "lr": 5e-4})
+    assert isinstance(optimizer, torch.optim.Adamax) and optimizer.defaults["lr"] == 5e-4

@@ -55,7 +55,9 @@ class VAE(PyroModule, ModelProtocol):
         (``"meanfield"``, ``"lowrank"``, ``"planar"``, ``"iaf"``), a ``{"kind": ...}`` table, a
         :class:`~pyrovae.guides.Guide`, a Pyro conditional transform, or a callable
         ``(loc, scale, h) -> Distribution``; ``guide_args`` the named family's arguments.
-    :param network: ``"mlp"``, ``"conv"`` or ``"gated"`` (Tomczak & Welling's gated units).
+    :param network: ``"mlp"``, ``"conv"``, ``"gated"`` (Tomczak & Welling's gated units) or
+        ``"gated-conv"`` (van den Berg et al.'s gated convolutional networks; ``hidden=(256,)``
+        and ``activation="identity"`` give theirs).
     :param activation: ``"relu"``, ``"tanh"`` or ``"identity"`` between hidden layers.
     :param name: the prefix of the parameters' names in Pyro's param store.
     """

@@ -33,11 +33,11 @@ from .schedules import make_scheduler
 
 __all__ = ["Trainer", "TrainingDiverged", "stream_seed", "make_optimizer", "OPTIMIZERS", "METRIC_EXAMPLES"]
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "rmsprop": torch.optim.RMSprop}
 
 
 def make_optimizer(parameters, options: Dict, fused: bool = False) -> torch.optim.Optimizer:
-    """``options["optimizer"]`` (adam or rmsprop, PyTorch's defaults besides ``options["lr"]``
+    """``options["optimizer"]`` (adam, adamax or rmsprop, PyTorch's defaults besides ``options["lr"]``
     and Adam's ``options["adam_beta1"]``) over ``parameters``; Adam's fused kernel where the step
     is compiled (``fused``: one pass over the parameters), the foreach kernels otherwise."""
     name = options.get("optimizer", "adam")
