@@ -31,6 +31,7 @@ member                      meaning (default)
 ``log_importance_weights``  (K, N) log weights with a discrete latent summed out (None: traces)
 ``elbo_terms(x)``           (reconstruction, KL) per example where traces cannot give them (None)
 ``fast_weight_parts``       an optimized equal of the traces' weights for (model, guide) (None)
+``fast_ais_target``         an optimized equal of AIS's target densities for (model, guide) (None)
 ==========================  ======================================================================
 
 Readers never ask an object for these with ``getattr``: they call :func:`family`, which gives the
@@ -57,7 +58,7 @@ PLOT_KINDS = ("manifold", "scatter", "reconstructions", "samples", "interpolatio
 
 PROTOCOL_MEMBERS = ("requires_labels", "semi_supervised", "mean_field_guide", "training_defaults", "selection_metric",
                     "plot_kinds", "make_objective", "auxiliary_programs", "extra_metrics", "log_importance_weights",
-                    "elbo_terms", "fast_weight_parts")
+                    "elbo_terms", "fast_weight_parts", "fast_ais_target")
 
 
 class ModelProtocol:
@@ -98,6 +99,13 @@ class ModelProtocol:
         """A function ``(x, num_particles, analytic_kl, per_dim, estimator) -> WeightParts`` equal
         to the traces' weights of this ``model``/``guide`` pair (an optimization, chosen by
         structure and held equal by tests), or None."""
+        return None
+
+    def fast_ais_target(self, model, guide):
+        """A function ``(x, num_chains, proposal, compile) -> target`` whose ``initial()`` draws
+        z_0 ~ pi_0 and whose ``point(z)`` gives log pi_0(z), log p(x, z) and their gradients in z,
+        equal to what AIS reads from the traces of this ``model``/``guide`` pair (an optimization,
+        chosen by structure and held equal by tests), or None."""
         return None
 
 

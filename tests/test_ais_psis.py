@@ -67,11 +67,16 @@ def test_pareto_k_is_low_and_ess_near_k_where_the_guide_covers_the_posterior(lin
     assert float((estimate - truth).abs().max()) < 0.02
 
 
-def test_ais_is_within_its_monte_carlo_error_of_the_exact_log_likelihood(linear_gaussian):
+@pytest.mark.parametrize("path", ["fast", "traces", "chunks"])
+def test_ais_is_within_its_monte_carlo_error_of_the_exact_log_likelihood(linear_gaussian, path):
+    """The VAE's fast target, Pyro's traces (the same program behind plain callables), and the
+    fast target over chunks of 5 examples."""
     vae, weight, cov, _, x, truth = linear_gaussian
     set_guide(vae, weight, cov, 0.5)
     x, truth = x[:32], truth[:32]
-    result = ais_log_likelihood(vae.model, vae.guide, x, num_chains=16, num_steps=200, num_leapfrog=5, seed=0)
+    model, guide = (vae.model, vae.guide) if path != "traces" else (lambda x: vae.model(x), lambda x: vae.guide(x))
+    result = ais_log_likelihood(model, guide, x, num_chains=16, num_steps=200, num_leapfrog=5, seed=0,
+                                batch_size=5 if path == "chunks" else None)
     error = result.log_likelihood - truth
     assert result.chain_log_weights.shape == (16, 32) and result.chain_sd.shape == (32,)
     assert abs(float(error.mean())) < 3 * float(error.std()) / math.sqrt(len(x)) + 0.01
@@ -150,3 +155,74 @@ def test_evaluate_runs_ais_and_bdmc_on_each_family_where_they_apply(tmp_path, la
     capsys.readouterr()
     assert main(["evaluate", str(out), "--method", "ais", "--num-chains", "0", "--device", "cpu"]) == 2
     assert "--num-chains" in capsys.readouterr().err
+
+
+def _ais_vae():
+    torch.manual_seed(1)
+    vae = pyrovae.VAE((1, 6, 6), latent_dim=3, hidden=(20,)).eval()
+    return vae, torch.rand(5, 1, 6, 6).bernoulli()
+
+
+@pytest.mark.parametrize("proposal", ["guide", "prior"])
+def test_the_vaes_fast_ais_target_is_what_the_traces_define(proposal):
+    """The same initial draws (the chains' plate draws them alike), and at any z the same
+    log pi_0, log p(x, z) and gradients as Pyro's traces of vae.model and vae.guide give."""
+    from pyrovae.estimate.ais import _make_target, _TraceTarget
+    from pyrovae.models.vae_fast_path import VAEAISTarget
+
+    vae, x = _ais_vae()
+    fast = _make_target(vae.model, vae.guide, (x,), {}, 4, proposal, 1, compiled=False)
+    traces = _TraceTarget(vae.model, vae.guide, (x,), {}, 4, proposal)
+    assert isinstance(fast, VAEAISTarget)
+    torch.manual_seed(7)
+    z_fast = fast.initial()
+    torch.manual_seed(7)
+    z_traces = traces.initial()
+    assert torch.equal(z_fast["z"], z_traces["z"])
+    z = {"z": torch.randn(4, 5, 3) * 2}
+    a, b = fast.point(z), traces.point(z)
+    for mine, theirs in ((a.base, b.base), (a.joint, b.joint), (a.grad_base["z"], b.grad_base["z"]),
+                         (a.grad_joint["z"], b.grad_joint["z"])):
+        assert mine.shape == theirs.shape
+        assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-5)
+    with pytest.MonkeyPatch.context() as patch:  # a subclass's own model is not the VAE's: traces
+        patch.setattr(type(vae), "fast_weight_parts", lambda self, model, guide: None)
+        assert isinstance(_make_target(vae.model, vae.guide, (x,), {}, 4, proposal, 1, False), _TraceTarget)
+
+
+def test_a_compiled_ais_run_is_the_eager_run():
+    vae, x = _ais_vae()
+    options = dict(num_chains=4, num_steps=20, num_leapfrog=3, seed=2)
+    eager = ais_log_likelihood(vae, x, compile=False, **options)
+    traced = ais_log_likelihood(lambda x: vae.model(x), lambda x: vae.guide(x), x, **options)
+    compiled = ais_log_likelihood(vae, x, compile=True, **options)
+    assert torch.allclose(eager.chain_log_weights, traced.chain_log_weights, atol=1e-4)
+    assert torch.allclose(eager.chain_log_weights, compiled.chain_log_weights, atol=1e-3)
+    assert torch.equal(eager.step_size, compiled.step_size)
+    with pytest.raises(ValueError, match="compile must be True, False or 'auto'"):
+        ais_log_likelihood(vae, x, compile="yes", **options)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        ais_log_likelihood(vae, x, batch_size=0, **options)
+
+
+def test_a_one_site_guide_is_traced_once_and_read_at_every_point():
+    """The proposal's distribution, kept from its one trace, gives the density a new trace of the
+    guide conditioned on z gives (a user's Pyro program)."""
+    from pyrovae.estimate.ais import _TraceTarget
+
+    vae, x = _ais_vae()
+
+    def model(x):
+        vae.model(x)
+
+    def guide(x):
+        vae.guide(x)
+
+    target = _TraceTarget(model, guide, (x,), {}, 4, "guide")
+    target.initial()
+    assert target._proposal_trace is not None
+    z = {"z": torch.randn(4, 5, 3)}
+    cached = target.point(z)
+    target._proposal_trace = None
+    fresh = target.point(z)
+    assert torch.allclose(cached.base, fresh.base) and torch.allclose(cached.grad_base["z"], fresh.grad_base["z"])

@@ -36,14 +36,22 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.util import site_is_subsample
 
 from ..infer.weights import PARTICLE_PLATE
-from ..protocol import Program, as_program
+from ..protocol import ModelProtocol, Program, as_program, slice_examples
 from ..validation import require_positive_int
 from .importance import _seeded
 
-__all__ = ["AISResult", "BDMCResult", "ais_log_likelihood", "bdmc", "annealing_schedule", "SCHEDULES", "PROPOSALS"]
+__all__ = ["AISResult", "BDMCResult", "Point", "ais_log_likelihood", "bdmc", "annealing_schedule", "SCHEDULES",
+           "PROPOSALS"]
 
 SCHEDULES = ("sigmoid", "linear")
 PROPOSALS = ("guide", "prior")
+# Chains x examples one chunk holds by default: on 2 CPU cores the MNIST VAE's decoder works
+# through the same rows as fast in chunks of this size as in one block, with the working set
+# (a few (rows, 784) tensors) near the caches rather than many times larger.
+ROWS_PER_CHUNK = 4096
+# Density evaluations (chains x examples x steps x leapfrog steps) from which compile="auto"
+# compiles a fast target: its compilation takes some 10-20 s.
+COMPILE_MIN_WORK = 20_000_000
 
 
 def annealing_schedule(num_steps: int, schedule: Union[str, torch.Tensor] = "sigmoid", dtype=torch.float64):
@@ -84,15 +92,47 @@ def _sample_sites(trace):
             if site["type"] == "sample" and not site_is_subsample(site)]
 
 
-class _Target:
+class Point:
+    """log pi_0(z) (``base``) and log p(x, z) (``joint``), each (C, N), and their gradients in z
+    (dicts of site -> (C, N, *event)) at one z: log f_b = base + b (joint - base) and its gradient
+    for every b without another evaluation (f_b is linear in b)."""
+
+    __slots__ = ("base", "joint", "grad_base", "grad_joint")
+
+    def __init__(self, base, joint, grad_base, grad_joint):
+        self.base, self.joint, self.grad_base, self.grad_joint = base, joint, grad_base, grad_joint
+
+    @property
+    def g(self):
+        """log p(x, z) - log pi_0(z): the increment of the log weight per unit of b."""
+        return self.joint - self.base
+
+    def log_f(self, beta):
+        return self.base + beta * (self.joint - self.base)
+
+    def grad(self, beta):
+        return {name: value + beta * (self.grad_joint[name] - value) for name, value in self.grad_base.items()}
+
+    def where(self, accepted, other):
+        """Per (chain, example): ``other``'s values where ``accepted``, this point's elsewhere."""
+        def pick(mine, theirs):
+            return {name: torch.where(_per_site(accepted, value), theirs[name], value) for name, value in mine.items()}
+        return Point(torch.where(accepted, other.base, self.base), torch.where(accepted, other.joint, self.joint),
+                     pick(self.grad_base, other.grad_base), pick(self.grad_joint, other.grad_joint))
+
+
+class _TraceTarget:
     """log pi_0(z) and log p(x, z) per (chain, example) at latent values ``z`` (a dict of site ->
     (C, N, *event)), from the model's (and, for the guide proposal, the guide's) Pyro traces with
-    the latent sites conditioned on ``z``."""
+    the latent sites conditioned on ``z``. A guide with one sample site is traced once: that
+    site's distribution depends on x alone, so its density at any z is read from the same
+    distribution object (the proposal's parameters computed once per example)."""
 
     def __init__(self, model, guide, args, kwargs, num_chains, proposal, max_plate_nesting=1):
         plate = pyro.plate(PARTICLE_PLATE, num_chains, dim=-(max_plate_nesting + 1))
         self.model, self.guide = plate(model), plate(guide)
         self.args, self.kwargs, self.proposal = args, kwargs, proposal
+        self._proposal_trace = None
 
     def _reduced(self, trace, sites):
         trace.compute_log_prob()
@@ -104,14 +144,29 @@ class _Target:
         with torch.no_grad():
             program = self.guide if self.proposal == "guide" else self.model
             trace = poutine.trace(program).get_trace(*self.args, **self.kwargs)
-        sites = [name for name, site in _sample_sites(trace) if not site["is_observed"]]
+        sample_sites = _sample_sites(trace)
+        sites = [name for name, site in sample_sites if not site["is_observed"]]
         for name in sites:
             fn = trace.nodes[name]["fn"]
             if not getattr(fn, "has_rsample", False) or fn.support.is_discrete:
                 raise ValueError(f"AIS moves the latent sites by HMC, which needs continuous ones; site {name!r} is "
                                  f"{type(fn).__name__} (discrete). For a model that sums a discrete latent (m2), run "
                                  "AIS given each value and sum p(x, y) over them (pyrovae evaluate --method ais does)")
+        if self.proposal == "guide" and len(sample_sites) == 1:
+            self._proposal_trace = trace
         return {name: trace.nodes[name]["value"].detach() for name in sites}
+
+    def _guide_density(self, z):
+        if self._proposal_trace is not None:
+            trace = self._proposal_trace
+            for name, value in z.items():  # the same distribution, read at the new value
+                site = trace.nodes[name]
+                site["value"] = value
+                for key in ("log_prob", "unscaled_log_prob", "log_prob_sum"):
+                    site.pop(key, None)
+        else:
+            trace = poutine.trace(poutine.condition(self.guide, data=z)).get_trace(*self.args, **self.kwargs)
+        return self._reduced(trace, [name for name, _ in _sample_sites(trace)])
 
     def log_densities(self, z: Dict[str, torch.Tensor]):
         """(log pi_0(z), log p(x, z)), each (C, N)."""
@@ -122,26 +177,26 @@ class _Target:
             raise ValueError(f"latent sites {sorted(missing)} of the proposal are not sites of the model")
         joint = self._reduced(model_trace, names)
         if self.proposal == "prior":
-            base = self._reduced(model_trace, list(z))
-        else:
-            guide_trace = poutine.trace(poutine.condition(self.guide, data=z)).get_trace(*self.args, **self.kwargs)
-            try:
-                base = self._reduced(guide_trace, [name for name, _ in _sample_sites(guide_trace)])
-            except (KeyError, NotImplementedError):  # a flow without an inverse (planar)
-                raise ValueError("AIS from the guide needs q(z|x) at points it did not draw; this guide's density is "
-                                 "known at its own draws only (a planar flow has no inverse): run AIS with "
-                                 "proposal='prior'") from None
-        return base, joint
+            return self._reduced(model_trace, list(z)), joint
+        try:
+            return self._guide_density(z), joint
+        except (KeyError, NotImplementedError):  # a flow without an inverse (planar)
+            raise ValueError("AIS from the guide needs q(z|x) at points it did not draw; this guide's density is "
+                             "known at its own draws only (a planar flow has no inverse): run AIS with "
+                             "proposal='prior'") from None
 
-
-def _value_and_grad(target, z, beta):
-    """log f_b(z) (C, N) and its gradient wrt each latent site."""
-    with torch.enable_grad():
-        z = {name: value.detach().requires_grad_(True) for name, value in z.items()}
-        base, joint = target.log_densities(z)
-        log_f = base + beta * (joint - base)
-        grads = torch.autograd.grad(log_f.sum(), list(z.values()))
-    return log_f.detach(), dict(zip(z, grads)), (joint - base).detach()
+    def point(self, z) -> Point:
+        """The densities at ``z`` and their gradients (two backward passes: log p(x, z)'s through
+        the decoder, log pi_0's)."""
+        with torch.enable_grad():
+            z = {name: value.detach().requires_grad_(True) for name, value in z.items()}
+            base, joint = self.log_densities(z)
+            values = list(z.values())
+            grad_joint = torch.autograd.grad(joint.sum(), values, retain_graph=base.requires_grad)
+            grad_base = (torch.autograd.grad(base.sum(), values, allow_unused=True) if base.requires_grad
+                         else (None,) * len(values))
+        grad_base = [torch.zeros_like(v) if g is None else g for v, g in zip(values, grad_base)]
+        return Point(base.detach(), joint.detach(), dict(zip(z, grad_base)), dict(zip(z, grad_joint)))
 
 
 def _per_example(tensor, batch_dims=2):
@@ -154,51 +209,47 @@ def _per_site(tensor, value):
     return tensor.reshape(tensor.shape + (1,) * (value.dim() - 2))
 
 
-def _hmc(target, z, beta, step_size, num_leapfrog, current):
-    """One HMC transition leaving f_beta invariant; returns (z, (log f, grad, g) at z, acceptance
+def _hmc(target, z, beta, step_size, num_leapfrog, current: Point):
+    """One HMC transition leaving f_beta invariant; returns (z, the point at z, acceptance
     probability (C, N))."""
-    log_f, grad, g = current
+    log_f, grad = current.log_f(beta), current.grad(beta)
     expand = {name: _per_site(step_size, value) for name, value in z.items()}
     momentum = {name: torch.randn_like(value) for name, value in z.items()}
     kinetic = sum(_per_example(p.square()) for p in momentum.values()) / 2
     new_z, p = dict(z), {name: value + expand[name] / 2 * grad[name] for name, value in momentum.items()}
     for step in range(num_leapfrog):
         new_z = {name: value + expand[name] * p[name] for name, value in new_z.items()}
-        new_log_f, new_grad, new_g = _value_and_grad(target, new_z, beta)
+        new_point = target.point(new_z)
+        new_grad = new_point.grad(beta)
         scale = 1.0 if step < num_leapfrog - 1 else 0.5
         p = {name: value + scale * expand[name] * new_grad[name] for name, value in p.items()}
     new_kinetic = sum(_per_example(value.square()) for value in p.values()) / 2
-    log_accept = (new_log_f - new_kinetic) - (log_f - kinetic)
+    log_accept = (new_point.log_f(beta) - new_kinetic) - (log_f - kinetic)
     log_accept = torch.where(torch.isfinite(log_accept), log_accept, torch.full_like(log_accept, -math.inf))
     accept_prob = log_accept.clamp(max=0).exp()
     accepted = torch.rand_like(accept_prob) < accept_prob
     chosen = {name: torch.where(_per_site(accepted, value), new_z[name], value) for name, value in z.items()}
-    state = (torch.where(accepted, new_log_f, log_f),
-             {name: torch.where(_per_site(accepted, value), new_grad[name], value) for name, value in grad.items()},
-             torch.where(accepted, new_g, g))
-    return chosen, state, accept_prob
+    return chosen, current.where(accepted, new_point), accept_prob
 
 
 def _run(target, z, betas, num_leapfrog, step_size, target_accept, reverse):
     """The forward (or reverse) chain from ``z``; returns (log weights (C, N), mean acceptance
     (C, N), final step sizes (C, N))."""
     beta_index = range(len(betas) - 1, 0, -1) if reverse else range(1, len(betas))
-    first_beta = betas[-1] if reverse else betas[0]
-    current = _value_and_grad(target, z, float(first_beta))
-    shape = current[0].shape
-    step = torch.full(shape[1:], float(step_size), dtype=current[0].dtype, device=current[0].device).expand(shape)
-    log_w = torch.zeros(shape, dtype=torch.float64, device=current[0].device)
+    current = target.point(z)
+    shape = current.base.shape
+    step = torch.full(shape[1:], float(step_size), dtype=current.base.dtype, device=current.base.device).expand(shape)
+    log_w = torch.zeros(shape, dtype=torch.float64, device=current.base.device)
     accept_sum = torch.zeros_like(log_w)
     for t in beta_index:
         beta, delta = float(betas[t]), float(betas[t] - betas[t - 1])
         if not reverse:
-            log_w += delta * current[2].double()
-        current = _value_and_grad(target, z, beta)  # the same z under this step's distribution
+            log_w += delta * current.g.double()
         z, current, accept = _hmc(target, z, beta, step, num_leapfrog, current)
         step = torch.where(accept.mean(0) > target_accept, step[0] * 1.02, step[0] * 0.98).expand(shape)
         accept_sum += accept.double()
         if reverse:
-            log_w -= delta * current[2].double()  # at the moved z: the forward chain's z_{t-1}
+            log_w -= delta * current.g.double()  # at the moved z: the forward chain's z_{t-1}
     return log_w, accept_sum / (len(betas) - 1), step
 
 
@@ -243,24 +294,78 @@ def _resolve(model, guide, x, args, kwargs, data_plate):
     return program.model, program.guide, x, args, kwargs, 1
 
 
+def _fast_target(model, guide):
+    """The fast target the owner of ``model`` offers for this pair (the model protocol's
+    ``fast_ais_target``), or None."""
+    owner = getattr(model, "__self__", None)  # a bound method's module
+    return owner.fast_ais_target(model, guide) if isinstance(owner, ModelProtocol) else None
+
+
+def _make_target(model, guide, args, kwargs, num_chains, proposal, nesting, compiled):
+    fast = _fast_target(model, guide)
+    if fast is not None and not kwargs and len(args) == 1:
+        return fast(args[0], num_chains, proposal, compiled)
+    return _TraceTarget(model, guide, args, kwargs, num_chains, proposal, nesting)
+
+
+def _resolve_compile(compile, num_chains, num_examples, num_steps, num_leapfrog):
+    if compile == "auto":
+        return num_chains * num_examples * num_steps * num_leapfrog >= COMPILE_MIN_WORK
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True, False or 'auto'; got {compile!r}")
+    return compile
+
+
+def _chunk_bounds(num_examples, num_chains, batch_size):
+    if batch_size is None:
+        batch_size = max(1, ROWS_PER_CHUNK // num_chains)
+    else:
+        require_positive_int(batch_size, "batch_size")
+    return [(start, min(start + batch_size, num_examples)) for start in range(0, num_examples, batch_size)]
+
+
+def _chunked_run(model, guide, x, args, kwargs, nesting, num_chains, proposal, compiled, batch_size, run):
+    """``run(target)`` -> (log weights, acceptance, step sizes), each (C, n), over the examples
+    in chunks of ``batch_size`` (tensors in ``args``/``kwargs`` over the examples sliced with
+    them), concatenated along the examples."""
+    parts = []
+    for start, stop in _chunk_bounds(x.shape[0], num_chains, batch_size):
+        chunk_args = slice_examples((x, *args), x.shape[0], start, stop)
+        chunk_kwargs = slice_examples(kwargs, x.shape[0], start, stop)
+        target = _make_target(model, guide, chunk_args, chunk_kwargs, num_chains, proposal, nesting, compiled)
+        parts.append(run(target, start, stop))
+    return tuple(torch.cat(values, dim=1) for values in zip(*parts))
+
+
 def ais_log_likelihood(model, guide=None, x: torch.Tensor = None, *args, num_chains: int = 16,
                        num_steps: int = 1000, schedule: Union[str, torch.Tensor] = "sigmoid",
                        proposal: str = "guide", num_leapfrog: int = 10, step_size: float = 0.05,
                        target_accept: float = 0.9, seed: Optional[int] = None, data_plate: Optional[str] = None,
+                       batch_size: Optional[int] = None, compile: Union[bool, str] = "auto",
                        **kwargs) -> AISResult:
     """AIS estimate of log p(x_n) per example (see the module docstring) for any Pyro ``model``
     and ``guide`` taking ``(x, *args, **kwargs)``, every latent site continuous and inside the
     data plate: ``num_chains`` chains per example, ``num_steps`` intermediate distributions, each
     with one HMC transition of ``num_leapfrog`` leapfrog steps. The model may also be given as one
     object with ``model`` and ``guide`` (a pyrovae model, a user's module):
-    ``ais_log_likelihood(vae, x)``."""
+    ``ais_log_likelihood(vae, x)``.
+
+    The examples run in chunks of ``batch_size`` (default: ``ROWS_PER_CHUNK`` chains x examples),
+    one after another from one random stream. Where the model's owner offers a fast target for
+    the pair (``fast_ais_target``, the package VAE's), the densities come from it, compiled with
+    ``torch.compile`` where ``compile`` is True (``"auto"``: for runs of ``COMPILE_MIN_WORK``
+    density evaluations or more), else from Pyro's traces."""
     _check(num_chains, num_steps, num_leapfrog, step_size, target_accept, proposal)
     model, guide, x, args, kwargs, nesting = _resolve(model, guide, x, args, kwargs, data_plate)
     betas = annealing_schedule(num_steps, schedule)
+    compiled = _resolve_compile(compile, num_chains, x.shape[0], num_steps, num_leapfrog)
+
+    def forward(target, start, stop):
+        return _run(target, target.initial(), betas, num_leapfrog, step_size, target_accept, reverse=False)
+
     with _seeded(seed, x.device), pyro.validation_enabled(False):
-        target = _Target(model, guide, (x, *args), kwargs, num_chains, proposal, nesting)
-        z = target.initial()
-        log_w, accept, step = _run(target, z, betas, num_leapfrog, step_size, target_accept, reverse=False)
+        log_w, accept, step = _chunked_run(model, guide, x, args, kwargs, nesting, num_chains, proposal, compiled,
+                                           batch_size, forward)
     return _summarize(log_w, accept, step)
 
 
@@ -280,13 +385,14 @@ class BDMCResult:
 def bdmc(model, guide=None, x: torch.Tensor = None, z: Dict[str, torch.Tensor] = None, *args, num_chains: int = 16,
          num_steps: int = 1000, schedule: Union[str, torch.Tensor] = "sigmoid", proposal: str = "guide",
          num_leapfrog: int = 10, step_size: float = 0.05, target_accept: float = 0.9, seed: Optional[int] = None,
-         data_plate: Optional[str] = None, **kwargs) -> BDMCResult:
+         data_plate: Optional[str] = None, batch_size: Optional[int] = None, compile: Union[bool, str] = "auto",
+         **kwargs) -> BDMCResult:
     """Bidirectional Monte Carlo on data simulated from the model, ``(z, x) ~ p``: ``z`` (a dict
     of latent site -> ``(N, *event)``) is an exact draw of p(z | x), from which the reverse chain
     starts. The reverse weights W' have E[W'] = 1 / p(x), so -log mean W' is a stochastic upper
     bound as the forward log mean is a lower one; their gap bounds how far either estimator is
     from log p(x) on such data (:class:`BDMCResult`). The model in any accepted form, as
-    :func:`ais_log_likelihood` takes it: ``bdmc(vae, x, z)``."""
+    :func:`ais_log_likelihood` takes it (and its ``batch_size`` and ``compile``): ``bdmc(vae, x, z)``."""
     _check(num_chains, num_steps, num_leapfrog, step_size, target_accept, proposal)
     if torch.is_tensor(guide):  # bdmc(obj, x, z, *args)
         model, guide, x, z = model, None, guide, x
@@ -295,11 +401,17 @@ def bdmc(model, guide=None, x: torch.Tensor = None, z: Dict[str, torch.Tensor] =
     model, guide, x, args, kwargs, nesting = _resolve(model, guide, x, args, kwargs, data_plate)
     z = {name: value.to(x.device) for name, value in z.items()}
     betas = annealing_schedule(num_steps, schedule)
+    compiled = _resolve_compile(compile, num_chains, x.shape[0], 2 * num_steps, num_leapfrog)
+
+    def both(target, start, stop):
+        forward = _run(target, target.initial(), betas, num_leapfrog, step_size, target_accept, reverse=False)
+        begin = {name: value[start:stop].detach().expand((num_chains,) + value[start:stop].shape).clone()
+                 for name, value in z.items()}
+        reverse = _run(target, begin, betas, num_leapfrog, step_size, target_accept, reverse=True)
+        return forward + reverse
+
     with _seeded(seed, x.device), pyro.validation_enabled(False):
-        target = _Target(model, guide, (x, *args), kwargs, num_chains, proposal, nesting)
-        forward = _summarize(*_run(target, target.initial(), betas, num_leapfrog, step_size, target_accept,
-                                   reverse=False))
-        start = {name: value.detach().expand((num_chains,) + value.shape).clone() for name, value in z.items()}
-        reverse = _summarize(*_run(target, start, betas, num_leapfrog, step_size, target_accept, reverse=True))
+        parts = _chunked_run(model, guide, x, args, kwargs, nesting, num_chains, proposal, compiled, batch_size, both)
+    forward, reverse = _summarize(*parts[:3]), _summarize(*parts[3:])
     upper = -reverse.log_likelihood
     return BDMCResult(forward.log_likelihood, upper, upper - forward.log_likelihood, forward, reverse)

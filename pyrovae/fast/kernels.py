@@ -168,11 +168,12 @@ class CpuKernels(TorchFunctionMode):
     """A torch function mode under which ``F.linear`` calls :func:`linear` and
     ``F.binary_cross_entropy_with_logits`` the log(1 + t) form. Made outside a compiled function
     and entered inside it: the operators are registered when the mode is made, so the compiler
-    only sees them called."""
+    only sees them called. ``linear=False`` leaves ``F.linear`` to PyTorch (MKL), which is the
+    faster kernel for products of thousands of rows (AIS's chains x examples)."""
 
-    def __init__(self):
+    def __init__(self, linear: bool = True):
         super().__init__()
-        self._linear = _operators()[0] if available() else None
+        self._linear = _operators()[0] if linear and available() else None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -184,9 +185,9 @@ class CpuKernels(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def cpu_kernels(device) -> contextlib.AbstractContextManager:
-    """The context under which a compiled CPU function runs on these kernels; a no-op on other
-    devices."""
+def cpu_kernels(device, linear: bool = True) -> contextlib.AbstractContextManager:
+    """The context under which a compiled CPU function runs on these kernels (``linear``: oneDNN's
+    linear layers too); a no-op on other devices."""
     if torch.device(device).type == "cpu":
-        return CpuKernels()
+        return CpuKernels(linear)
     return contextlib.nullcontext()

@@ -22,7 +22,7 @@ from ..networks import build_networks
 from ..priors import PRIORS, check_prior_distribution, make_prior
 from ..protocol import ModelProtocol
 from ..validation import require_positive_int
-from .vae_fast_path import vae_weight_parts
+from .vae_fast_path import VAEAISTarget, vae_weight_parts
 
 __all__ = ["VAE", "fast_vae"]
 
@@ -169,6 +169,13 @@ class VAE(PyroModule, ModelProtocol):
         if not (PRIORS.holds(type(self.prior)) and LIKELIHOODS.holds(type(self.likelihood))):
             return None
         return functools.partial(vae_weight_parts, self)
+
+    def fast_ais_target(self, model, guide):
+        """AIS's fast target (:class:`~pyrovae.models.vae_fast_path.VAEAISTarget`) for the pair the
+        fast path serves (:meth:`fast_weight_parts`), else None (the traces)."""
+        if self.fast_weight_parts(model, guide) is None:
+            return None
+        return functools.partial(VAEAISTarget, self)
 
     def register_with_pyro(self) -> None:
         """``pyro.module(name, self)``: every parameter becomes a ``param`` site, which is how

@@ -13,9 +13,18 @@ pair that are the bound methods of one :class:`~pyrovae.VAE` whose class does no
 Pyro handler is active (``poutine.scale``, ``SVI``'s param capture, a user's messenger). Every
 other pair takes the trace path; the inference core asks the model and knows no model class.
 ``tests/test_inference_core.py`` holds the two paths equal in value and gradient for every prior, likelihood, loss, particle count, KL weight and estimator.
+
+AIS's target (:class:`VAEAISTarget`) is the same kind of optimization: log pi_0(z) and
+log p(x, z) = log p(z) + log p(x | z) at a point z of the chains, and their gradients in z, from
+the VAE's parts instead of a trace per leapfrog step: the proposal's parameters mu(x), sigma(x)
+once per example, both gradients from one ``torch.func.grad_and_value`` each, compiled with
+``torch.compile`` where asked (on CPU with the Bernoulli density's log(1 + t) form,
+:mod:`pyrovae.fast.kernels`). ``tests/test_ais_psis.py`` holds it equal to the trace target.
 """
 
+import contextlib
 import math
+import warnings
 
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
@@ -23,7 +32,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from ..infer.parts import WeightParts, require_per_dim_factor, scaled_per_dim
 from ..priors import StandardNormal
 
-__all__ = ["vae_weight_parts"]
+__all__ = ["vae_weight_parts", "VAEAISTarget"]
 
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -96,3 +105,73 @@ def vae_weight_parts(vae, x, num_particles=None, analytic_kl=False, per_dim=Fals
         kl_per_dim = {"z": scaled_per_dim(values, 1.0, None)}
     return WeightParts(observed=observed, latent=latent, kl=kl, kl_per_dim=kl_per_dim,
                        latent_values=[z] if estimator != "standard" else [])
+
+
+def _vae_point(vae, x, loc, scale, z, kernels):
+    """(log pi_0(z), log p(x, z), their gradients in z) for z (C, N, d); pi_0 = Normal(loc, scale)
+    (the guide) where ``loc`` is given, the prior otherwise."""
+
+    def joint(z):
+        value = vae.prior().log_prob(z) + vae.likelihood(vae.decoder(z)).log_prob(x)
+        return value.sum(), value
+
+    def base(z):
+        value = Normal(loc, scale).log_prob(z).sum(-1) if loc is not None else vae.prior().log_prob(z)
+        return value.sum(), value
+
+    with kernels:
+        grad_joint, (_, joint_value) = torch.func.grad_and_value(joint, has_aux=True)(z)
+        grad_base, (_, base_value) = torch.func.grad_and_value(base, has_aux=True)(z)
+    return base_value, joint_value, grad_base, grad_joint
+
+
+_compiled_point = {"function": None, "failed": False}  # one compiled function, made on first use
+
+
+class VAEAISTarget:
+    """AIS's target for ``vae.model``/``vae.guide`` (see the module docstring) on the examples
+    ``x`` with ``num_chains`` chains each; ``proposal`` ``"guide"`` or ``"prior"``."""
+
+    def __init__(self, vae, x, num_chains, proposal, compiled=False):
+        from ..fast.kernels import cpu_kernels
+
+        vae.check_data(x)
+        self.vae, self.x, self.proposal = vae, x, proposal
+        self.shape = (num_chains, x.shape[0], vae.latent_dim)
+        with torch.no_grad():
+            self.loc, self.scale = vae.encoder(x) if proposal == "guide" else (None, None)
+        self.compiled = compiled
+        self.kernels = cpu_kernels(x.device, linear=False) if compiled else contextlib.nullcontext()
+
+    def initial(self):
+        """z_0 ~ pi_0, drawn as the guide's (or the model's) plates draw it: the same numbers as
+        the trace of ``vae.guide`` (``vae.model``) under the chains' plate gives."""
+        with torch.no_grad():
+            if self.proposal == "guide":
+                z = Normal(self.loc, self.scale).expand(self.shape).rsample()
+            else:
+                z = self.vae.prior().expand(self.shape[:-1]).sample()
+        return {"z": z}
+
+    def _function(self):
+        if not self.compiled or _compiled_point["failed"]:
+            return _vae_point
+        if _compiled_point["function"] is None:
+            _compiled_point["function"] = torch.compile(_vae_point, dynamic=False)
+        return _compiled_point["function"]
+
+    def point(self, z):
+        from ..estimate.ais import Point
+
+        args = (self.vae, self.x, self.loc, self.scale, z["z"], self.kernels)
+        with torch.no_grad():
+            try:
+                base, joint, grad_base, grad_joint = self._function()(*args)
+            except Exception as error:  # no C++ compiler, an unsupported platform
+                if not self.compiled or _compiled_point["failed"]:
+                    raise
+                _compiled_point["failed"] = True
+                warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}); AIS runs eager",
+                              RuntimeWarning, stacklevel=2)
+                base, joint, grad_base, grad_joint = _vae_point(*args[:-1], contextlib.nullcontext())
+        return Point(base, joint, {"z": grad_base}, {"z": grad_joint})
