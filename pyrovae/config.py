@@ -108,6 +108,8 @@ class TrainConfig:
                            "(0: never)", minimum=0)
     grad_clip: float = option(0.0, "clip the gradient's norm to this (0: no clipping)", minimum=0)
     checkpoint_every: int = option(0, "also checkpoint every N steps inside an epoch (0: by time only)", minimum=0)
+    precision: str = option("fp32", "the training step's matrix products: fp32, or bf16 (bfloat16 on a CPU with "
+                            "AVX512-BF16 or a GPU with bfloat16; evaluation stays fp32)", choices=("fp32", "bf16"))
     compile: str = option("auto", "compile the training step (torch.compile, fused Adam) where the built-in VAE "
                           "takes its fast path: auto (runs of 5000 steps or more), on, off (--no-compile)",
                           choices=("auto", "on", "off"))

@@ -1,6 +1,7 @@
 """fit's run folder: checkpoints, exact resume, the CLI, and the bad inputs it must name."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -202,3 +203,32 @@ def test_a_one_split_files_figures_label_the_examples_they_show(tmp_path, monkey
     pyrovae.runs.plot_run(out, "scatter")
     (x, drawn_labels), = shown
     assert torch.equal(x.reshape(len(x), 6, 6)[:, :, 0].argmax(1), drawn_labels.to(torch.long))
+
+
+def test_bf16_rounds_the_training_steps_products_and_nothing_else(monkeypatch):
+    """precision='bf16': the decoder's output is bfloat16 inside each training step, float32 in
+    the epoch's ELBO report and every estimator; parameters, gradients and the optimizer's state
+    stay float32. A CPU without bfloat16 instructions is refused, naming them."""
+    from pyrovae.fast import precision
+
+    if not precision.cpu_bf16_instructions():
+        pytest.skip("this CPU has no bfloat16 instructions")
+    torch.manual_seed(0)
+    x = torch.rand(300, 1, 28, 28)
+    vae = pyrovae.VAE((1, 28, 28), latent_dim=4, hidden=(32,))
+    dtypes = []
+    handle = vae.decoder.register_forward_hook(lambda module, args, out: dtypes.append((torch.is_grad_enabled(),
+                                                                                          out.dtype)))
+    history = pyrovae.fit(vae, x, epochs=2, batch_size=100, precision="bf16", compile="off", progress=False, seed=0)
+    handle.remove()
+    assert {dtype for grad, dtype in dtypes if grad} == {torch.bfloat16}
+    assert {dtype for grad, dtype in dtypes if not grad} == {torch.float32}
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in vae.parameters())
+    assert math.isfinite(history[-1]["train_elbo"])
+    assert pyrovae.elbo(vae, x[:5].bernoulli()).dtype == torch.float32
+
+    monkeypatch.setattr(precision, "cpu_bf16_instructions", lambda: ())
+    with pytest.raises(ValueError, match="needs a CPU with bfloat16 instructions \\(AVX512-BF16"):
+        pyrovae.fit(vae, x, epochs=1, precision="bf16", progress=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pyrovae.fit(vae, x, epochs=1, precision="fp16", progress=False)

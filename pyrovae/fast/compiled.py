@@ -47,6 +47,7 @@ from ..models.vae_fast_path import vae_weight_parts
 from ..protocol import trains_with_own_objective
 from .binarize import bernoulli_pixels
 from .kernels import cpu_kernels
+from .precision import autocast
 
 __all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "AUTO_MAX_STEPS_PER_CALL", "ONE_STEP_GRAPH_MIN_STEPS",
            "auto_steps_per_call", "compile_reason", "whole_step_reason", "CompiledLoss", "CompiledStep",
@@ -101,16 +102,18 @@ class CompiledLoss:
     On CPU it runs under :func:`~pyrovae.fast.kernels.cpu_kernels` (``kernels``, which the
     run's per-epoch metrics enter too)."""
 
-    def __init__(self, objective, device="cpu"):
+    def __init__(self, objective, device="cpu", precision="fp32"):
         self.objective = objective
-        self.kernels = kernels = cpu_kernels(device)
+        self.kernels = cpu_kernels(device)
+        # under bf16 the linear layers go through aten's linear, which autocast rounds to bfloat16
+        kernels = cpu_kernels(device, linear=precision == "fp32")
 
         def objective_on_fast_kernels(x):
-            with kernels:
+            with kernels, autocast(precision, device):
                 return objective(x)
 
         self.compiled = _compiled(objective_on_fast_kernels, _structure(
-            objective.vae, objective.loss_name, objective.num_particles, objective.estimator, str(device)))
+            objective.vae, objective.loss_name, objective.num_particles, objective.estimator, str(device), precision))
         self.compile_seconds = None
         self.failed = False
 
@@ -255,10 +258,13 @@ class CompiledStep:
     optimizer's tensors are the ones updated.
     """
 
-    def __init__(self, objective, optimizer, binarize=False, grad_clip=0.0, device="cpu", steps_per_call=1):
+    def __init__(self, objective, optimizer, binarize=False, grad_clip=0.0, device="cpu", steps_per_call=1,
+                 precision="fp32"):
         self.objective, self.optimizer = objective, optimizer
         self.steps_per_call = steps_per_call = int(steps_per_call)
-        self.kernels = kernels = cpu_kernels(device)
+        self.kernels = cpu_kernels(device)
+        # under bf16 the linear layers go through aten's linear, which autocast rounds to bfloat16
+        kernels = cpu_kernels(device, linear=precision == "fp32")
         group = optimizer.param_groups[0]
         self.params = params = list(group["params"])
         self._lr_float = float(group["lr"])
@@ -274,7 +280,7 @@ class CompiledStep:
             if binarize:
                 x = bernoulli_pixels(x)
             with torch.enable_grad():
-                with kernels:
+                with kernels, autocast(precision, device):
                     loss = objective(x)
                 grads = torch.autograd.grad(loss, params)
             norm = None
@@ -308,7 +314,7 @@ class CompiledStep:
         # shapes are static, so each is compiled once, on its first call
         self.compiled = _compiled(step, _structure(
             objective.vae, objective.loss_name, objective.num_particles, objective.estimator, binarize, clip,
-            steps_per_call, beta1, beta2, eps, str(device)))
+            steps_per_call, beta1, beta2, eps, str(device), precision))
         self.compile_seconds = None  # all graphs' compilation so far
         self.compiled_calls = set()  # the numbers of steps a call whose graphs exist
         self.failed = False

@@ -27,6 +27,7 @@ from ..infer.objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
 from ..protocol import family
 from ..fast.binarize import bernoulli_pixels
+from ..fast.precision import autocast, check_precision
 from ..fast.compiled import (AUTO_MIN_STEPS, ONE_STEP_GRAPH_MIN_STEPS, auto_steps_per_call, CompiledLoss, CompiledStep,
                        CompiledTerms, compile_reason, whole_step_reason)
 from .schedules import make_scheduler
@@ -92,6 +93,7 @@ class Trainer:
         self.trust = trust  # resume from a checkpoint that needs weights_only=False (unsafe)
         self.context = context or distributed.process_context(options["device"])
         self.device = self.context.device
+        check_precision(options["precision"], self.device)
         self.history: List[Dict] = []
         self.epoch = 0  # epochs finished
         self.step = 0  # steps finished in the current epoch
@@ -195,9 +197,10 @@ class Trainer:
                 calls = 1  # the graph reads the KL weight once a call, and a schedule changes it every step
             if self.whole_step_note is None:
                 self.compiled_step = CompiledStep(self.objective, self.optimizer, self.binarize == "dynamic",
-                                                  self.options["grad_clip"], self.device, calls)
+                                                  self.options["grad_clip"], self.device, calls,
+                                                  self.options["precision"])
             else:
-                self.compiled_loss = CompiledLoss(self.objective, self.device)
+                self.compiled_loss = CompiledLoss(self.objective, self.device, self.options["precision"])
             labelled = any(labels is not None for labels in self.metric_labels.values())
             self.compiled_terms = None if labelled else CompiledTerms(self.vae, self.compiled.kernels)
         elif mode == "on":
@@ -409,7 +412,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=not every_parameter)
         try:
             with pyro.validation_enabled(True) if first else contextlib.nullcontext():
-                loss = loss_fn()
+                with autocast(self.options["precision"], self.device):  # the step's products only
+                    loss = loss_fn()
         except ValueError:
             # Pyro's argument validation rejects NaN parameters before a loss exists.
             if all(bool(torch.isfinite(p).all()) for p in self.vae.parameters()):
