@@ -251,27 +251,25 @@ class GatedConv(nn.Module):
 
 
 def _gated_conv_sides(data_shape):
+    """(channels, height, width, and the sides after the two stride-2 layers: ceil(side / 4))."""
     if len(data_shape) != 3:
         raise ValueError(
             f"network='gated-conv' needs image data of shape (channels, height, width); got data_shape={tuple(data_shape)}"
         )
     c, h, w = data_shape
-    if h % 4 or w % 4:
-        raise ValueError(f"network='gated-conv' needs image sides divisible by 4 (two stride-2 layers each way); "
-                         f"got {h}x{w}")
-    return c, h, w
+    return c, h, w, -(-(-(-h // 2)) // 2), -(-(-(-w // 2)) // 2)
 
 
 class GatedConvEncoder(nn.Module):
     """x -> (mu(x), sigma(x)) through six gated convolutions (van den Berg et al. 2018's encoder:
     kernel 5, channels 32, 32, 64, 64, 64, strides 1, 2, 1, 2, 1, then a gated convolution as wide as
-    the remaining H/4 x W/4 map, to ``hidden[-1]`` channels, 256 in the paper); mu affine in those
+    the remaining ceil(H/4) x ceil(W/4) map, to ``hidden[-1]`` channels, 256 in the paper); mu affine in those
     features, sigma^2 = softplus(affine), as their code has it. ``activation`` on each unit's value
     branch (the paper's: identity)."""
 
     def __init__(self, data_shape, latent_dim, hidden=(256,), activation=nn.Identity):
         super().__init__()
-        c, h, w = _gated_conv_sides(data_shape)
+        c, _, _, h4, w4 = _gated_conv_sides(data_shape)
         self.data_shape = tuple(data_shape)
         self.latent_dim = latent_dim
         width = hidden[-1] if hidden else 256
@@ -280,7 +278,7 @@ class GatedConvEncoder(nn.Module):
         self.conv = nn.Sequential(
             GatedConv(c, 32, 5, 1, 2, activation=a), GatedConv(32, 32, 5, 2, 2, activation=a),
             GatedConv(32, 64, 5, 1, 2, activation=a), GatedConv(64, 64, 5, 2, 2, activation=a),
-            GatedConv(64, 64, 5, 1, 2, activation=a), GatedConv(64, width, (h // 4, w // 4), 1, 0, activation=a),
+            GatedConv(64, 64, 5, 1, 2, activation=a), GatedConv(64, width, (h4, w4), 1, 0, activation=a),
         )
         self.loc = nn.Linear(width, latent_dim)
         self.variance = nn.Linear(width, latent_dim)
@@ -298,18 +296,18 @@ class GatedConvEncoder(nn.Module):
 
 class GatedConvDecoder(nn.Module):
     """z -> likelihood parameters through six gated transposed convolutions (van den Berg et al.
-    2018's decoder: z as a 1x1 map with ``latent_dim`` channels, widened to H/4 x W/4 with 64
-    channels, then kernel 5, channels 64, 32, 32, 32, 32, strides 1, 2, 1, 2, 1) and a 1x1
-    convolution to ``num_params`` parameters per pixel."""
+    2018's decoder: z as a 1x1 map with ``latent_dim`` channels, widened to ceil(H/4) x ceil(W/4)
+    with 64 channels, then kernel 5, channels 64, 32, 32, 32, 32, strides 1, 2, 1, 2, 1) and a 1x1
+    convolution to ``num_params`` parameters per pixel, cropped to H x W where 4 does not divide a side."""
 
     def __init__(self, data_shape, latent_dim, hidden=(256,), num_params=1, activation=nn.Identity):
         super().__init__()
-        c, h, w = _gated_conv_sides(data_shape)
+        c, _, _, h4, w4 = _gated_conv_sides(data_shape)
         self.data_shape = tuple(data_shape)
         self.num_params = num_params
         a = activation
         self.deconv = nn.Sequential(
-            GatedConv(latent_dim, 64, (h // 4, w // 4), 1, 0, transposed=True, activation=a),
+            GatedConv(latent_dim, 64, (h4, w4), 1, 0, transposed=True, activation=a),
             GatedConv(64, 64, 5, 1, 2, transposed=True, activation=a),
             GatedConv(64, 32, 5, 2, 2, 1, transposed=True, activation=a),
             GatedConv(32, 32, 5, 1, 2, transposed=True, activation=a),
@@ -320,7 +318,8 @@ class GatedConvDecoder(nn.Module):
 
     def forward(self, z):
         batch = z.shape[:-1]
-        out = self.deconv(z.reshape(-1, z.shape[-1], 1, 1))
+        _, height, width = self.data_shape
+        out = self.deconv(z.reshape(-1, z.shape[-1], 1, 1))[..., :height, :width]
         return out.reshape(*batch, self.num_params, *self.data_shape)
 
 

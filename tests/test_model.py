@@ -206,7 +206,7 @@ def test_gated_networks_are_tomczak_and_wellings():
 def test_gated_convolutional_networks_are_van_den_bergs():
     """Gated convolutions y = conv_h(x) * sigmoid(conv_g(x)); the encoder's spatial sizes 28, 14, 7,
     then 1x1 with 256 channels; sigma^2 = softplus(affine); the decoder's 1x1 -> 7 -> 14 -> 28;
-    leading dimensions (particles, examples) pass through; sides not divisible by 4 are refused."""
+    leading dimensions (particles, examples) pass through; other sizes are cropped to."""
     from pyrovae.networks import GatedConv, GatedConvEncoder
 
     torch.manual_seed(0)
@@ -233,8 +233,9 @@ def test_gated_convolutional_networks_are_van_den_bergs():
     assert vae.decoder(torch.randn(2, 5, 64)).shape == (2, 5, 1, 1, 28, 28)
     assert vae.encoder.features(images.expand(2, 3, 1, 28, 28)).shape == (2, 3, 256)
     assert pyrovae.elbo(vae, images, 2).shape == (3,)
-    with pytest.raises(ValueError, match="sides divisible by 4"):
-        pyrovae.VAE((1, 30, 28), latent_dim=4, network="gated-conv")
+    odd = pyrovae.VAE((3, 6, 5), latent_dim=4, network="gated-conv")
+    assert odd.encoder(torch.rand(2, 3, 6, 5))[0].shape == (2, 4)
+    assert odd.decoder(torch.randn(7, 4)).shape == (7, 1, 3, 6, 5)
     with pytest.raises(ValueError, match="shape \\(channels, height, width\\)"):
         pyrovae.VAE(784, latent_dim=4, network="gated-conv")
 
