@@ -1,7 +1,8 @@
 """Where the threads of a training process run, epoch by epoch: the evidence behind a slow level.
 
 Starts ``pyrovae.fit`` (the default 12-epoch MNIST run of ``benchmarks/peers.py``'s
-``pyrovae-defaults``, or ``--implementation numpyro`` for NumPyro's jit-compiled SVI) in a child
+``pyrovae-defaults``, or ``--implementation numpyro`` for NumPyro's jit-compiled SVI, ``matmul`` and ``memory`` for fixed
+loads of matrix products and of streamed memory: the machine's own variation) in a child
 process and samples, every ``--interval`` seconds, ``/proc/stat`` (each CPU's busy, idle and
 steal time) and, for every thread of the child, ``/proc/PID/task/TID/stat`` (its CPU time and the
 CPU it last ran on) and ``status`` (voluntary and involuntary context switches). Per epoch it
@@ -34,6 +35,21 @@ peers.epoch_gate = lambda: print("EPOCH", flush=True)  # each epoch's start
 epochs = {epochs}
 if {implementation!r} == "numpyro":
     seconds = peers.run_numpyro(epochs)
+elif {implementation!r} == "matmul":  # a fixed load: 250 products of 2048 x 400 x 784 an "epoch"
+    import torch
+    a, b = torch.randn(2048, 400), torch.randn(400, 784)
+    for _ in range(epochs):
+        peers.epoch_gate()
+        for _ in range(250):
+            a @ b
+elif {implementation!r} == "memory":  # a fixed memory-bound load: 64 MB streamed 2 x 330 times an "epoch"
+    import torch
+    a, b = torch.randn(16_000_000), torch.empty(16_000_000)
+    for _ in range(epochs):
+        peers.epoch_gate()
+        for _ in range(330):
+            torch.mul(a, 1.0001, out=b)
+            torch.mul(b, 0.9999, out=a)
 else:
     seconds = peers.run_pyrovae(epochs, "defaults")
 print("EPOCH", flush=True)  # the last one's end
@@ -52,7 +68,8 @@ def cpu_times():
 
 
 def thread_sample(pid):
-    """Per thread id: (name, utime + stime ticks, last CPU, voluntary, involuntary switches)."""
+    """Per thread id: (name, utime + stime ticks, last CPU, voluntary, involuntary switches, stime
+    ticks, minor page faults)."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -64,25 +81,28 @@ def thread_sample(pid):
         fields = stat[stat.rindex(")") + 2:].split()
         # fields from the state (field 3): utime 14, stime 15, processor 39 (1-based in proc(5))
         ticks = int(fields[11]) + int(fields[12])
+        system_ticks, minor_faults = int(fields[12]), int(fields[7])
         processor = int(fields[36])
         switches = {k: int(v) for k, v in (line.split(":") for line in status.splitlines()
                                            if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))}
         out[int(task.name)] = (name, ticks, processor, switches.get("voluntary_ctxt_switches", 0),
-                               switches.get("nonvoluntary_ctxt_switches", 0))
+                               switches.get("nonvoluntary_ctxt_switches", 0), system_ticks, minor_faults)
     return out
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--implementation", choices=("pyrovae-defaults", "numpyro"), default="pyrovae-defaults")
+    parser.add_argument("--implementation", choices=("pyrovae-defaults", "numpyro", "matmul", "memory"), default="pyrovae-defaults",
+                        help="matmul, memory: a fixed load of float32 products or of streamed memory, for the "
+                             "machine's own variation")
     parser.add_argument("--interval", type=float, default=0.05)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the child (e.g. OMP_WAIT_POLICY=active)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     env = dict(os.environ, **dict(item.split("=", 1) for item in args.env))
     code = CHILD.format(bench=str(ROOT / "benchmarks"), epochs=args.epochs, implementation=args.implementation)
-    child = subprocess.Popen([sys.executable, "-u", "-c", code], env=env, stdout=subprocess.PIPE, text=True,
+    child = subprocess.Popen([sys.executable, "-u", "-c", code], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL)
     os.set_blocking(child.stdout.fileno(), False)
     samples, epoch_ends, buffer = [], [], ""
@@ -92,14 +112,13 @@ def main():
             samples.append((now, cpu_times(), thread_sample(child.pid)))
         except (FileNotFoundError, ProcessLookupError):
             break
-        chunk = child.stdout.read() or ""
-        buffer += chunk
+        buffer += (child.stdout.read() or b"").decode()
         while "\n" in buffer:
             line, buffer = buffer.split("\n", 1)
             if line.startswith("EPOCH"):
                 epoch_ends.append(time.perf_counter())
         time.sleep(args.interval)
-    buffer += child.stdout.read() or ""
+    buffer += (child.stdout.read() or b"").decode()
     rows = summarize(samples, epoch_ends)  # the marks: each epoch's start, then the last one's end
     for row in rows:
         print(json.dumps(row))
@@ -127,10 +146,13 @@ def summarize(samples, epoch_ends):
         migrations = {tid: sum(1 for a, b in zip(inside, inside[1:]) if tid in a[2] and tid in b[2]
                                and a[2][tid][2] != b[2][tid][2]) for tid in busy}
         switches = {tid: (last[2][tid][3] - first[2][tid][3], last[2][tid][4] - first[2][tid][4]) for tid in busy}
+        system = {tid: (last[2][tid][5] - first[2][tid][5]) / TICKS / seconds for tid in busy}
+        faults = {tid: last[2][tid][6] - first[2][tid][6] for tid in busy}
         steal = {cpu: (last[1][cpu][2] - first[1][cpu][2]) / TICKS / seconds for cpu in last[1]}
         idle = {cpu: (last[1][cpu][1] - first[1][cpu][1]) / TICKS / seconds for cpu in last[1]}
         rows.append({"epoch": index, "seconds": round(end - start, 3),
                      "threads": [{"name": shares[t][0], "cpu_share": round(shares[t][1], 3),
+                                  "system_share": round(system[t], 3), "minor_faults": faults[t],
                                   "migrations": migrations[t], "voluntary_switches": switches[t][0],
                                   "involuntary_switches": switches[t][1]} for t in busy],
                      "same_cpu_share": round(same / len(inside), 3),
