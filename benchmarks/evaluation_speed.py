@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ais_mnist import test_images, trained  # noqa: E402
+from ais_mnist import test_images, timed, trained  # noqa: E402
 from common import machine  # noqa: E402
 
 import pyrovae  # noqa: E402
@@ -50,12 +50,6 @@ def matmul_peak(rows=2048, repeats=30):
             a @ b
         best = min(best, (time.perf_counter() - started) / repeats)
     return 2 * rows * 400 * 784 / best / 1e9
-
-
-def timed(fn):
-    started = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - started
 
 
 def main():
