@@ -7,7 +7,8 @@ paired ratio (its epoch over the fastest peer's same epoch), with and without it
 
 - ``pyrovae`` (``fit``, ``loss="meanfield"``, the whole step compiled, eight steps a call),
   ``pyrovae-defaults`` (``fit`` with no compile or steps option, as a user calls it; ``--defaults``
-  runs it beside ``pyrovae`` and NumPyro) and ``pyrovae-eager`` (``compile="off"``);
+  runs it beside ``pyrovae`` and NumPyro), ``pyrovae-bf16`` (the defaults with ``precision="bf16"``,
+  opt-in) and ``pyrovae-eager`` (``compile="off"``);
 - ``torch-eager``: the same VAE as a plain PyTorch loop (``benchmarks/common.py``);
 - ``torch-compiled``: that loop with the loss under ``torch.compile`` and Adam's fused kernel;
 - ``numpyro``: NumPyro's SVI with ``TraceMeanField_ELBO``, the whole epoch under ``jax.jit``
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
-IMPLEMENTATIONS = ["pyrovae", "pyrovae-defaults", "pyrovae-eager", "torch-eager", "torch-compiled", "numpyro", "pythae"]
+IMPLEMENTATIONS = ["pyrovae", "pyrovae-defaults", "pyrovae-bf16", "pyrovae-eager", "torch-eager", "torch-compiled", "numpyro", "pythae"]
 BATCH, HIDDEN, LATENT, LR = 128, 400, 50, 1e-3
 RESULTS = ROOT / "benchmarks" / "results-peers-cpu.json"
 DEFAULTS_RESULTS = ROOT / "benchmarks" / "results-peers-defaults-cpu.json"  # --defaults keeps its own record
@@ -75,9 +76,10 @@ def run_pyrovae(epochs, compile_mode):
                 epoch_gate()
 
     gate = [Gate()]
-    if compile_mode == "defaults":  # exactly a user's plain call: no compile or steps flags
+    if compile_mode in ("defaults", "bf16"):  # exactly a user's plain call: no compile or steps flags
+        precision = {"precision": "bf16"} if compile_mode == "bf16" else {}
         history = pyrovae.fit(vae, train, epochs=epochs, batch_size=BATCH, lr=LR, loss="meanfield", progress=False,
-                              callbacks=gate)
+                              callbacks=gate, **precision)
         return [row["seconds"] for row in history], {"compile_seconds": history[0].get("compile_seconds"),
                                                      "train_seconds": [row["train_seconds"] for row in history]}
     # the whole step compiled from the start, eight steps a call: the tuned row of every round (the
@@ -232,6 +234,8 @@ def child(name, epochs):
         return run_pyrovae(epochs, "on")
     if name == "pyrovae-defaults":
         return run_pyrovae(epochs, "defaults")
+    if name == "pyrovae-bf16":
+        return run_pyrovae(epochs, "bf16")
     if name == "pyrovae-eager":
         return run_pyrovae(epochs, "off")
     if name == "torch-eager":
