@@ -93,9 +93,9 @@ def _sample_sites(trace):
 
 
 class Point:
-    """log pi_0(z) (``base``) and log p(x, z) (``joint``), each (C, N), and their gradients in z
-    (dicts of site -> (C, N, *event)) at one z: log f_b = base + b (joint - base) and its gradient
-    for every b without another evaluation (f_b is linear in b)."""
+    """log pi_0(z) (``base``) and log p(x, z) (``joint``), each ``(C, N)``, and their gradients in
+    z (dicts of site -> ``(C, N, *event)``) at one z: log f_b = base + b (joint - base) and its
+    gradient for every b without another evaluation (f_b is linear in b)."""
 
     __slots__ = ("base", "joint", "grad_base", "grad_joint")
 
