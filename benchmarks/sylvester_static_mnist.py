@@ -163,13 +163,16 @@ def reference_train(flow, train_x, valid_x, test_x, args, seed):
     model = ReferenceVAE(flow)
     optimizer = torch.optim.Adamax(model.parameters(), lr=LR, eps=1e-7)
     rows = []
+    steps = math.ceil(len(train_x) / BATCH)
     for epoch in range(1, args.epochs + 1):
         started = time.perf_counter()
         beta = min(epoch / max(args.warmup, 1), 1.0)
         model.train()
         order = torch.randperm(len(train_x))
         total = 0.0
-        for i in range(0, len(train_x), BATCH):
+        for step, i in enumerate(range(0, len(train_x), BATCH)):
+            if args.reference_warmup == "per-step":  # pyrovae's schedule: epochs done, fractional
+                beta = min((epoch - 1 + step / steps) / max(args.warmup, 1), 1.0)
             x = train_x[order[i:i + BATCH]]
             bce, kl = reference_negative_log_weights(model, x)
             loss = (bce + beta * kl).mean()
@@ -236,6 +239,9 @@ def main():
     parser.add_argument("--samples", type=int, default=1000, help="IS samples per test image (as written: 5000)")
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--reference-warmup", choices=("per-epoch", "per-step"), default="per-epoch",
+                        help="the port's KL weight: theirs (epoch / warmup, per epoch) or pyrovae's (per step); "
+                             "per-step results go under the side 'reference-per-step-warmup'")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -247,14 +253,16 @@ def main():
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     results["setup"] = {"machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                        **{k: v for k, v in vars(args).items() if k not in ("out", "families", "sides")},
+                        **{k: v for k, v in vars(args).items()
+                           if k not in ("out", "families", "sides", "reference_warmup")},
                         "as_written": {"train_examples": 50000, "epochs": "<= 2000, early stopping 100",
                                        "warmup": 100, "samples": 5000, "test_examples": 10000}}
     runners = {"reference": reference_train, "pyrovae": pyrovae_train}
     for flow in args.families.split(","):
         for side in args.sides.split(","):
             rows, final = runners[side](flow, train_x, valid_x, test_x, args, args.seed)
-            results.setdefault(flow, {})[side] = {"epochs": rows, **final}
+            key = side + ("-per-step-warmup" if side == "reference" and args.reference_warmup == "per-step" else "")
+            results.setdefault(flow, {})[key] = {"epochs": rows, **final}
             atomic_write_text(out, json.dumps(results, indent=2) + "\n")
             print(side, flow, json.dumps(final), flush=True)
 
