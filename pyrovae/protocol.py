@@ -49,9 +49,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["ModelProtocol", "Program", "ProgramSites", "as_program", "family", "trains_with_own_objective", "PLOT_KINDS",
-           "PROBE_EXAMPLES", "PROTOCOL_MEMBERS",
-           "slice_examples"]
+__all__ = ["ModelProtocol", "Program", "ProgramSites", "as_program", "family", "owner_of", "trains_with_own_objective",
+           "PLOT_KINDS", "PROBE_EXAMPLES", "PROTOCOL_MEMBERS", "slice_examples"]
 
 PROBE_EXAMPLES = 64  # examples a user's program is first traced on, for its sites and its named errors
 PLOT_KINDS = ("manifold", "scatter", "reconstructions", "samples", "interpolation", "attributes", "posterior", "curves")
@@ -107,6 +106,13 @@ class ModelProtocol:
         equal to what AIS reads from the traces of this ``model``/``guide`` pair (an optimization,
         chosen by structure and held equal by tests), or None."""
         return None
+
+
+def owner_of(model) -> Optional[ModelProtocol]:
+    """The pyrovae model whose bound method ``model`` is (the object offering the protocol's fast
+    paths for its own model/guide pair), or None for any other callable."""
+    owner = getattr(model, "__self__", None)
+    return owner if isinstance(owner, ModelProtocol) else None
 
 
 def family(model) -> ModelProtocol:

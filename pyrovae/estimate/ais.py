@@ -36,7 +36,7 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.util import site_is_subsample
 
 from ..infer.weights import PARTICLE_PLATE
-from ..protocol import ModelProtocol, Program, as_program, slice_examples
+from ..protocol import Program, as_program, owner_of, slice_examples
 from ..validation import require_positive_int
 from .importance import _seeded
 
@@ -297,8 +297,8 @@ def _resolve(model, guide, x, args, kwargs, data_plate):
 def _fast_target(model, guide):
     """The fast target the owner of ``model`` offers for this pair (the model protocol's
     ``fast_ais_target``), or None."""
-    owner = getattr(model, "__self__", None)  # a bound method's module
-    return owner.fast_ais_target(model, guide) if isinstance(owner, ModelProtocol) else None
+    owner = owner_of(model)
+    return owner.fast_ais_target(model, guide) if owner is not None else None
 
 
 def _make_target(model, guide, args, kwargs, num_chains, proposal, nesting, compiled):

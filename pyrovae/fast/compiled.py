@@ -96,6 +96,13 @@ def compile_reason(trainer):
     return None
 
 
+def _run_and_step_kernels(device, precision):
+    """(the run's kernels, for its float32 metrics; the training step's): the same under fp32; under
+    bf16 the step's linear layers go through aten's linear, which autocast rounds to bfloat16."""
+    kernels = cpu_kernels(device)
+    return kernels, kernels if precision == "fp32" else cpu_kernels(device, linear=False)
+
+
 class CompiledLoss:
     """``objective(x)`` compiled for one batch shape, with the time its first call took (the
     compilation) and a fallback to the eager objective, with a warning, where the compiler fails.
@@ -104,9 +111,7 @@ class CompiledLoss:
 
     def __init__(self, objective, device="cpu", precision="fp32"):
         self.objective = objective
-        self.kernels = cpu_kernels(device)
-        # under bf16 the linear layers go through aten's linear, which autocast rounds to bfloat16
-        kernels = cpu_kernels(device, linear=precision == "fp32")
+        self.kernels, kernels = _run_and_step_kernels(device, precision)
 
         def objective_on_fast_kernels(x):
             with kernels, autocast(precision, device):
@@ -262,9 +267,7 @@ class CompiledStep:
                  precision="fp32"):
         self.objective, self.optimizer = objective, optimizer
         self.steps_per_call = steps_per_call = int(steps_per_call)
-        self.kernels = cpu_kernels(device)
-        # under bf16 the linear layers go through aten's linear, which autocast rounds to bfloat16
-        kernels = cpu_kernels(device, linear=precision == "fp32")
+        self.kernels, kernels = _run_and_step_kernels(device, precision)
         group = optimizer.param_groups[0]
         self.params = params = list(group["params"])
         self._lr_float = float(group["lr"])

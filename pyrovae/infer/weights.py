@@ -26,7 +26,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
-from ..protocol import ModelProtocol, as_program
+from ..protocol import as_program, owner_of
 from .parts import WeightParts, closed_form_kl, detach_distribution, require_per_dim_factor, scaled_per_dim
 
 STOPPED_LOG_PROB = "pyrovae_stopped_log_prob"  # a guide site's infer key: log q at z with q's parameters stopped
@@ -128,8 +128,8 @@ def _site_kl_per_dim(name, model_site, guide_site, analytic):
 def fast_weight_parts(model, guide):
     """The fast path the owner of ``model`` offers for this pair (the model protocol's
     ``fast_weight_parts``), or None."""
-    owner = getattr(model, "__self__", None)  # a bound method's module
-    return owner.fast_weight_parts(model, guide) if isinstance(owner, ModelProtocol) else None
+    owner = owner_of(model)
+    return owner.fast_weight_parts(model, guide) if owner is not None else None
 
 
 def log_weight_parts(model, guide=None, *args, num_particles: Optional[int] = None,
