@@ -212,7 +212,10 @@ def check_prior_distribution(d, latent_dim):
 def has_analytic_kl(prior_distribution):
     """Whether KL(Normal(mu, diag sigma^2) || prior) has a registered closed form."""
     d = prior_distribution.event_shape[0]
-    zeros = torch.zeros(d, device=prior_distribution.sample().device)
+    # the probe's draw (its device) comes from a stream of its own: asking must not move the caller's noise
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        zeros = torch.zeros(d, device=prior_distribution.sample().device)
     q = dist.Normal(zeros, zeros + 1.0).to_event(1)
     try:
         kl_divergence(q, prior_distribution)

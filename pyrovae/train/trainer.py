@@ -5,8 +5,20 @@ watches a run is a :class:`~pyrovae.train.callbacks.Callback`.
 
 Seeding (``seed``): the weights are the caller's; the Trainer seeds torch's global generator once
 at the start (the draws of z and the dynamic binarization use it; Python's and NumPy's are left
-alone), and shuffles each epoch with its own generator seeded by (seed, epoch). A checkpoint holds
-torch's generator state, so a resumed run continues exactly.
+alone), and shuffles each epoch with its own generator seeded by (seed, epoch). The per-epoch
+report draws from a stream of its own, so the training steps see exactly the noise and batches of
+the plain loop
+
+    torch.manual_seed(seed)
+    for epoch in range(epochs):
+        order = torch.randperm(N, generator=torch.Generator().manual_seed(stream_seed(seed, epoch)))
+        for i in range(0, N, batch_size):
+            optimizer.zero_grad(); loss_fn(x[order[i:i + batch_size]]).backward(); optimizer.step()
+
+with ``loss_fn = pyro.infer.Trace_ELBO()(vae.model, vae.guide)`` (or the objective's own Pyro
+ELBO) and ``torch.optim.Adam(vae.parameters(), lr)``: from the same weights, ``fit`` ends on the
+same parameters (``tests/test_training_parity.py``). A checkpoint holds torch's generator state, so
+a resumed run continues exactly.
 """
 
 import contextlib
@@ -454,12 +466,18 @@ class Trainer:
 
     def evaluate(self) -> Dict[str, float]:
         """The ELBO, reconstruction and KL (nats per example) of the fixed metric sets, from the
-        VAE's own model; under torch.distributed each rank takes every world_size-th example."""
+        VAE's own model; under torch.distributed each rank takes every world_size-th example. Its
+        draws come from a stream of their own, so reporting never moves training's noise."""
         self.vae.eval()
         row = {}
-        # a compiled run's metrics on the same fast kernels as its step (eager runs: PyTorch's own)
-        with self.compiled.kernels if self.compiled is not None else contextlib.nullcontext():
-            self._evaluate_metric_sets(row)
+        # the report draws from its own stream (seed, 4, epoch), and training's stream continues as if
+        # it had not run: fit's steps see the noise a plain loop seeded the same way sees (issue #42)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(stream_seed(self.options["seed"], 4, self.epoch, self.context.rank))
+            # a compiled run's metrics on the same fast kernels as its step (eager runs: PyTorch's own)
+            with self.compiled.kernels if self.compiled is not None else contextlib.nullcontext():
+                self._evaluate_metric_sets(row)
         row["kl"] = row.get("test_kl", row.get("valid_kl", row.get("train_kl")))
         self.vae.train()
         return row
