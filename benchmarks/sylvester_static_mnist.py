@@ -158,9 +158,33 @@ def reference_negative_log_weights(model, x):
     return bce, log_q0 - log_det - log_pz
 
 
-def reference_train(flow, train_x, valid_x, test_x, args, seed):
+def chunk_sizes(total, chunk):
+    """``total`` split into pieces of at most ``chunk`` (the last one shorter)."""
+    return [min(chunk, total - start) for start in range(0, total, chunk)]
+
+
+def reference_model(flow, seed):
+    """The port's model with its initial weights for ``seed``."""
     torch.manual_seed(seed)
-    model = ReferenceVAE(flow)
+    return ReferenceVAE(flow)
+
+
+def copy_reference_weights(reference, vae):
+    """The port's initial encoder and decoder weights into pyrovae's gated-conv VAE (the same
+    layers in the same order; the flows' parameterizations differ and keep their own)."""
+    pairs = [(reference.q_nn, vae.encoder.conv), (reference.q_mean, vae.encoder.loc),
+             (reference.q_var[0], vae.encoder.variance), (reference.p_nn, vae.decoder.deconv[:6]),
+             (reference.p_logits, vae.decoder.deconv[6])]
+    with torch.no_grad():
+        for source, target in pairs:
+            theirs, ours = source.state_dict(), target.state_dict()
+            if [tuple(v.shape) for v in theirs.values()] != [tuple(v.shape) for v in ours.values()]:
+                raise ValueError(f"the port's {type(source).__name__} and pyrovae's differ in shape")
+            target.load_state_dict(dict(zip(ours, theirs.values())))
+
+
+def reference_train(flow, train_x, valid_x, test_x, args, seed):
+    model = reference_model(flow, seed)
     optimizer = torch.optim.Adamax(model.parameters(), lr=LR, eps=1e-7)
     rows = []
     steps = math.ceil(len(train_x) / BATCH)
@@ -192,8 +216,8 @@ def reference_train(flow, train_x, valid_x, test_x, args, seed):
     with torch.no_grad():  # the reference's calculate_likelihood: log mean exp over S samples per image
         log_px = []
         for x in test_x:
-            neg = torch.cat([sum(reference_negative_log_weights(model, x.expand(args.chunk, 1, 28, 28)))
-                             for _ in range(args.samples // args.chunk)])
+            neg = torch.cat([sum(reference_negative_log_weights(model, x.expand(size, 1, 28, 28)))
+                             for size in chunk_sizes(args.samples, args.chunk)])
             log_px.append(torch.logsumexp(-neg.double(), 0) - math.log(len(neg)))
         log_px = torch.stack(log_px)
         test_elbo = -torch.cat([sum(reference_negative_log_weights(model, test_x)) for _ in range(10)]).mean()
@@ -202,10 +226,15 @@ def reference_train(flow, train_x, valid_x, test_x, args, seed):
 
 
 # ---------------------------------------------------------------- pyrovae
-def pyrovae_train(flow, train_x, valid_x, test_x, args, seed):
+def pyrovae_model(flow):
     guide, guide_args = PYROVAE_GUIDES[flow]
-    vae = pyrovae.VAE((1, 28, 28), latent_dim=LATENT, hidden=(256,), network="gated-conv", activation="identity",
-                      guide=guide, guide_args=guide_args)
+    return pyrovae.VAE((1, 28, 28), latent_dim=LATENT, hidden=(256,), network="gated-conv", activation="identity",
+                       guide=guide, guide_args=guide_args)
+
+
+def pyrovae_train(flow, train_x, valid_x, test_x, args, seed):
+    vae = pyrovae_model(flow)
+    copy_reference_weights(reference_model(flow, seed), vae)  # the port's initial weights for this seed
     rows = []
 
     def log(row, _vae):
@@ -215,7 +244,8 @@ def pyrovae_train(flow, train_x, valid_x, test_x, args, seed):
               f"{row['train_seconds']:.0f} s", flush=True)
 
     pyrovae.fit(vae, train_x, valid=valid_x, epochs=args.epochs, batch_size=BATCH, lr=LR, optimizer="adamax",
-                warmup_epochs=args.warmup, loss="trace", seed=seed, binarize="none", progress=False,
+                optimizer_eps=args.pyrovae_eps, warmup_epochs=args.warmup, loss="trace", seed=seed, binarize="none",
+                progress=False,
                 callback=log, report_examples=len(valid_x))
     started = time.perf_counter()
     log_px, _, diagnostics = pyrovae.log_likelihood(vae, test_x, args.samples, seed=0, return_stderr=True,
@@ -238,7 +268,11 @@ def main():
     parser.add_argument("--warmup", type=int, default=5, help="KL warm-up epochs (as written: 100)")
     parser.add_argument("--samples", type=int, default=1000, help="IS samples per test image (as written: 5000)")
     parser.add_argument("--chunk", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", default="1", help="comma-separated: each family and side once per seed, the "
+                        "port's initial weights for the seed on both sides")
+    parser.add_argument("--pyrovae-eps", type=float, default=1e-7 * BATCH,
+                        help="pyrovae's Adamax eps: the reference's 1e-7 on its batch-mean loss is 1e-7 x batch on "
+                             "pyrovae's summed loss (the same optimizer); 1e-8 is PyTorch's default")
     parser.add_argument("--reference-warmup", choices=("per-epoch", "per-step"), default="per-epoch",
                         help="the port's KL weight: theirs (epoch / warmup, per epoch) or pyrovae's (per step); "
                              "per-step results go under the side 'reference-per-step-warmup'")
@@ -252,19 +286,27 @@ def main():
     test_x = split("test", args.test_examples)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
+    earlier_seed = results.get("setup", {}).get("seed", 1)
     results["setup"] = {"machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                         **{k: v for k, v in vars(args).items()
                            if k not in ("out", "families", "sides", "reference_warmup")},
                         "as_written": {"train_examples": 50000, "epochs": "<= 2000, early stopping 100",
                                        "warmup": 100, "samples": 5000, "test_examples": 10000}}
     runners = {"reference": reference_train, "pyrovae": pyrovae_train}
-    for flow in args.families.split(","):
-        for side in args.sides.split(","):
-            rows, final = runners[side](flow, train_x, valid_x, test_x, args, args.seed)
-            key = side + ("-per-step-warmup" if side == "reference" and args.reference_warmup == "per-step" else "")
-            results.setdefault(flow, {})[key] = {"epochs": rows, **final}
-            atomic_write_text(out, json.dumps(results, indent=2) + "\n")
-            print(side, flow, json.dumps(final), flush=True)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for flow in args.families.split(","):
+            for side in args.sides.split(","):
+                rows, final = runners[side](flow, train_x, valid_x, test_x, args, seed)
+                key = side + ("-per-step-warmup" if side == "reference" and args.reference_warmup == "per-step" else "")
+                if side == "pyrovae" and args.pyrovae_eps != 1e-7 * BATCH:
+                    key += f"-eps-{args.pyrovae_eps:g}"
+                runs = results.setdefault(flow, {}).setdefault(key, {})
+                if "epochs" in runs:  # a single run of an earlier round: kept under its seed
+                    runs = {str(earlier_seed): runs}
+                    results[flow][key] = runs
+                runs[str(seed)] = {"epochs": rows, **final}
+                atomic_write_text(out, json.dumps(results, indent=2) + "\n")
+                print(side, flow, seed, json.dumps(final), flush=True)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,10 @@ class TrainConfig:
     lr: float = option(1e-3, "the optimizer's learning rate", positive=True)
     adam_beta1: float = option(0.9, "Adam's beta1, the decay of its running mean of the gradient (Pyro's ss_vae "
                                "example: 0.95)", minimum=0)
+    optimizer_eps: Optional[float] = option(None, "the optimizer's eps (default: PyTorch's, 1e-8). pyrovae's loss is a "
+                                            "sum over the batch (Pyro's convention): a recipe whose loss is the batch "
+                                            "mean with eps e trains identically with batch_size * e here (Adam, Adamax "
+                                            "and RMSprop divide by a gradient scale plus eps)", positive=True)
     lr_schedule: str = option("constant", "learning-rate schedule, stepped each epoch: multistep (lr_milestones, "
                               "lr_gamma), exponential (lr_gamma), cosine (to 0 at the last epoch), burda (3^i epochs "
                               "at lr 10^(-i/7), i = 0..7)",

@@ -50,15 +50,18 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "rmsprop":
 
 
 def make_optimizer(parameters, options: Dict, fused: bool = False) -> torch.optim.Optimizer:
-    """``options["optimizer"]`` (adam, adamax or rmsprop, PyTorch's defaults besides ``options["lr"]``
-    and Adam's ``options["adam_beta1"]``) over ``parameters``; Adam's fused kernel where the step
-    is compiled (``fused``: one pass over the parameters), the foreach kernels otherwise."""
+    """``options["optimizer"]`` (adam, adamax or rmsprop, PyTorch's defaults besides ``options["lr"]``,
+    ``options["optimizer_eps"]`` and Adam's ``options["adam_beta1"]``) over ``parameters``; Adam's
+    fused kernel where the step is compiled (``fused``: one pass over the parameters), the foreach
+    kernels otherwise."""
     name = options.get("optimizer", "adam")
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     kernel = {"fused": True} if fused and name == "adam" else {"foreach": True}
     if name == "adam":
         kernel["betas"] = (options.get("adam_beta1", 0.9), 0.999)
+    if options.get("optimizer_eps") is not None:
+        kernel["eps"] = options["optimizer_eps"]
     return OPTIMIZERS[name](parameters, lr=options["lr"], **kernel)
 
 # The default of report_examples: the per-epoch ELBO report reads this many training examples (and
