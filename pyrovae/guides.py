@@ -169,14 +169,24 @@ class Planar(_Flow):
 @GUIDES.register("iaf")
 class IAF(_Flow):
     """``steps`` affine autoregressive steps conditioned on h(x) (masked networks of ``hidden``
-    widths, default one layer of max(2 latent_dim, 16)), the order reversed between steps."""
+    widths, default one layer of max(2 latent_dim, 16)), the order reversed between steps.
 
-    def __init__(self, steps=2, hidden=None):
+    ``gated=True`` takes Kingma et al.'s numerically stable form, the one van den Berg et al.'s
+    code uses: z_k = g z_{k-1} + (1 - g) m, g = sigmoid(s + ``forget_bias``), log-determinant
+    sum_i log g_i (Pyro's ``stable=True``; the forget bias 1 of their code starts each step near
+    z_k = 0.73 z_{k-1} + 0.27 m). Off: z_k = m + exp(s) z_{k-1}, Pyro's default."""
+
+    def __init__(self, steps=2, hidden=None, gated=False, forget_bias=1.0):
         super().__init__()
         self.steps = _positive_int(steps, "iaf's steps")
         if hidden is not None:
             hidden = [int(h) for h in ([hidden] if isinstance(hidden, int) else hidden)]
         self.hidden = hidden
+        if not isinstance(gated, bool):
+            raise ValueError(f"iaf's gated must be true or false; got {gated!r}")
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
+            raise ValueError(f"iaf's forget_bias must be a number; got {forget_bias!r}")
+        self.gated, self.forget_bias = gated, float(forget_bias)
 
     def bind(self, latent_dim, context_dim):
         super().bind(latent_dim, context_dim)
@@ -188,9 +198,10 @@ class IAF(_Flow):
             raise ValueError(f"iaf's hidden widths {hidden} must be at least the latent's dimension ({self.latent_dim})")
         # tanh units: mu and log sigma stay bounded far from the data, so q keeps the base's Gaussian tails
         # (ReLU units extrapolate linearly and gave tails lighter than the posterior's: Pareto k > 0.7)
+        form = {"stable": True, "sigmoid_bias": self.forget_bias} if self.gated else {}
         self.flows = nn.ModuleList(
             T.ConditionalAffineAutoregressive(ConditionalAutoRegressiveNN(self.latent_dim, self.context_dim, hidden,
-                                                                          nonlinearity=nn.Tanh()))
+                                                                          nonlinearity=nn.Tanh()), **form)
             for _ in range(self.steps))
         self.register_buffer("reverse", torch.arange(self.latent_dim - 1, -1, -1), persistent=False)
         return self

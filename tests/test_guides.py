@@ -45,7 +45,8 @@ def test_lowrank_density_is_the_full_covariance_gaussian():
     torch.testing.assert_close(q.log_prob(z), reference.log_prob(z), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("guide", ["planar", "iaf"])
+@pytest.mark.parametrize("guide", ["planar", "iaf", {"kind": "iaf", "gated": True, "forget_bias": 1.0}],
+                         ids=["planar", "iaf", "iaf-gated"])
 def test_flow_density_is_the_change_of_variables_with_the_jacobian_from_autograd(guide):
     vae, x = _one_posterior(guide)
     h = vae.encoder.features(x[:1])
@@ -64,9 +65,24 @@ def test_flow_density_is_the_change_of_variables_with_the_jacobian_from_autograd
     jacobian = torch.autograd.functional.jacobian(lambda b: push(b.unsqueeze(0))[0], z0[0])
     expected = Normal(loc, scale).log_prob(z0).sum(-1) - torch.linalg.slogdet(jacobian)[1]
     torch.testing.assert_close(log_q, expected, rtol=1e-5, atol=1e-5)
-    if guide == "iaf":  # invertible: the density at a point it did not draw, through the inverse
+    if guide != "planar":  # invertible: the density at a point it did not draw, through the inverse
         fresh = vae.posterior(loc, scale, h)
         torch.testing.assert_close(fresh.log_prob(z.detach().clone()), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_gated_iaf_step_is_van_den_bergs_update():
+    """z_k = g z + (1 - g) m, g = sigmoid(s + forget bias), from the step's own network outputs."""
+    vae, x = _one_posterior({"kind": "iaf", "steps": 1, "gated": True, "forget_bias": 1.0})
+    assert vae.posterior.spec == {"kind": "iaf", "steps": 1, "gated": True, "forget_bias": 1.0}
+    h = vae.encoder.features(x)
+    loc, scale = vae.encoder.heads(h)
+    z0 = loc + scale * torch.randn(4, 3, generator=torch.Generator().manual_seed(2))
+    m, s = vae.posterior.flows[0].nn(z0, context=h)
+    gate = torch.sigmoid(s + 1.0)
+    q = vae.posterior(loc, scale, h)
+    step = q.transforms[0]
+    torch.testing.assert_close(step(z0), gate * z0 + (1 - gate) * m, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(step.log_abs_det_jacobian(z0, step(z0)), gate.log().sum(-1), rtol=1e-5, atol=1e-6)
 
 
 def _linear_gaussian_with(guide, seed=0):
@@ -200,6 +216,7 @@ def test_a_users_own_conditional_transform_or_distribution_is_a_guide():
     ({"guide": "lowrank", "guide_args": {"rank": -1}}, "lowrank's rank must be a positive integer; got -1"),
     ({"guide": "iaf", "guide_args": {"stepz": 2}}, "bad arguments {'stepz': 2} for guide 'iaf'"),
     ({"guide": "iaf", "latent_dim": 1}, "the 'iaf' guide needs a latent of at least 2 dimensions"),
+    ({"guide": "iaf", "guide_args": {"gated": "yes"}}, "iaf's gated must be true or false; got 'yes'"),
 ])
 def test_bad_guide_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
