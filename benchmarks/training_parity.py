@@ -151,7 +151,8 @@ def linear_gaussian(args):
     epochs = args.linear_epochs
 
     def elbo(vae):
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(0)  # the same draws for every model: equal parameters give equal numbers
             return -Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1).loss(
                 vae.model, vae.guide, x) / len(x)
 
@@ -176,6 +177,7 @@ def linear_gaussian(args):
         out[schedule] = {}
         for guide in ("meanfield", "lowrank", "iaf"):
             rows = {"fit": [], "loop-same-noise": [], "loop-own-noise": []}
+            parameter_gaps = []
             for seed in range(args.linear_seeds):
                 torch.manual_seed(seed)
                 base = pyrovae.VAE(7, latent_dim=3, hidden=(), likelihood={"kind": "gaussian", "scale": 0.5},
@@ -185,6 +187,8 @@ def linear_gaussian(args):
                             lr_schedule=schedule, progress=False)
                 loop(runs["loop-same-noise"], seed, True, schedule)
                 loop(runs["loop-own-noise"], seed, False, schedule)
+                parameter_gaps.append(max_difference(list(runs["fit"].parameters()),
+                                                     list(runs["loop-same-noise"].parameters())))
                 for name, vae in runs.items():
                     value = elbo(vae)
                     rows[name].append({"elbo": value,
@@ -197,6 +201,7 @@ def linear_gaussian(args):
                                  "gap_mean": statistics.mean(gaps), "gap_sd": statistics.stdev(gaps), "runs": values}
             summary["fit_minus_loop_same_noise_max"] = max(
                 abs(a["elbo"] - b["elbo"]) for a, b in zip(rows["fit"], rows["loop-same-noise"]))
+            summary["fit_minus_loop_same_noise_max_parameter"] = max(parameter_gaps)
             out[schedule][guide] = summary
             print("linear-gaussian", schedule, guide, json.dumps({k: {m: v for m, v in row.items() if m != "runs"}
                                                                   if isinstance(row, dict) else row

@@ -174,10 +174,17 @@ class IAF(_Flow):
     ``gated=True`` takes Kingma et al.'s numerically stable form, the one van den Berg et al.'s
     code uses: z_k = g z_{k-1} + (1 - g) m, g = sigmoid(s + ``forget_bias``), log-determinant
     sum_i log g_i (Pyro's ``stable=True``; the forget bias 1 of their code starts each step near
-    z_k = 0.73 z_{k-1} + 0.27 m). Off: z_k = m + exp(s) z_{k-1}, Pyro's default."""
+    z_k = 0.73 z_{k-1} + 0.27 m). Off: z_k = m + exp(s) z_{k-1}, Pyro's default. ``activation``:
+    the masked networks' units, tanh by default (bounded: q keeps the base's Gaussian tails far
+    from the data), elu as van den Berg et al.'s, or relu."""
 
-    def __init__(self, steps=2, hidden=None, gated=False, forget_bias=1.0):
+    ACTIVATIONS = {"tanh": nn.Tanh, "elu": nn.ELU, "relu": nn.ReLU}
+
+    def __init__(self, steps=2, hidden=None, gated=False, forget_bias=1.0, activation="tanh"):
         super().__init__()
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"iaf's activation must be one of {sorted(self.ACTIVATIONS)}; got {activation!r}")
+        self.activation = activation
         self.steps = _positive_int(steps, "iaf's steps")
         if hidden is not None:
             hidden = [int(h) for h in ([hidden] if isinstance(hidden, int) else hidden)]
@@ -201,7 +208,8 @@ class IAF(_Flow):
         form = {"stable": True, "sigmoid_bias": self.forget_bias} if self.gated else {}
         self.flows = nn.ModuleList(
             T.ConditionalAffineAutoregressive(ConditionalAutoRegressiveNN(self.latent_dim, self.context_dim, hidden,
-                                                                          nonlinearity=nn.Tanh()), **form)
+                                                                          nonlinearity=self.ACTIVATIONS[self.activation]()),
+                                              **form)
             for _ in range(self.steps))
         self.register_buffer("reverse", torch.arange(self.latent_dim - 1, -1, -1), persistent=False)
         return self

@@ -45,8 +45,9 @@ def test_lowrank_density_is_the_full_covariance_gaussian():
     torch.testing.assert_close(q.log_prob(z), reference.log_prob(z), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("guide", ["planar", "iaf", {"kind": "iaf", "gated": True, "forget_bias": 1.0}],
-                         ids=["planar", "iaf", "iaf-gated"])
+@pytest.mark.parametrize("guide", ["planar", "iaf", {"kind": "iaf", "gated": True, "forget_bias": 1.0,
+                                                    "hidden": [8, 8], "activation": "elu"}],
+                         ids=["planar", "iaf", "iaf-gated-elu"])
 def test_flow_density_is_the_change_of_variables_with_the_jacobian_from_autograd(guide):
     vae, x = _one_posterior(guide)
     h = vae.encoder.features(x[:1])
@@ -217,6 +218,7 @@ def test_a_users_own_conditional_transform_or_distribution_is_a_guide():
     ({"guide": "iaf", "guide_args": {"stepz": 2}}, "bad arguments {'stepz': 2} for guide 'iaf'"),
     ({"guide": "iaf", "latent_dim": 1}, "the 'iaf' guide needs a latent of at least 2 dimensions"),
     ({"guide": "iaf", "guide_args": {"gated": "yes"}}, "iaf's gated must be true or false; got 'yes'"),
+    ({"guide": "iaf", "guide_args": {"activation": "gelu"}}, "iaf's activation must be one of ['elu', 'relu', 'tanh']"),
 ])
 def test_bad_guide_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
