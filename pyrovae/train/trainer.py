@@ -7,7 +7,7 @@ Seeding (``seed``): the weights are the caller's; the Trainer seeds torch's glob
 at the start (the draws of z and the dynamic binarization use it; Python's and NumPy's are left
 alone), and shuffles each epoch with its own generator seeded by (seed, epoch). The per-epoch
 report draws from a stream of its own, so the training steps see exactly the noise and batches of
-the plain loop
+the plain loop::
 
     torch.manual_seed(seed)
     for epoch in range(epochs):
