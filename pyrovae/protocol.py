@@ -285,14 +285,15 @@ class Program(ModelProtocol):
         probe = min(len(x), PROBE_EXAMPLES)
         with torch.no_grad(), pyro.validation_enabled(True):
             sites = self.sites((x[:probe],) + slice_examples(args, len(x), 0, probe),
-                               slice_examples(kwargs, len(x), 0, probe))
+                               slice_examples(kwargs, len(x), 0, probe), examples_passed=len(x))
         return x, args, kwargs, sites
 
     # -- its sites ---------------------------------------------------------------------------------
-    def sites(self, args, kwargs=None, refresh=False) -> ProgramSites:
+    def sites(self, args, kwargs=None, refresh=False, examples_passed=None) -> ProgramSites:
         """The program's sites from one trace of the guide and the model replayed on it at
-        ``args`` (the first a tensor of examples): the named errors of a program the estimators
-        cannot weigh per example are raised here."""
+        ``args`` (the first a tensor of examples, the first of ``examples_passed`` where the
+        caller probes a few): the named errors of a program the estimators cannot weigh per
+        example are raised here."""
         if self._sites is not None and not refresh:
             return self._sites
         kwargs = kwargs or {}
@@ -321,7 +322,15 @@ class Program(ModelProtocol):
         extra = [name for name in guide_sites if name not in dict(model_sites)]
         if extra:
             raise ValueError(f"guide sites {extra} are not sites of the model")
-        plate = self._data_plate(model_sites, observed, num_examples)
+        plate = self._data_plate(model_sites, observed, num_examples, examples_passed or num_examples)
+        for name, site in model_sites:
+            for frame in _frames(site):
+                if frame.name == plate[0] and frame.full_size not in (None, -1, frame.size):
+                    raise ValueError(
+                        f"the data plate {plate[0]!r} subsamples {frame.size} of {frame.full_size} examples, so Pyro "
+                        f"scales site {name!r} by {frame.full_size}/{frame.size}: a per-example log p(x) would carry "
+                        "that factor; evaluate with the plate over the examples passed (pyro.plate('data') or "
+                        "pyro.plate('data', len(x)))")
         for name in latent:
             site = guide_sites[name]
             if plate[0] not in {f.name for f in _frames(site)}:
@@ -344,11 +353,17 @@ class Program(ModelProtocol):
         self._sites = sites
         return sites
 
-    def _data_plate(self, model_sites, observed, num_examples):
+    def _data_plate(self, model_sites, observed, num_examples, examples_passed):
+        """(name, dim) of the plate over the examples: of the vectorized plates that hold every
+        observed site, the one whose extent in those sites is the batch's. The extent, not the
+        plate's declared size: a sizeless ``pyro.plate("data")`` has size -1 in the trace (Pyro's
+        "any size"), and a subsampled plate the size of the whole data set."""
         shared = None
         for name, site in model_sites:
             if name in observed:
-                frames = {(f.name, f.dim, f.size) for f in _frames(site)}
+                batch_shape = site["fn"].batch_shape
+                frames = {(f.name, f.dim, batch_shape[f.dim] if -f.dim <= len(batch_shape) else 1)
+                          for f in _frames(site)}
                 shared = frames if shared is None else shared & frames
         shared = shared or set()
         if self.data_plate is not None:
@@ -361,9 +376,12 @@ class Program(ModelProtocol):
         if len(candidates) == 1:
             return candidates[0][0], candidates[0][1]
         if not candidates:
+            held = ", ".join(f"{name!r} over {extent}" for name, _, extent in sorted(shared)) or "none"
+            probed = f", traced on the first {num_examples}" if examples_passed != num_examples else ""
             raise ValueError(
-                f"no plate of the batch's size ({num_examples}) holds every observed site: wrap the model's and "
-                "guide's sites in pyro.plate('data', len(x)) (a vectorized plate), or name it with data_plate=")
+                f"no plate holds every observed site with one entry per example ({examples_passed} examples "
+                f"passed{probed}; plates there: {held}): wrap the model's and guide's sites in pyro.plate('data', len(x)) or "
+                "pyro.plate('data') (a vectorized plate), or name it with data_plate=")
         raise ValueError(f"several plates of the batch's size hold the observed sites "
                          f"({sorted(f[0] for f in candidates)}): name the examples' plate with data_plate=")
 

@@ -59,6 +59,37 @@ class PyroExampleVAE(nn.Module):
             pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
 
 
+class PlateStyleVAE(PyroExampleVAE):
+    """The same VAE with its plate written as much of Pyro's documentation writes it:
+    ``pyro.plate("data")`` without a size (size -1 in the trace, the extent the sites'), or
+    ``pyro.plate("data", N, subsample=...)`` (the frame's size the subsample's; ``"subsample"``: all
+    N examples, ``"subsample-of-more"``: the batch as half of 2N, which Pyro scales by 2)."""
+
+    def __init__(self, plate_style, **kwargs):
+        super().__init__(**kwargs)
+        self.plate_style = plate_style
+
+    def _plate(self, x):
+        if self.plate_style == "sizeless":
+            return pyro.plate("data")
+        size = x.shape[0] if self.plate_style == "subsample" else 2 * x.shape[0]  # "subsample-of-more": half
+        return pyro.plate("data", size, subsample=torch.arange(x.shape[0], device=x.device))
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with self._plate(x):
+            z_loc = x.new_zeros(torch.Size((x.shape[0], self.z_dim)))
+            z = pyro.sample("latent", dist.Normal(z_loc, torch.ones_like(z_loc)).to_event(1))
+            pyro.sample("obs", dist.Bernoulli(self.decoder(z), validate_args=False).to_event(1),
+                        obs=x.reshape(-1, self.x_dim))
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        with self._plate(x):
+            z_loc, z_scale = self.encoder(x)
+            pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+
+
 class PyroExampleCVAE(nn.Module):
     """Pyro's examples/cvae CVAE shape: given part xs, predicted part ys (observed site "y"),
     p(z | xs) from a prior network, q(z | xs, ys) from a recognition network (the prior network

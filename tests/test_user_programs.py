@@ -23,7 +23,7 @@ from pyrovae import latent, plots
 from pyrovae.cli import main
 from pyrovae.protocol import PROTOCOL_MEMBERS, as_program
 
-from pyro_style_programs import PyroExampleCVAE, PyroExampleVAE, train_with_pyro_svi
+from pyro_style_programs import PlateStyleVAE, PyroExampleCVAE, PyroExampleVAE, train_with_pyro_svi
 
 PACKAGE = Path(pyrovae.__file__).parent
 
@@ -85,6 +85,46 @@ def test_log_likelihood_of_a_pyro_example_vae_equals_hand_written_importance_sam
                  - Normal(loc, scale).log_prob(z).sum(-1)).double()
     reference = torch.logsumexp(log_w, 0) - math.log(500)
     assert float((ours.double() - reference).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("plate_style", ["sizeless", "subsample"])
+def test_a_sizeless_or_subsampled_data_plate_is_found_by_its_extent(trained_vae, plate_style):
+    """pyro.plate("data") (size -1 in the trace) and pyro.plate("data", subsample=...) hold the
+    examples as pyro.plate("data", len(x)) does: the same program gives the same numbers, draw for
+    draw, as the sized one (itself held to hand-written importance sampling above), on more
+    examples than the probe traces."""
+    net, x, _ = trained_vae
+    styled = PlateStyleVAE(plate_style, x_dim=30)
+    styled.load_state_dict(net.state_dict())
+    x = x[:100]
+    for estimate in (lambda program: pyrovae.log_likelihood(program, x, 50, seed=0),
+                     lambda program: pyrovae.elbo(program, x, 5, seed=1),
+                     lambda program: pyrovae.iwae_bound(program, x, 5, 4, seed=2)):
+        torch.testing.assert_close(estimate(styled), estimate(net), rtol=0, atol=1e-5)
+
+
+def test_a_data_plate_that_subsamples_more_examples_than_passed_is_named():
+    """Pyro scales every site of a subsampled plate by N / batch: a per-example log p(x) would
+    carry the factor, so the estimators refuse it by name."""
+    x, _ = _binary_data()
+    with pytest.raises(ValueError, match=r"the data plate 'data' subsamples 64 of 128 examples, so Pyro scales "
+                                         r"site 'latent' by 128/64"):
+        pyrovae.log_likelihood(PlateStyleVAE("subsample-of-more", x_dim=30), x[:64], 10)
+
+
+def test_the_data_plate_error_names_the_users_examples_and_the_plates_extents():
+    def model(x):
+        with pyro.plate("pixels", x.shape[1], dim=-1):
+            pyro.sample("obs", dist.Bernoulli(0.5 * torch.ones(x.shape[1])), obs=x[0])
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide(x):
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    x = torch.ones(100, 30)
+    with pytest.raises(ValueError, match=r"one entry per example \(100 examples passed, traced on the first 64; "
+                                         r"plates there: 'pixels' over 30\)"):
+        pyrovae.log_likelihood(x=x, model=model, guide=guide, num_samples=4)
 
 
 def test_log_likelihood_of_a_pyro_example_vae_agrees_with_independent_hand_written_draws(trained_vae):
