@@ -285,21 +285,23 @@ def test_fit_equals_the_loop_with_each_optimizer(name, optimizer):
     ("trace", lambda: Trace_ELBO(max_plate_nesting=1)),
     ("iwae", lambda: RenyiELBO(alpha=0, num_particles=3, vectorize_particles=True, max_plate_nesting=1)),
 ])
-def test_fit_equals_pyros_loop_for_the_two_layer_vae(loss, elbo):
+@pytest.mark.parametrize("guide", ["meanfield", "iaf"])
+def test_fit_equals_pyros_loop_for_the_two_layer_vae(loss, elbo, guide):
     x = binary(40, (12,))
     torch.manual_seed(0)
-    hvae = HVAE((12,), latent_dim=2, hidden=(10,), middle_dim=3, middle_hidden=(6,))
+    hvae = HVAE((12,), latent_dim=2, hidden=(10,), middle_dim=3, middle_hidden=(6,), guide=guide)
     fitted = fit_copy(hvae, x, loss=loss, num_particles=3 if loss == "iwae" else 1)
     looped = copy.deepcopy(hvae)
     plain_loop(looped, x, module_loss(elbo(), looped))
     assert_same_parameters(fitted, looped)
 
 
-def test_fit_equals_pyros_loop_for_the_quadrant_cvae_and_its_baseline():
+@pytest.mark.parametrize("guide", ["meanfield", "lowrank", "planar"])
+def test_fit_equals_pyros_loop_for_the_quadrant_cvae_and_its_baseline(guide):
     """The CVAE's ELBO and its baseline network's, each Pyro's Trace_ELBO, summed in one step."""
     x = binary(40, (1, 6, 6))
     torch.manual_seed(0)
-    cvae = CVAE((1, 6, 6), latent_dim=2, hidden=(16,), baseline_hidden=(8,))
+    cvae = CVAE((1, 6, 6), latent_dim=2, hidden=(16,), baseline_hidden=(8,), guide=guide)
     fitted = fit_copy(cvae, x, loss="trace")
     looped = copy.deepcopy(cvae)
     main = Trace_ELBO(max_plate_nesting=1)(looped.model, looped.guide)
@@ -318,7 +320,8 @@ def test_fit_equals_pyros_loop_for_the_label_cvae():
     assert_same_parameters(fitted, looped)
 
 
-def test_fit_equals_pyros_ss_vae_loop_for_m2():
+@pytest.mark.parametrize("guide", ["meanfield", "iaf"])
+def test_fit_equals_pyros_ss_vae_loop_for_m2(guide):
     """Pyro's ss_vae_M2 recipe: TraceEnum_ELBO on each unlabelled batch (y summed out), then the
     labelled batch due after it, by Trace_ELBO with y observed and by the classifier term alpha log
     q(y|x), each a step of its own. The labelled batches follow fit's documented schedule (batch j
@@ -326,7 +329,7 @@ def test_fit_equals_pyros_ss_vae_loop_for_m2():
     SeedSequence([seed, epoch, 0x5EED, pass]))."""
     x, y = binary(40, (12,)), torch.arange(40) % 3
     torch.manual_seed(0)
-    m2 = M2((12,), latent_dim=2, hidden=(10,), num_classes=3)
+    m2 = M2((12,), latent_dim=2, hidden=(10,), num_classes=3, guide=guide)
     alpha, labels = 46.0, 12
     fitted = fit_copy(m2, x, targets=y, loss="trace", labels=labels, aux_weight=alpha)
     looped = copy.deepcopy(m2)
