@@ -89,6 +89,21 @@ def test_m2_log_likelihood_sums_the_classes_and_bounds_hold():
     assert float(terms.mean()) < check.elbo
 
 
+def test_m2_class_weights_from_one_trace_are_each_classs_own():
+    """The C classes weighed in one trace over C labelled copies of the batch: per class and
+    example, the same distribution of log w as Pyro's trace of that class alone (its mean within
+    Monte Carlo error; the draws themselves come in another order)."""
+    m2, x = tiny_m2(), binary(5, (10,))
+    pyro.set_rng_seed(4)
+    batched = m2.class_log_weights(x, 4000).double()  # (C, K, N)
+    assert batched.shape == (3, 4000, 5)
+    for c in range(3):
+        labels = torch.full((5,), c, dtype=torch.long)
+        alone = pyrovae.infer.log_weight_parts(m2.model, m2.guide, x, labels, num_particles=4000).log_weights.double()
+        error = 5 * torch.hypot(batched[c].std(0), alone.std(0)) / math.sqrt(4000)
+        assert bool(((batched[c].mean(0) - alone.mean(0)).abs() <= error).all()), c
+
+
 def test_m2_with_one_class_probable_reduces_to_that_class():
     """With q(y|x) certain of a class, the enumerated ELBO is that class's labelled ELBO."""
     m2, x = tiny_m2(), binary(4, (10,))

@@ -122,12 +122,16 @@ class M2(VAE):
     # -- numbers ------------------------------------------------------------------------------------
     def class_log_weights(self, x, num_samples=None):
         """log p(x, y, z) - log q(z | x, y) with y set to each class in turn: shape (C, K, N)
-        (``(C, N)`` without ``num_samples``), from Pyro's traces."""
-        rows = []
-        for c in range(self.num_classes):
-            labels = torch.full((len(x),), c, dtype=torch.long, device=x.device)
-            rows.append(log_weight_parts(self.model, self.guide, x, labels, num_particles=num_samples).log_weights)
-        return torch.stack(rows)
+        (``(C, N)`` without ``num_samples``), from one trace of Pyro's program over the C copies of
+        the batch, each labelled with its class (the examples are independent under the data
+        plate, so a copy's weights are those of its class alone; one trace instead of C)."""
+        num_classes, n = self.num_classes, len(x)
+        copies = x.repeat(num_classes, *([1] * (x.dim() - 1)))
+        labels = torch.arange(num_classes, device=x.device).repeat_interleave(n)
+        log_w = log_weight_parts(self.model, self.guide, copies, labels, num_particles=num_samples).log_weights
+        if num_samples is None:
+            return log_w.reshape(num_classes, n)
+        return log_w.reshape(num_samples, num_classes, n).transpose(0, 1)
 
     def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """(K, N) weights of p(x), y summed exactly: logsumexp over classes of the per-class weights."""
