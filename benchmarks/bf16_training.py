@@ -35,6 +35,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS), help="the results file (one per processor met: the AMD "
+                        "EPYC run is results-bf16-training-cpu.json)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from common import machine
@@ -62,7 +64,7 @@ def main():
     summary["final_difference"] = bf16["test_elbo_mean"][-1] - fp32["test_elbo_mean"][-1]
     summary["final_fp32_spread"] = fp32["test_elbo_max"][-1] - fp32["test_elbo_min"][-1]
     summary["speedup"] = fp32["epoch_seconds_median"] / bf16["epoch_seconds_median"]
-    RESULTS.write_text(json.dumps({"machine": machine(), "epochs": args.epochs, "seeds": args.seeds,
+    Path(args.out).write_text(json.dumps({"machine": machine(), "epochs": args.epochs, "seeds": args.seeds,
                                    "summary": summary, "runs": runs}, indent=1) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k not in ("fp32", "bf16")}, indent=1))
     print("epoch seconds: fp32", fp32["epoch_seconds_median"], "bf16", bf16["epoch_seconds_median"])
