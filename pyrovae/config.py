@@ -63,7 +63,7 @@ class ModelConfig:
     likelihood: Dict[str, Any] = option({"kind": "auto"}, "likelihood name (bernoulli, continuous_bernoulli, "
                                         "gaussian, laplace, beta, logistic256)")
     guide: Dict[str, Any] = option({"kind": "meanfield"}, "the posterior family q(z|x) (meanfield, lowrank: rank; "
-                                   "planar: steps; iaf: steps, hidden, activation, gated, forget_bias)")
+                                   "planar: steps; iaf: steps, hidden, activation, gated, forget_bias, init)")
     condition: str = option("quadrants", "cvae: what the model is conditioned on, the given quadrants of an image "
                             "or the label", choices=("quadrants", "label"))
     given_quadrants: int = option(1, "cvae: quadrants given, 1 (bottom left), 2 (left half) or 3 (all but bottom "

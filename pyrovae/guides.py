@@ -176,15 +176,23 @@ class IAF(_Flow):
     sum_i log g_i (Pyro's ``stable=True``; the forget bias 1 of their code starts each step near
     z_k = 0.73 z_{k-1} + 0.27 m). Off: z_k = m + exp(s) z_{k-1}, Pyro's default. ``activation``:
     the masked networks' units, tanh by default (bounded: q keeps the base's Gaussian tails far
-    from the data), elu as van den Berg et al.'s, or relu."""
+    from the data), elu as van den Berg et al.'s, or relu. ``init``: the masked layers' weights,
+    PyTorch's default for a linear layer (``"pyro"``), or ``"kaiming-out"``: N(0, 2 / out width),
+    biases 0, as van den Berg et al.'s masked layers draw them (Kaiming-normal over a weight stored
+    (in, out), whose fan PyTorch reads as the output width): a step far from the identity at the
+    start, which on their static-MNIST recipe trained 7 nats faster in four epochs (issue #42)."""
 
     ACTIVATIONS = {"tanh": nn.Tanh, "elu": nn.ELU, "relu": nn.ReLU}
 
-    def __init__(self, steps=2, hidden=None, gated=False, forget_bias=1.0, activation="tanh"):
+    INITS = ("pyro", "kaiming-out")
+
+    def __init__(self, steps=2, hidden=None, gated=False, forget_bias=1.0, activation="tanh", init="pyro"):
         super().__init__()
         if activation not in self.ACTIVATIONS:
             raise ValueError(f"iaf's activation must be one of {sorted(self.ACTIVATIONS)}; got {activation!r}")
-        self.activation = activation
+        if init not in self.INITS:
+            raise ValueError(f"iaf's init must be one of {list(self.INITS)}; got {init!r}")
+        self.activation, self.init = activation, init
         self.steps = _positive_int(steps, "iaf's steps")
         if hidden is not None:
             hidden = [int(h) for h in ([hidden] if isinstance(hidden, int) else hidden)]
@@ -211,6 +219,12 @@ class IAF(_Flow):
                                                                           nonlinearity=self.ACTIVATIONS[self.activation]()),
                                               **form)
             for _ in range(self.steps))
+        if self.init == "kaiming-out":
+            with torch.no_grad():
+                for layer in self.flows.modules():
+                    if isinstance(layer, nn.Linear):  # Pyro's masked layers are linear layers with a mask
+                        layer.weight.normal_(0.0, (2.0 / layer.out_features) ** 0.5)
+                        layer.bias.zero_()
         self.register_buffer("reverse", torch.arange(self.latent_dim - 1, -1, -1), persistent=False)
         return self
 

@@ -86,6 +86,25 @@ def test_the_gated_iaf_step_is_van_den_bergs_update():
     torch.testing.assert_close(step.log_abs_det_jacobian(z0, step(z0)), gate.log().sum(-1), rtol=1e-5, atol=1e-6)
 
 
+def test_the_iaf_kaiming_out_init_draws_each_masked_layer_from_n_0_2_over_its_output_width():
+    """van den Berg et al.'s masked layers: Kaiming-normal over a weight stored (in, out), so the
+    variance is 2 / out; biases 0. Pyro's default draws from U(+-1/sqrt(in))."""
+    from pyro.nn.auto_reg_nn import MaskedLinear
+
+    torch.manual_seed(0)
+    vae = pyrovae.VAE((40,), latent_dim=16, hidden=(64,), guide="iaf",
+                      guide_args={"init": "kaiming-out", "hidden": [320], "steps": 2})
+    layers = [m for m in vae.posterior.modules() if isinstance(m, MaskedLinear)]
+    assert len(layers) == 4  # two steps, each a hidden and an output layer
+    for layer in layers:
+        assert float(layer.weight.std()) == pytest.approx((2 / layer.out_features) ** 0.5, rel=0.05)
+        assert float(layer.bias.abs().max()) == 0.0
+    assert vae.posterior.spec["init"] == "kaiming-out"
+    pyro_default = pyrovae.VAE((40,), latent_dim=16, hidden=(64,), guide="iaf", guide_args={"hidden": [320]})
+    first = next(m for m in pyro_default.posterior.modules() if isinstance(m, MaskedLinear))
+    assert float(first.weight.abs().max()) <= 1 / first.in_features ** 0.5
+
+
 def _linear_gaussian_with(guide, seed=0):
     """The linear-Gaussian VAE (6-dimensional data, 3-dimensional latent, noise 0.5) with its decoder
     fixed at random weights, 400 examples drawn from it, and ``guide`` trained alone (Pyro's module
@@ -219,6 +238,7 @@ def test_a_users_own_conditional_transform_or_distribution_is_a_guide():
     ({"guide": "iaf", "latent_dim": 1}, "the 'iaf' guide needs a latent of at least 2 dimensions"),
     ({"guide": "iaf", "guide_args": {"gated": "yes"}}, "iaf's gated must be true or false; got 'yes'"),
     ({"guide": "iaf", "guide_args": {"activation": "gelu"}}, "iaf's activation must be one of ['elu', 'relu', 'tanh']"),
+    ({"guide": "iaf", "guide_args": {"init": "xavier"}}, "iaf's init must be one of ['pyro', 'kaiming-out']"),
 ])
 def test_bad_guide_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
