@@ -180,7 +180,8 @@ class IAF(_Flow):
     PyTorch's default for a linear layer (``"pyro"``), or ``"kaiming-out"``: N(0, 2 / out width),
     biases 0, as van den Berg et al.'s masked layers draw them (Kaiming-normal over a weight stored
     (in, out), whose fan PyTorch reads as the output width): a step far from the identity at the
-    start, which on their static-MNIST recipe trained 7 nats faster in four epochs (issue #42)."""
+    start, which on their static-MNIST recipe reached a 2.6 nats higher validation ELBO in four
+    epochs (three seeds; issue #42)."""
 
     ACTIVATIONS = {"tanh": nn.Tanh, "elu": nn.ELU, "relu": nn.ReLU}
 
