@@ -34,7 +34,7 @@ import torch
 from .. import distributed
 from ..config import family_defaults, train_options
 from ..datasets import as_tensor, fixed_binarization, prepare
-from ..estimate.importance import elbo_terms
+from ..estimate.importance import _seeded, elbo_terms
 from ..infer.objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
 from ..protocol import family
@@ -475,9 +475,7 @@ class Trainer:
         row = {}
         # the report draws from its own stream (seed, 4, epoch), and training's stream continues as if
         # it had not run: fit's steps see the noise a plain loop seeded the same way sees (issue #42)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(stream_seed(self.options["seed"], 4, self.epoch, self.context.rank))
+        with _seeded(stream_seed(self.options["seed"], 4, self.epoch, self.context.rank), self.device):
             # a compiled run's metrics on the same fast kernels as its step (eager runs: PyTorch's own)
             with self.compiled.kernels if self.compiled is not None else contextlib.nullcontext():
                 self._evaluate_metric_sets(row)
