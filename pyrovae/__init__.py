@@ -9,13 +9,14 @@ Beyond the plain VAE: :class:`pyrovae.CVAE` (conditional), :class:`pyrovae.M2` (
 labels summed out by enumeration), :class:`pyrovae.HVAE` (two stochastic layers).
 """
 
-from . import datasets, distributions, exact, infer, likelihoods, priors, protocol
+from . import datasets, distributions, exact, infer, likelihoods, priors, program, protocol
 from .models.vae import VAE
 from .run_folder import load
 from . import estimate
 from .estimate import ais_log_likelihood, bdmc, check_bounds, elbo, iwae_bound, log_likelihood
 from .infer import IWAE_ELBO, VAE_ELBO, log_weight_parts, make_elbo
-from .protocol import ModelProtocol, Program, as_program
+from .program import Program, as_program
+from .protocol import ModelProtocol
 from .infer.objectives import ELBOLoss, KLSchedule
 from .train import fit
 from . import models  # noqa: E402  (the model families build on VAE and the inference core)

@@ -18,6 +18,8 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Dict, List, Optional
 
+from .protocol import ModelProtocol, family
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -200,8 +202,6 @@ def family_defaults(train, model):
     trains with (its class attribute ``training_defaults``): a CLI run or a ``fit`` call that
     leaves the loss unset gets a loss that model can train with, while an explicit choice is
     kept (and checked against the model)."""
-    from .protocol import ModelProtocol, family  # (the protocol needs torch, which this module does not)
-
     declared = model.training_defaults if isinstance(model, type) and issubclass(model, ModelProtocol) else \
         family(model).training_defaults
     if not isinstance(declared, Mapping):  # a class whose defaults depend on the instance (its guide)

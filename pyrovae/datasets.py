@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .likelihoods import Bernoulli
 from .validation import require, require_finite
 
 __all__ = ["ArrayDataset", "load", "load_array", "search_paths", "NAMES", "binarize",
@@ -318,8 +319,6 @@ def prepare(vae, data, binarization, what):
     Bernoulli likelihood, else ``"none"``. Returns (the data, threshold-binarized where asked,
     the binarization). The range comes from one pass (``aminmax``, NaN propagating); the
     element-wise checks run only to name the first bad value."""
-    from .likelihoods import Bernoulli
-
     if torch.is_tensor(data) and data.dtype != vae.dtype:
         data = data.to(vae.dtype)  # integer, boolean or double arrays as the VAE's floats
     vae.check_data(data)

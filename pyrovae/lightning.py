@@ -17,6 +17,7 @@ except ImportError as error:  # pragma: no cover
 from .fast.binarize import bernoulli_pixels
 from .estimate.importance import elbo_terms
 from .config import train_options
+from .run_folder import load
 from .train.trainer import make_optimizer
 from .infer.objectives import ELBOLoss, KLSchedule, check_training_options
 
@@ -57,8 +58,6 @@ class VAEModule(L.LightningModule):
         """A module around the trained VAE of a pyrovae run folder, read as every pyrovae reader
         reads it (``torch.load(weights_only=True)``; ``trust=True`` is unsafe), to go on training
         or evaluating it under Lightning."""
-        from .run_folder import load
-
         return cls(load(run_dir, trust=trust).train(), binarize=binarize, **options)
 
     def _prepare(self, batch):

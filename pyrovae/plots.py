@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from . import latent
-from .protocol import Program, as_program, family
+from .program import Program, as_program
+from .protocol import family
 from .run_folder import atomic_write
 
 __all__ = [

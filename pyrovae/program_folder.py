@@ -13,7 +13,7 @@ import torch
 from . import config as cfg
 from . import datasets, distributed, plots
 from .estimate import METHODS, evaluate_examples
-from .protocol import as_program
+from .program import as_program
 from .report import write_report
 from .run_folder import RunFolder, atomic_write_text
 from .validation import require_positive_int

@@ -40,6 +40,10 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
+from .config import dumps
+from .models import MODELS, VAE
+from .models import model_class as model_class_named
+
 __all__ = ["RunFolder", "RunFolderLocked", "RunFolderWriteError", "CheckpointCorrupt", "CheckpointFallbackWarning", "atomic_write",
            "atomic_write_text", "load", "vae_from_state", "read_checkpoint", "read_checkpoint_file", "write_checkpoint", "UntrustedCheckpoint",
            "CHECKPOINT", "METRICS", "CONFIG", "EVALUATION", "FORMAT", "DIGEST_PREFIX", "generation_path"]
@@ -324,8 +328,6 @@ class RunFolder:
         return self.path.is_dir()
 
     def write_config(self, config: Dict):
-        from .config import dumps
-
         self.config = config
         atomic_write_text(self.config_file, dumps(config))
 
@@ -446,10 +448,8 @@ class RunFolder:
 def build_vae(model_config, model_class=None):
     """A VAE from a checkpoint's model config; ``model_class`` for a subclass (which a
     checkpoint names but never imports)."""
-    from .models import model_class as family
-
     config = dict(model_config)
-    cls = model_class or family(config.pop("model", "vae"))
+    cls = model_class or model_class_named(config.pop("model", "vae"))
     config.pop("model", None)
     config["data_shape"] = tuple(config["data_shape"])
     for key in ("hidden", "middle_hidden", "baseline_hidden"):
@@ -481,9 +481,6 @@ def vae_from_state(state: Dict, device: Union[str, torch.device] = "cpu", model_
                    where=""):
     """The VAE a checkpoint's dict describes, its weights loaded, in eval mode, on ``device``
     (``model_class`` as in :func:`load`)."""
-    from .models.vae import VAE
-    from .models import MODELS
-
     saved_class = state.get("model_class", f"{VAE.__module__}.{VAE.__qualname__}")
     # and the name checkpoints of pyrovae 0.3 give the VAE (its module was pyrovae.model)
     built_in = {f"{cls.__module__}.{cls.__qualname__}" for cls in MODELS.values()} | {"pyrovae.model.VAE"}

@@ -17,6 +17,7 @@ from .models.m2 import StackedM2
 from .infer.objectives import check_training_options
 from .report import write_report
 from .run_folder import RunFolder, RunFolderWriteError, load, vae_from_state
+from .tensorboard import TensorBoardLogger
 from .train import LogLikelihoodCurve, fit, stream_seed
 from .train.callbacks import BEST, CheckpointWriteError, describe_checkpoint, selection_metric
 from .train.trainer import TrainingDiverged
@@ -128,8 +129,6 @@ def train_run(config, out, resume=False, progress=True, trust=False):
             run.write_config(config)
             callbacks = _curve_callbacks(config)
             if config["logging"]["tensorboard"]:
-                from .tensorboard import TensorBoardLogger
-
                 callbacks.append(TensorBoardLogger(run.path, test.data[:64] if test is not None else train.data[:64]))
             history = fit(vae, train, test, valid=valid, binarize=config["data"]["binarize"], run_dir=run, resume=resume,
                           progress=progress, callbacks=callbacks, run_config=config, trust=trust, **t)

@@ -3,6 +3,8 @@ the tests that hand a user's program to pyrovae: a VAE as in ``examples/vae/vae.
 conditional VAE as in ``examples/cvae``, both plain ``nn.Module``s with ``model`` and ``guide``
 methods that register their networks with ``pyro.module``."""
 
+import warnings
+
 import torch
 import torch.nn as nn
 
@@ -128,3 +130,253 @@ def train_with_pyro_svi(net, *args, steps=300, lr=1e-2, seed=0):
     for _ in range(steps):
         svi.step(*args)
     return net
+
+
+class MaskedInputEncoder(nn.Module):
+    """Pyro's examples/cvae Encoder: the known pixels of x with y filled in where x is -1."""
+
+    def __init__(self, z_dim, hidden_dim, x_dim):
+        super().__init__()
+        self.x_dim = x_dim
+        self.fc1 = nn.Linear(x_dim, hidden_dim)
+        self.fc21 = nn.Linear(hidden_dim, z_dim)
+        self.fc22 = nn.Linear(hidden_dim, z_dim)
+
+    def forward(self, x, y):
+        xc = x.clone()
+        xc[x == -1] = y[x == -1]
+        hidden = torch.relu(self.fc1(xc.view(-1, self.x_dim)))
+        return self.fc21(hidden), torch.exp(self.fc22(hidden))
+
+
+class PyroExampleMaskedCVAE(nn.Module):
+    """Pyro's examples/cvae/cvae.py CVAE as its authors write it: inputs ``xs`` with -1 in the unknown
+    pixels, outputs ``ys`` the whole image; a baseline network's guess (no gradient) feeds the prior
+    network; a sizeless ``pyro.plate("data")``; the observed site holds only the unknown pixels,
+    picked by boolean indexing (so the program cannot take a particle dimension on the left)."""
+
+    def __init__(self, x_dim=16, z_dim=2, hidden_dim=32):
+        super().__init__()
+        self.baseline_net = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, x_dim),
+                                          nn.Sigmoid())
+        self.prior_net = MaskedInputEncoder(z_dim, hidden_dim, x_dim)
+        self.generation_net = Decoder(z_dim, hidden_dim, x_dim)
+        self.recognition_net = MaskedInputEncoder(z_dim, hidden_dim, x_dim)
+        self.x_dim = x_dim
+
+    def model(self, xs, ys=None):
+        pyro.module("generation_net", self)
+        batch_size = xs.shape[0]
+        with pyro.plate("data"):
+            with torch.no_grad():
+                y_hat = self.baseline_net(xs).view(xs.shape)
+            prior_loc, prior_scale = self.prior_net(xs, y_hat)
+            zs = pyro.sample("z", dist.Normal(prior_loc, prior_scale).to_event(1))
+            loc = self.generation_net(zs)
+            if ys is not None:
+                mask_loc = loc[(xs == -1).view(-1, self.x_dim)].view(batch_size, -1)
+                mask_ys = ys[xs == -1].view(batch_size, -1)
+                pyro.sample("y", dist.Bernoulli(mask_loc, validate_args=False).to_event(1), obs=mask_ys)
+            else:
+                pyro.deterministic("y", loc.detach())
+            return loc
+
+    def guide(self, xs, ys=None):
+        with pyro.plate("data"):
+            if ys is None:
+                y_hat = self.baseline_net(xs).view(xs.shape)
+                loc, scale = self.prior_net(xs, y_hat)
+            else:
+                loc, scale = self.recognition_net(xs, ys)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
+def broadcast_cat(tensors):
+    """What the MLP of Pyro's ss_vae example does with ``allow_broadcast``: its inputs broadcast
+    against each other (an enumerated label meets the batch), then concatenated."""
+    shape = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
+    return torch.cat([t.expand(shape + t.shape[-1:]) for t in tensors], -1)
+
+
+class SSVAEMLP(nn.Module):
+    def __init__(self, sizes, outputs):
+        super().__init__()
+        self.hidden = nn.Linear(sizes[0], sizes[1])
+        self.heads = nn.ModuleList(nn.Linear(sizes[1], size) for size in outputs)
+
+    def forward(self, inputs):
+        hidden = nn.functional.softplus(self.hidden(broadcast_cat(inputs) if isinstance(inputs, list) else inputs))
+        return [head(hidden) for head in self.heads]
+
+
+class PyroExampleSSVAE(nn.Module):
+    """Pyro's examples/vae/ss_vae_M2.py SSVAE as its authors write it: a sizeless plate, the label a
+    ``OneHotCategorical`` site observed when given and sampled by the guide's q(y|x) otherwise
+    (trained with the guide under ``config_enumerate`` and ``TraceEnum_ELBO``), q(z|x, y), and
+    p(x|y, z) Bernoulli; the networks broadcast their inputs, as theirs with ``allow_broadcast``."""
+
+    def __init__(self, x_dim=20, num_classes=10, z_dim=2, hidden_dim=32):
+        super().__init__()
+        self.encoder_y = SSVAEMLP([x_dim, hidden_dim], [num_classes])
+        self.encoder_z = SSVAEMLP([x_dim + num_classes, hidden_dim], [z_dim, z_dim])
+        self.decoder = SSVAEMLP([z_dim + num_classes, hidden_dim], [x_dim])
+        self.x_dim, self.num_classes, self.z_dim = x_dim, num_classes, z_dim
+
+    def model(self, xs, ys=None):
+        pyro.module("ss_vae", self)
+        batch_size = xs.size(0)
+        with pyro.plate("data"):
+            prior_loc = xs.new_zeros([batch_size, self.z_dim])
+            prior_scale = xs.new_ones([batch_size, self.z_dim])
+            zs = pyro.sample("z", dist.Normal(prior_loc, prior_scale).to_event(1))
+            alpha_prior = xs.new_ones([batch_size, self.num_classes]) / (1.0 * self.num_classes)
+            ys = pyro.sample("y", dist.OneHotCategorical(alpha_prior), obs=ys)
+            loc = torch.sigmoid(self.decoder([zs, ys])[0])
+            pyro.sample("x", dist.Bernoulli(loc, validate_args=False).to_event(1), obs=xs)
+
+    def guide(self, xs, ys=None):
+        with pyro.plate("data"):
+            if ys is None:
+                alpha = torch.softmax(self.encoder_y(xs)[0], -1)
+                ys = pyro.sample("y", dist.OneHotCategorical(alpha))
+            loc, log_scale = self.encoder_z([xs, ys])
+            pyro.sample("z", dist.Normal(loc, torch.exp(log_scale)).to_event(1))
+
+
+def train_ssvae_as_pyro_does(net, xs, labelled_xs, labelled_ys, steps=300, lr=1e-2, seed=0):
+    """ss_vae_M2.py's recipe: the guide under config_enumerate, TraceEnum_ELBO, unlabelled steps with
+    a labelled step every few."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide = pyro.infer.config_enumerate(net.guide, "parallel", expand=True)
+    svi = pyro.infer.SVI(net.model, guide, pyro.optim.Adam({"lr": lr}), pyro.infer.TraceEnum_ELBO(max_plate_nesting=1))
+    with warnings.catch_warnings():  # a labelled step has nothing to enumerate, which TraceEnum_ELBO says
+        warnings.filterwarnings("ignore", "TraceEnum_ELBO found no sample sites configured for enumeration")
+        for step in range(steps):
+            if step % 4 == 1:
+                svi.step(labelled_xs, labelled_ys)
+            else:
+                svi.step(xs)
+    return net
+
+
+def reverse_sequences(mini_batch, seq_lengths):
+    """Each sequence's first ``seq_lengths[b]`` steps reversed, its padding left in place, as
+    Pyro's dmm example (its ``poly.reverse_sequences``) feeds the guide's RNN."""
+    reversed_batch = torch.zeros_like(mini_batch)
+    for b in range(mini_batch.size(0)):
+        length = int(seq_lengths[b])
+        reversed_batch[b, :length] = mini_batch[b, :length].flip(0)
+    return reversed_batch
+
+
+def sequence_mask(seq_lengths, t_max):
+    return (torch.arange(t_max)[None, :] < seq_lengths[:, None]).float()
+
+
+class DMMEmitter(nn.Module):
+    def __init__(self, input_dim, z_dim, hidden_dim):
+        super().__init__()
+        self.lin_z_to_hidden = nn.Linear(z_dim, hidden_dim)
+        self.lin_hidden_to_input = nn.Linear(hidden_dim, input_dim)
+
+    def forward(self, z_t):
+        return torch.sigmoid(self.lin_hidden_to_input(torch.relu(self.lin_z_to_hidden(z_t))))
+
+
+class DMMGatedTransition(nn.Module):
+    """dmm.py's gated transition, one hidden layer narrower: z_t ~ N(loc(z_{t-1}), scale(z_{t-1}))."""
+
+    def __init__(self, z_dim, transition_dim):
+        super().__init__()
+        self.lin_gate_z_to_hidden = nn.Linear(z_dim, transition_dim)
+        self.lin_gate_hidden_to_z = nn.Linear(transition_dim, z_dim)
+        self.lin_proposed_mean_z_to_hidden = nn.Linear(z_dim, transition_dim)
+        self.lin_proposed_mean_hidden_to_z = nn.Linear(transition_dim, z_dim)
+        self.lin_sig = nn.Linear(z_dim, z_dim)
+        self.lin_z_to_loc = nn.Linear(z_dim, z_dim)
+        nn.init.eye_(self.lin_z_to_loc.weight)
+        nn.init.zeros_(self.lin_z_to_loc.bias)
+
+    def forward(self, z_t_1):
+        gate = torch.sigmoid(self.lin_gate_hidden_to_z(torch.relu(self.lin_gate_z_to_hidden(z_t_1))))
+        proposed_mean = self.lin_proposed_mean_hidden_to_z(torch.relu(self.lin_proposed_mean_z_to_hidden(z_t_1)))
+        loc = (1 - gate) * self.lin_z_to_loc(z_t_1) + gate * proposed_mean
+        scale = nn.functional.softplus(self.lin_sig(torch.relu(proposed_mean)))
+        return loc, scale
+
+
+class DMMCombiner(nn.Module):
+    """q(z_t | z_{t-1}, h_t): the RNN's state (run backward over x_{t:T}) combined with z_{t-1}."""
+
+    def __init__(self, z_dim, rnn_dim):
+        super().__init__()
+        self.lin_z_to_hidden = nn.Linear(z_dim, rnn_dim)
+        self.lin_hidden_to_loc = nn.Linear(rnn_dim, z_dim)
+        self.lin_hidden_to_scale = nn.Linear(rnn_dim, z_dim)
+
+    def forward(self, z_t_1, h_rnn):
+        h_combined = 0.5 * (torch.tanh(self.lin_z_to_hidden(z_t_1)) + h_rnn)
+        return self.lin_hidden_to_loc(h_combined), nn.functional.softplus(self.lin_hidden_to_scale(h_combined))
+
+
+class PyroExampleDMM(nn.Module):
+    """Pyro's examples/dmm.py deep Markov model as its authors write it: z_t per time step under
+    ``pyro.markov``, a plate named for the mini-batch, each step's sites masked beyond its
+    sequence's length (``poutine.mask``), the guide an RNN run over each sequence reversed (packed,
+    so the padding is never read). Called as dmm.py calls it:
+    ``model(mini_batch, mini_batch_reversed, mini_batch_mask, mini_batch_seq_lengths)``."""
+
+    def __init__(self, input_dim=5, z_dim=2, emission_dim=16, transition_dim=16, rnn_dim=16):
+        super().__init__()
+        self.emitter = DMMEmitter(input_dim, z_dim, emission_dim)
+        self.trans = DMMGatedTransition(z_dim, transition_dim)
+        self.combiner = DMMCombiner(z_dim, rnn_dim)
+        self.rnn = nn.RNN(input_size=input_dim, hidden_size=rnn_dim, nonlinearity="relu", batch_first=True)
+        self.z_0 = nn.Parameter(torch.zeros(z_dim))
+        self.z_q_0 = nn.Parameter(torch.zeros(z_dim))
+        self.h_0 = nn.Parameter(torch.zeros(1, 1, rnn_dim))
+
+    def model(self, mini_batch, mini_batch_reversed, mini_batch_mask, mini_batch_seq_lengths, annealing_factor=1.0):
+        T_max = mini_batch.size(1)
+        pyro.module("dmm", self)
+        z_prev = self.z_0.expand(mini_batch.size(0), self.z_0.size(0))
+        with pyro.plate("z_minibatch", len(mini_batch)):
+            for t in pyro.markov(range(1, T_max + 1)):
+                z_loc, z_scale = self.trans(z_prev)
+                with pyro.poutine.mask(mask=mini_batch_mask[:, t - 1].bool()):
+                    with pyro.poutine.scale(scale=annealing_factor):
+                        z_t = pyro.sample("z_%d" % t, dist.Normal(z_loc, z_scale).to_event(1))
+                    emission_probs_t = self.emitter(z_t)
+                    pyro.sample("obs_x_%d" % t, dist.Bernoulli(emission_probs_t, validate_args=False).to_event(1),
+                                obs=mini_batch[:, t - 1, :])
+                z_prev = z_t
+
+    def rnn_states(self, mini_batch_reversed, mini_batch_seq_lengths):
+        """The RNN's state at each step, run over each sequence reversed and put back in time order."""
+        h_0 = self.h_0.expand(1, mini_batch_reversed.size(0), self.rnn.hidden_size).contiguous()
+        packed = nn.utils.rnn.pack_padded_sequence(mini_batch_reversed, mini_batch_seq_lengths.cpu(),
+                                                   batch_first=True, enforce_sorted=False)
+        rnn_output, _ = self.rnn(packed, h_0)
+        rnn_output, _ = nn.utils.rnn.pad_packed_sequence(rnn_output, batch_first=True,
+                                                         total_length=mini_batch_reversed.size(1))
+        return reverse_sequences(rnn_output, mini_batch_seq_lengths)
+
+    def guide(self, mini_batch, mini_batch_reversed, mini_batch_mask, mini_batch_seq_lengths, annealing_factor=1.0):
+        T_max = mini_batch.size(1)
+        pyro.module("dmm", self)
+        rnn_output = self.rnn_states(mini_batch_reversed, mini_batch_seq_lengths)
+        z_prev = self.z_q_0.expand(mini_batch.size(0), self.z_q_0.size(0))
+        with pyro.plate("z_minibatch", len(mini_batch)):
+            for t in pyro.markov(range(1, T_max + 1)):
+                z_loc, z_scale = self.combiner(z_prev, rnn_output[:, t - 1, :])
+                with pyro.poutine.mask(mask=mini_batch_mask[:, t - 1].bool()):
+                    with pyro.poutine.scale(scale=annealing_factor):
+                        z_t = pyro.sample("z_%d" % t, dist.Normal(z_loc, z_scale).to_event(1))
+                z_prev = z_t
+
+
+def dmm_arguments(sequences, lengths):
+    """(mini_batch, mini_batch_reversed, mini_batch_mask, mini_batch_seq_lengths), as dmm.py's
+    ``poly.get_mini_batch`` makes them."""
+    return sequences, reverse_sequences(sequences, lengths), sequence_mask(lengths, sequences.size(1)), lengths

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 
 import pyrovae
 from pyrovae import distributed
+from pyrovae.estimate import distributed as distributed_estimate
 
 
 def free_port():
@@ -52,7 +53,7 @@ def _worker(rank, world_size, port, out, task):
         elif task == "evaluate":
             vae = make_vae()
             context = distributed.process_context("cpu")
-            ll, se = distributed.log_likelihood(context, vae, data()[:50], num_samples=64, block_size=16, batch_size=16, seed=3)
+            ll, se = distributed_estimate.log_likelihood(context, vae, data()[:50], num_samples=64, block_size=16, batch_size=16, seed=3)
             torch.save({"ll": ll, "se": se}, os.path.join(out, f"rank{rank}.pt"))
     except Exception as error:  # the parent reads what each rank said
         with open(os.path.join(out, f"rank{rank}.error"), "w") as file:
@@ -99,7 +100,7 @@ def test_distributed_evaluation_equals_single_process(tmp_path):
     spawn(tmp_path, "evaluate")
     assert not list(tmp_path.glob("*.error")), [p.read_text() for p in tmp_path.glob("*.error")]
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    single, single_se = distributed.log_likelihood(distributed.Context(0, 1, torch.device("cpu")), make_vae(),
+    single, single_se = distributed_estimate.log_likelihood(distributed.Context(0, 1, torch.device("cpu")), make_vae(),
                                                    data()[:50], num_samples=64, block_size=16, batch_size=16, seed=3)
     whole = pyrovae.log_likelihood(make_vae(), data()[:50], num_samples=64, batch_size=16, seed=3)
     for result in results:

@@ -247,7 +247,7 @@ def test_bad_guide_arguments_are_named(kwargs, message):
 
 
 def test_an_analytic_kl_asked_where_none_exists_and_stl_on_a_flow_without_inverse_are_named(small_data):
-    for guide, options, message in (("iaf", {"loss": "meanfield"}, "the 'iaf' guide's KL has no closed form"),
+    for guide, options, message in (("iaf", {"loss": "meanfield"}, "the VAE's 'iaf' guide has none"),
                                     ("planar", {"loss": "trace", "estimator": "stl"},
                                      "the 'planar' guide has no inverse")):
         vae = pyrovae.VAE((8,), latent_dim=2, hidden=(8,), guide=guide)

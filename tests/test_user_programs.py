@@ -21,7 +21,8 @@ from torch.distributions import Bernoulli, MultivariateNormal, Normal
 import pyrovae
 from pyrovae import latent, plots
 from pyrovae.cli import main
-from pyrovae.protocol import PROTOCOL_MEMBERS, as_program
+from pyrovae.program import as_program
+from pyrovae.protocol import PROTOCOL_MEMBERS
 
 from pyro_style_programs import PlateStyleVAE, PyroExampleCVAE, PyroExampleVAE, train_with_pyro_svi
 

@@ -35,8 +35,10 @@ from pyro import poutine
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.util import site_is_subsample
 
+from ..infer.target import Point, per_site
 from ..infer.weights import PARTICLE_PLATE
-from ..protocol import Program, as_program, owner_of, slice_examples
+from ..program import Program, as_program, slice_examples
+from ..protocol import owner_of
 from ..validation import require_positive_int
 from .importance import _seeded
 
@@ -90,35 +92,6 @@ def _sample_sites(trace):
     """(name, site) of the sample sites of ``trace``, a plate's subsample site left out."""
     return [(name, site) for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site_is_subsample(site)]
-
-
-class Point:
-    """log pi_0(z) (``base``) and log p(x, z) (``joint``), each ``(C, N)``, and their gradients in
-    z (dicts of site -> ``(C, N, *event)``) at one z: log f_b = base + b (joint - base) and its
-    gradient for every b without another evaluation (f_b is linear in b)."""
-
-    __slots__ = ("base", "joint", "grad_base", "grad_joint")
-
-    def __init__(self, base, joint, grad_base, grad_joint):
-        self.base, self.joint, self.grad_base, self.grad_joint = base, joint, grad_base, grad_joint
-
-    @property
-    def g(self):
-        """log p(x, z) - log pi_0(z): the increment of the log weight per unit of b."""
-        return self.joint - self.base
-
-    def log_f(self, beta):
-        return self.base + beta * (self.joint - self.base)
-
-    def grad(self, beta):
-        return {name: value + beta * (self.grad_joint[name] - value) for name, value in self.grad_base.items()}
-
-    def where(self, accepted, other):
-        """Per (chain, example): ``other``'s values where ``accepted``, this point's elsewhere."""
-        def pick(mine, theirs):
-            return {name: torch.where(_per_site(accepted, value), theirs[name], value) for name, value in mine.items()}
-        return Point(torch.where(accepted, other.base, self.base), torch.where(accepted, other.joint, self.joint),
-                     pick(self.grad_base, other.grad_base), pick(self.grad_joint, other.grad_joint))
 
 
 class _TraceTarget:
@@ -204,16 +177,11 @@ def _per_example(tensor, batch_dims=2):
     return tensor.flatten(batch_dims).sum(-1) if tensor.dim() > batch_dims else tensor
 
 
-def _per_site(tensor, value):
-    """A (C, N) tensor viewed to broadcast against a site's value (C, N, *event)."""
-    return tensor.reshape(tensor.shape + (1,) * (value.dim() - 2))
-
-
 def _hmc(target, z, beta, step_size, num_leapfrog, current: Point):
     """One HMC transition leaving f_beta invariant; returns (z, the point at z, acceptance
     probability (C, N))."""
     log_f, grad = current.log_f(beta), current.grad(beta)
-    expand = {name: _per_site(step_size, value) for name, value in z.items()}
+    expand = {name: per_site(step_size, value) for name, value in z.items()}
     momentum = {name: torch.randn_like(value) for name, value in z.items()}
     kinetic = sum(_per_example(p.square()) for p in momentum.values()) / 2
     new_z, p = dict(z), {name: value + expand[name] / 2 * grad[name] for name, value in momentum.items()}
@@ -228,7 +196,7 @@ def _hmc(target, z, beta, step_size, num_leapfrog, current: Point):
     log_accept = torch.where(torch.isfinite(log_accept), log_accept, torch.full_like(log_accept, -math.inf))
     accept_prob = log_accept.clamp(max=0).exp()
     accepted = torch.rand_like(accept_prob) < accept_prob
-    chosen = {name: torch.where(_per_site(accepted, value), new_z[name], value) for name, value in z.items()}
+    chosen = {name: torch.where(per_site(accepted, value), new_z[name], value) for name, value in z.items()}
     return chosen, current.where(accepted, new_point), accept_prob
 
 

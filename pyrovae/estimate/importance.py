@@ -24,11 +24,13 @@ from typing import Dict, Optional, Sequence
 
 import pyro
 import torch
+from pyro import poutine
 
 from ..fast.kernels import cpu_kernels
 from ..infer.psis import ImportanceDiagnostics, effective_sample_size, pareto_k
-from ..infer.weights import log_weight_parts
-from ..protocol import Program, as_program, family, slice_examples
+from ..infer.weights import log_weight_parts, trace_weight_parts
+from ..program import Program, as_program, repeat_examples, slice_examples
+from ..protocol import family
 from ..validation import require_positive_int
 
 __all__ = [
@@ -64,10 +66,32 @@ def _seeded(seed, device):
         yield
 
 
+# A user's discrete latent sites (a label the guide samples) with at most this many values in all
+# are summed out exactly: each weight is the sum over the values of p(x, z, y) / q(z | x, y), one
+# draw of the continuous latents per value; beyond it they are sampled from the guide.
+MAX_SUMMED_VALUES = 256
+# Examples the probe that decides how a user's program draws its samples is traced on.
+VECTORIZE_PROBE_EXAMPLES = 4
+
+
 class Evaluation:
     """One estimator call's model and data: the program (a pyrovae model or a
-    :class:`~pyrovae.protocol.Program`), ``x`` on its device, the further program arguments, and
+    :class:`~pyrovae.program.Program`), ``x`` on its device, the further program arguments, and
     what the weights of a slice of the examples are.
+
+    A user's program is weighed as its traces define, in the form it can run:
+
+    - its samples on a particle plate left of its plates, as Pyro's vectorized ELBOs draw them, or,
+      where the program cannot take that dimension (found by one probe trace: an error, or weights
+      not of shape (K, N); Pyro's CVAE example picks its observed pixels by boolean indexing), as K
+      repeats of the batch in one trace, example n of repeat k at k N + n;
+    - a discrete latent site its guide samples, one value per example from a distribution that
+      enumerates its support (``OneHotCategorical``, ``Categorical``, ``Bernoulli``), summed out
+      exactly where all such sites have at most :data:`MAX_SUMMED_VALUES` values together: the
+      guide and the model conditioned on each value in turn (the values as repeats of the batch,
+      one trace), the weight ``sum_y p(x, z_y, y) / q(z_y | x, y)``, z_y ~ q(z | x, y), whose mean
+      is p(x) and whose variance is the continuous latents' alone. Otherwise sampled, as the trace
+      draws it. :attr:`weighting` says which, and the diagnostics carry it.
 
     :ivar args: the positional arguments after ``x`` (the labels of a label-conditioned model
         among them); ``kwargs`` the keyword arguments.
@@ -77,7 +101,7 @@ class Evaluation:
         self.program = program
         self.is_user_program = isinstance(program, Program)
         # a user's object that sums a discrete latent out itself (the protocol's log_importance_weights)
-        self.own_weights = self.is_user_program and "log_importance_weights" in vars(program)
+        self.own_weights = self.is_user_program and program.declares("log_importance_weights")
         self.x = program.prepare_data(x)
         labels = _check_labels(program, self.x, labels)
         self.args = tuple(args) + (() if labels is None else (labels,))
@@ -85,20 +109,81 @@ class Evaluation:
         self.max_plate_nesting = 1
         if self.own_weights:
             self.width = 2 * self.x[0].numel()
+        self.summed, self.vectorized = {}, True
+        if self.own_weights:
+            pass
         elif self.is_user_program:
             self.x, self.args, self.kwargs, sites = program.prepare(self.x, self.args, self.kwargs)
-            self.max_plate_nesting, self.width = sites.max_plate_nesting, sites.width
+            self.max_plate_nesting = sites.max_plate_nesting
+            self.summed = _summed_values(sites.discrete)
+            self.width = sites.width * self.num_values
+            self.vectorized = self._vectorizes()
         else:
             self.width = program.evaluation_width()
         self.num_examples = len(self.x)
+        self.sampled_discrete = [] if not self.is_user_program or self.own_weights else \
+            [name for name in sites.discrete if name not in self.summed]
+
+    @property
+    def num_values(self):
+        """The joint values of the summed discrete sites (1 where none is summed)."""
+        return len(next(iter(self.summed.values()))) if self.summed else 1
+
+    @property
+    def weighting(self) -> dict:
+        """How a user's program's weights are formed, for the diagnostics (empty for a pyrovae
+        model, whose own structure decides)."""
+        if not self.is_user_program or self.own_weights:
+            return {}
+        out = {"samples": "particle plate" if self.vectorized else "repeats of the batch"}
+        if self.summed or self.sampled_discrete:
+            out["discrete_sites"] = {**{name: f"summed over {self.num_values} values" for name in self.summed},
+                                     **{name: "sampled from the guide" for name in self.sampled_discrete}}
+        return out
+
+    def _vectorizes(self):
+        """Whether the program runs with its samples on a particle plate: one trace of two
+        particles on the first few examples gives weights of shape (2, n) without an error."""
+        count = min(VECTORIZE_PROBE_EXAMPLES, len(self.x))
+        args, kwargs = self.sliced(0, count, len(self.x))
+        try:
+            with torch.no_grad(), pyro.validation_enabled(False), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                log_w = self._program_log_weights(args, kwargs, 2, vectorized=True)
+        except Exception:  # noqa: BLE001 (any error of the program under the plate: it cannot broadcast)
+            return False
+        return tuple(log_w.shape) == (2, count)
+
+    def _program_log_weights(self, args, kwargs, num_samples, vectorized):
+        """log w (K, n) of a user's program at ``args`` (see the class docstring)."""
+        n, values = len(args[0]), self.num_values
+        copies = values * (1 if vectorized else num_samples)
+        model, guide = self.program.model, self.program.guide
+        if copies > 1:
+            args, kwargs = repeat_examples(args, n, copies), repeat_examples(kwargs, n, copies)
+        if self.summed:
+            data = {}
+            for name, support in self.summed.items():
+                each = support.to(args[0].device).repeat_interleave(n, 0)  # value c for examples c n .. c n + n - 1
+                data[name] = each.repeat(copies // values, *([1] * (each.dim() - 1)))
+            model, guide = poutine.condition(model, data=data), poutine.condition(guide, data=data)
+        log_w = trace_weight_parts(model, guide, args, kwargs, num_particles=num_samples if vectorized else None,
+                                   max_plate_nesting=self.max_plate_nesting, estimator=None,
+                                   set_guide_sites=tuple(self.summed)).log_weights
+        if log_w.numel() != num_samples * values * n:
+            raise ValueError(
+                f"per-example log weights need every sample site of the model inside its data plate; got weights "
+                f"of shape {tuple(log_w.shape)} for {num_samples} samples of {n} examples")
+        log_w = log_w.reshape(num_samples, values, n)
+        return torch.logsumexp(log_w, 1) if values > 1 else log_w[:, 0]
 
     @property
     def device(self):
         return self.x.device
 
-    def sliced(self, start, stop):
+    def sliced(self, start, stop, num_examples=None):
         """``((x, *args), kwargs)`` of examples ``start:stop``."""
-        n = self.num_examples
+        n = self.num_examples if num_examples is None else num_examples
         return ((self.x[start:stop],) + slice_examples(self.args, n, start, stop),
                 slice_examples(self.kwargs, n, start, stop))
 
@@ -109,6 +194,8 @@ class Evaluation:
         with torch.no_grad(), pyro.validation_enabled(False):
             own = self.own_weights or not self.is_user_program
             log_w = family(self.program).log_importance_weights(args[0], num_samples) if own else None
+            if log_w is None and self.is_user_program and (self.summed or not self.vectorized):
+                return self._program_log_weights(args, kwargs, num_samples, self.vectorized)
             if log_w is None:
                 log_w = log_weight_parts(self.program.model, self.program.guide, *args, num_particles=num_samples,
                                          max_plate_nesting=self.max_plate_nesting,
@@ -121,6 +208,19 @@ class Evaluation:
         raise ValueError(
             f"per-example log weights need every sample site of the model inside its data plate; got weights of "
             f"shape {tuple(log_w.shape)} for {num_samples} samples of {count} examples")
+
+
+def _summed_values(discrete):
+    """{site: (C, *event) values} of the discrete sites summed out, each site's values over the
+    joint support (every combination, the first site's slowest), or {} where a site cannot
+    enumerate its support or the combinations exceed :data:`MAX_SUMMED_VALUES`."""
+    if not discrete or any(support is None for support in discrete.values()):
+        return {}
+    sizes = [len(support) for support in discrete.values()]
+    if math.prod(sizes) > MAX_SUMMED_VALUES:
+        return {}
+    combos = torch.cartesian_prod(*(torch.arange(size) for size in sizes)).reshape(-1, len(sizes))
+    return {name: support[combos[:, i]] for i, (name, support) in enumerate(discrete.items())}
 
 
 def evaluation_of(vae, x, model=None, guide=None, args=(), kwargs=None, labels=None, data_plate=None) -> Evaluation:
@@ -154,9 +254,7 @@ def _check_labels(vae, x, labels):
         return None if labels is None else torch.as_tensor(labels).to(x.device)
     if labels is None:
         raise ValueError(f"this {type(vae).__name__} is conditioned on labels: pass labels= (shape (N,))")
-    from ..models.labels import check_labels
-
-    return check_labels(torch.as_tensor(labels), len(x), vae.num_classes).to(x.device)
+    return family(vae).check_labels(torch.as_tensor(labels), len(x)).to(x.device)
 
 
 # Examples x samples from which compile="auto" compiles the estimator: on 2 CPU cores the MNIST
@@ -165,13 +263,12 @@ def _check_labels(vae, x, labels):
 COMPILE_MIN_WORK = 5_000_000
 
 
-def _fast_path_weights(vae, x, num_samples, kernels):
-    """The fast path's log weights, for a VAE :func:`_compiled_weights` recognized eagerly: under
-    Dynamo a bound method's ``__self__`` is not the module, so ``fast_vae`` cannot run inside."""
-    from ..models.vae_fast_path import vae_weight_parts
-
+def _fast_path_weights(fast, x, num_samples, kernels):
+    """The log weights of ``fast``, the fast path the model offered eagerly
+    (:func:`_compiled_weights`): under Dynamo a bound method's ``__self__`` is not the module, so
+    the structural choice cannot be made inside."""
     with kernels:
-        return vae_weight_parts(vae, x, num_particles=num_samples).log_weights
+        return fast(x, num_particles=num_samples).log_weights
 
 
 _compiled_state = {"function": None, "failed": False}  # one compiled function, made on first use
@@ -181,10 +278,11 @@ def _compiled_weights(run):
     """The weights of a batch with the VAE's fast path under torch.compile, or None where the fast
     path does not apply (the trace path stays eager) or the compiler failed (said once, as a
     warning)."""
-    from ..models.vae import fast_vae
-
-    vae = run.program
-    if _compiled_state["failed"] or run.is_user_program or fast_vae(vae.model, vae.guide) is None:
+    program = run.program
+    if _compiled_state["failed"] or run.is_user_program:
+        return None
+    fast = family(program).fast_weight_parts(program.model, program.guide)
+    if fast is None:
         return None
     if _compiled_state["function"] is None:
         _compiled_state["function"] = torch.compile(_fast_path_weights, dynamic=False,
@@ -194,7 +292,7 @@ def _compiled_weights(run):
         with torch.no_grad(), pyro.validation_enabled(False):
             if not _compiled_state["failed"]:
                 try:
-                    return _compiled_state["function"](vae, run.x[start:stop], num_samples, cpu_kernels(run.device))
+                    return _compiled_state["function"](fast, run.x[start:stop], num_samples, cpu_kernels(run.device))
                 except Exception as error:  # no C++ compiler, an unsupported platform
                     _compiled_state["failed"] = True
                     warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}); the estimator "
@@ -320,7 +418,7 @@ def log_likelihood(vae=None, x: torch.Tensor = None, num_samples: int = 1000, ba
     estimate = torch.cat(estimates).to(dtype)
     out = (estimate,) + ((torch.cat(stderrs).to(dtype),) if return_stderr else ())
     if return_diagnostics:
-        out += (ImportanceDiagnostics(torch.cat(ks), torch.cat(sizes), num_samples),)
+        out += (ImportanceDiagnostics(torch.cat(ks), torch.cat(sizes), num_samples, run.weighting),)
     return out if len(out) > 1 else estimate
 
 

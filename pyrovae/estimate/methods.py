@@ -12,8 +12,10 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from ..protocol import Program, family
+from ..program import Program
+from ..protocol import family
 from .ais import ais_log_likelihood, bdmc
+from .distributed import log_likelihood as distributed_log_likelihood
 from .importance import check_bounds, elbo, log_likelihood
 
 __all__ = ["Method", "METHODS", "ais_summary", "bdmc_summary", "evaluate_examples", "ImportanceSamplingWarning"]
@@ -126,13 +128,11 @@ def evaluate_examples(context, program, x, labels, num_samples, seeds: Sequence[
     sd), the ELBO, the bound ordering checked on the first ``check_examples`` examples, and the
     IS estimate checked against the ELBO of the same examples. ``context`` deals the examples to
     the processes (:mod:`pyrovae.distributed`); ranks other than 0 get ``(None, None)``."""
-    from .. import distributed
-
-    ll, se, diagnostics = distributed.log_likelihood(context, program, x, num_samples, seed=seeds[0],
+    ll, se, diagnostics = distributed_log_likelihood(context, program, x, num_samples, seed=seeds[0],
                                                      progress=progress, labels=labels, return_diagnostics=True)
     repeated = [float(ll.double().mean())]
     for seed in seeds[1:]:
-        again, _ = distributed.log_likelihood(context, program, x, num_samples, seed=seed, progress=progress,
+        again, _ = distributed_log_likelihood(context, program, x, num_samples, seed=seed, progress=progress,
                                               labels=labels)
         repeated.append(float(again.double().mean()))
     if not context.is_main:

@@ -15,7 +15,7 @@ Two forms, the first where it applies:
 A compiled run's per-epoch ELBO report is compiled too (:class:`CompiledTerms`).
 
 It is chosen by structure, like the fast path it compiles: the built-in VAE's own model and guide
-(:func:`~pyrovae.models.vae.fast_vae`), one process, no auxiliary programs and no model with
+(the ``fast_weight_parts`` it offers through the model protocol), one process, no auxiliary programs and no model with
 its own objective; everything else trains eager, unchanged. The compiled graph is the same function
 of the same random draws (``fallback_random``: the normal and Bernoulli draws come from torch's
 generator, as in eager mode), so a compiled run follows the eager one within floating-point
@@ -42,9 +42,7 @@ import warnings
 
 import torch
 
-from ..models.vae import fast_vae
-from ..models.vae_fast_path import vae_weight_parts
-from ..protocol import trains_with_own_objective
+from ..protocol import family, trains_with_own_objective
 from .binarize import bernoulli_pixels
 from .kernels import cpu_kernels
 from .precision import autocast
@@ -83,7 +81,7 @@ def auto_steps_per_call(full_steps: int) -> int:
 def compile_reason(trainer):
     """Why the step cannot be compiled (a string), or None where it can."""
     vae, objective = trainer.vae, trainer.objective
-    if not trainer.fast_path or fast_vae(vae.model, vae.guide) is None:
+    if not trainer.fast_path or family(vae).fast_weight_parts(vae.model, vae.guide) is None:
         return "the model takes Pyro's trace path (a subclass's own model or guide, or fast_path=False)"
     if trainer.context.enabled:
         return "torch.distributed runs the step under DistributedDataParallel"
@@ -377,15 +375,18 @@ class CompiledTerms:
     :func:`pyrovae.estimate.elbo_terms` gives them for the package VAE (its fast path, the
     closed-form KL where the prior has one), compiled for batches of ``batch_size`` on the run's
     kernels: the metrics cost a tenth of an epoch eagerly. A last short batch runs the same
-    function eagerly; a compiler failure falls back to ``elbo_terms`` itself, with a warning.
+    function eagerly; after a compiler failure (warned once) every batch does.
     """
 
     def __init__(self, vae, kernels, batch_size=1000):
         self.vae, self.kernels, self.batch_size = vae, kernels, batch_size
+        fast = family(vae).fast_weight_parts(vae.model, vae.guide)  # chosen eagerly, as the step's is
+        if fast is None:
+            raise ValueError(f"the {type(vae).__name__}'s model and guide take Pyro's trace path: no compiled report")
 
         def terms(x):
             with kernels:
-                parts = vae_weight_parts(vae, x, analytic_kl=True)
+                parts = fast(x, analytic_kl=True)
             return parts.observed, parts.kl
 
         self.terms = terms
@@ -394,22 +395,19 @@ class CompiledTerms:
         self.compile_seconds = None  # of the first compiled batch
 
     def __call__(self, x):
-        from ..estimate.importance import elbo_terms
-
-        if self.failed:
-            return elbo_terms(self.vae, x, batch_size=self.batch_size)
         recon, kl = [], []
         with torch.no_grad():
             for start in range(0, len(x), self.batch_size):
                 xb = x[start:start + self.batch_size]
                 started = time.perf_counter()
+                compiled = len(xb) == self.batch_size and not self.failed
                 try:
-                    observed, divergence = (self.compiled if len(xb) == self.batch_size else self.terms)(xb)
+                    observed, divergence = (self.compiled if compiled else self.terms)(xb)
                 except Exception as error:  # the step compiled, so this is rare: report it, stay correct
                     self.failed = True
                     _compile_failed(error)
-                    return elbo_terms(self.vae, x, batch_size=self.batch_size)
-                if self.compile_seconds is None and len(xb) == self.batch_size:
+                    observed, divergence = self.terms(xb)
+                if self.compile_seconds is None and compiled and not self.failed:
                     self.compile_seconds = time.perf_counter() - started
                 recon.append(observed)
                 kl.append(divergence)

@@ -20,17 +20,14 @@ def check_training_options(vae, loss, num_particles, estimator, free_bits):
     an estimator that does not apply to the loss, free bits under IWAE or with a prior that does
     not factorize over the latent coordinates (checked where the VAE's own model says so)."""
     make_elbo(loss, num_particles, estimator, free_bits=free_bits)
-    if loss == "meanfield" and not family(vae).mean_field_guide:
-        guide = getattr(vae, "posterior", None)  # the posterior family of a pyrovae model, where it has one
-        why = (f"the {guide.spec.get('kind')!r} guide's KL has no closed form" if guide is not None
-               and not guide.analytic_kl else
-               f"the {type(vae).__name__}'s guide draws one latent layer given another")
+    members = family(vae)
+    if loss == "meanfield" and not members.mean_field_guide:
         raise ValueError(f"loss='meanfield' takes each latent site's KL in closed form, which needs a mean-field guide "
-                         f"(or a low-rank one); {why}: use loss='trace' (the Monte Carlo KL) or 'iwae'")
-    guide = getattr(vae, "posterior", None)  # the posterior family of a pyrovae model, where it has one
-    if estimator != "standard" and guide is not None and not guide.invertible:
+                         f"(or a low-rank one); the {type(vae).__name__}'s {members.guide_description} has none: use "
+                         "loss='trace' (the Monte Carlo KL) or 'iwae'")
+    if estimator != "standard" and not members.stopped_guide_density:
         raise ValueError(f"estimator={estimator!r} evaluates q(z|x) at z with its parameters stopped; the "
-                         f"{guide.spec.get('kind')!r} guide has no inverse to do so: use estimator='standard', or the "
+                         f"{members.guide_description} has no inverse to do so: use estimator='standard', or the "
                          "'iaf' or 'lowrank' guide")
     if free_bits and fast_weight_parts(vae.model, vae.guide) is not None:
         require_per_dim_factor(vae.prior(), f"the {vae.config['prior']['kind']!r} prior")

@@ -14,7 +14,7 @@ r"""How far an importance-sampling estimate can be trusted, per example, from it
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,11 +27,15 @@ PARETO_K_BAD = 0.7  # above: not to be trusted (Vehtari et al.'s threshold for l
 
 @dataclass
 class ImportanceDiagnostics:
-    """Per example: ``pareto_k`` and ``ess`` (effective sample size, out of ``num_samples``)."""
+    """Per example: ``pareto_k`` and ``ess`` (effective sample size, out of ``num_samples``);
+    ``weighting`` says how the weights were formed where a choice was made (a discrete latent
+    summed over its values or sampled from the guide; the samples drawn on a particle plate or as
+    repeats of the batch)."""
 
     pareto_k: torch.Tensor
     ess: torch.Tensor
     num_samples: int
+    weighting: dict = field(default_factory=dict)
 
     def summary(self):
         """The numbers a report gives: the share and count of examples with k > 0.7, of those
@@ -47,7 +51,8 @@ class ImportanceDiagnostics:
                 "pareto_k_max": worst if fitted and math.isfinite(worst) else None,
                 "pareto_k_median": median if fitted and math.isfinite(median) else None,
                 "pareto_k_exact": int(torch.isneginf(k).sum()),
-                "ess_median": float(self.ess.double().median()), "num_samples": self.num_samples}
+                "ess_median": float(self.ess.double().median()), "num_samples": self.num_samples,
+                **({"weighting": dict(self.weighting)} if self.weighting else {})}
 
 
 def _arviz_psis():

@@ -26,7 +26,8 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
-from ..protocol import as_program, owner_of
+from ..program import as_program
+from ..protocol import owner_of
 from .parts import WeightParts, closed_form_kl, detach_distribution, require_per_dim_factor, scaled_per_dim
 
 STOPPED_LOG_PROB = "pyrovae_stopped_log_prob"  # a guide site's infer key: log q at z with q's parameters stopped
@@ -48,11 +49,13 @@ def _check_guide_site(name, site, estimator):
 
 
 def trace_weight_parts(model, guide, args=(), kwargs=None, num_particles=None, max_plate_nesting=1,
-                       analytic_kl=False, per_dim=False, estimator="standard"):
+                       analytic_kl=False, per_dim=False, estimator="standard", set_guide_sites=()):
     """:class:`WeightParts` from one guide trace and the model replayed on it, through Pyro's own
     ``get_importance_trace`` (with its model/guide checks when validation is on). ``num_particles``
     draws are vectorized on a plate at dim ``-(max_plate_nesting + 1)``; ``None`` draws once with no
-    particle dimension."""
+    particle dimension. ``set_guide_sites`` names guide sites whose values the caller set (by
+    ``poutine.condition``) to sum them out itself: their log q is left out of the weight, their
+    log p kept, as in a weight p(x, z, y) / q(z | x, y) for each value y of a summed label."""
     kwargs = kwargs or {}
     if num_particles is not None:
         plate = pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1))
@@ -85,7 +88,7 @@ def trace_weight_parts(model, guide, args=(), kwargs=None, num_particles=None, m
         if per_dim:
             kl_per_dim[name] = _site_kl_per_dim(name, site, guide_site, analytic_kl)
     for name, site in guide_trace.nodes.items():
-        if site["type"] != "sample":
+        if site["type"] != "sample" or name in set_guide_sites:
             continue
         _check_guide_site(name, site, estimator)
         log_q = site["log_prob"]

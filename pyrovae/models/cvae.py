@@ -119,6 +119,10 @@ class CVAE(VAE):
         """Whether ``model`` and ``guide`` take the labels y as their second argument."""
         return self.condition == "label"
 
+    def check_labels(self, labels, num_examples):
+        """``labels`` as class indices in [0, num_classes), shape (num_examples,), or a ValueError."""
+        return check_labels(labels, num_examples, self.num_classes)
+
     # -- the condition ---------------------------------------------------------------------------
     def split(self, x):
         """x -> (the image with the rest pixels zeroed, flat; the rest pixels, flat)."""
@@ -136,12 +140,9 @@ class CVAE(VAE):
         the one-hot label."""
         if self.condition == "quadrants":
             return self.baseline_guess(self.split(x)[0]).detach()
-        return F.one_hot(self.check_labels(x, y), self.num_classes).to(x.dtype)
-
-    def check_labels(self, x, y):
         if y is None:
             raise ValueError("this cvae is conditioned on labels: call model(x, y) / guide(x, y) with y of shape (N,)")
-        return check_labels(y, len(x), self.num_classes)
+        return F.one_hot(self.check_labels(y, len(x)), self.num_classes).to(x.dtype)
 
     # -- the Pyro programs ------------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor = None) -> None:

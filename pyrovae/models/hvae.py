@@ -35,7 +35,8 @@ class HVAE(VAE):
 
     # q(z2 | z1) depends on the draw of z1, so a per-site closed-form KL (TraceMeanField_ELBO's)
     # integrates z1 with z2 held fixed: biased. The KL is estimated by Monte Carlo instead.
-    mean_field_guide = False
+    mean_field_guide = False  # q(z2 | z1) given a draw of z1: no closed-form KL of the pair
+    guide_description = "guide (z2 drawn given a draw of z1)"
     training_defaults = {"loss": "trace"}
 
     def __init__(self, data_shape: Union[int, Sequence[int]], latent_dim: int = 50,

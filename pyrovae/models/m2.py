@@ -55,6 +55,10 @@ class M2(VAE):
     selection_metric = "valid_accuracy"  # best.pt, early stopping: as Pyro's example selects
     plot_kinds = ("analogies", "classes", "curves")
 
+    def check_labels(self, labels, num_examples):
+        """``labels`` as class indices in [0, num_classes), shape (num_examples,), or a ValueError."""
+        return check_labels(labels, num_examples, self.num_classes)
+
     def __init__(self, data_shape: Union[int, Sequence[int]], latent_dim: int = 50,
                  hidden: Union[int, Sequence[int]] = (500,), likelihood: Any = "bernoulli", prior: Any = "normal",
                  network: str = "mlp", name: str = "vae", activation: str = "relu", num_classes: int = 10,

@@ -108,6 +108,17 @@ class VAE(PyroModule, ModelProtocol):
         """The dimension of the latent site the encoder's guide draws (z; the hvae's z1)."""
         return self.latent_dim
 
+    @property
+    def guide_description(self) -> str:
+        """How errors name the guide family: ``"'planar' guide"``."""
+        return f"{self.posterior.spec.get('kind')!r} guide"
+
+    @property
+    def stopped_guide_density(self) -> bool:
+        """Whether q(z|x) can be evaluated at any z with its parameters stopped (STL, DReG): the
+        posterior family has an inverse (every named family but planar)."""
+        return self.posterior.invertible
+
     def _record_guide(self):
         self.config.pop("guide", None)
         if not isinstance(self.posterior, MeanField):  # (a mean-field run's config reads as before)

@@ -29,7 +29,9 @@ import warnings
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
+from ..fast.kernels import cpu_kernels
 from ..infer.parts import WeightParts, require_per_dim_factor, scaled_per_dim
+from ..infer.target import Point
 from ..priors import StandardNormal
 
 __all__ = ["vae_weight_parts", "VAEAISTarget"]
@@ -133,8 +135,6 @@ class VAEAISTarget:
     ``x`` with ``num_chains`` chains each; ``proposal`` ``"guide"`` or ``"prior"``."""
 
     def __init__(self, vae, x, num_chains, proposal, compiled=False):
-        from ..fast.kernels import cpu_kernels
-
         vae.check_data(x)
         self.vae, self.x, self.proposal = vae, x, proposal
         self.shape = (num_chains, x.shape[0], vae.latent_dim)
@@ -161,8 +161,6 @@ class VAEAISTarget:
         return _compiled_point["function"]
 
     def point(self, z):
-        from ..estimate.ais import Point
-
         args = (self.vae, self.x, self.loc, self.scale, z["z"], self.kernels)
         with torch.no_grad():
             try:

@@ -234,9 +234,7 @@ class Trainer:
         if y is None:
             raise ValueError(f"this {type(self.vae).__name__} needs the {what} labels: pass (images, labels) pairs, a "
                              "dataset with labels (MNIST, Fashion-MNIST, an .npz with labels), or a (x, y) tuple")
-        from ..models.labels import check_labels
-
-        return check_labels(torch.as_tensor(y), len(x), self.vae.num_classes)
+        return family(self.vae).check_labels(torch.as_tensor(y), len(x))
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> Dict:
