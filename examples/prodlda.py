@@ -49,10 +49,10 @@ class ProdLDAEncoder(nn.Module):
 class ProdLDADecoder(nn.Module):
     """The tutorial's decoder: a product of experts, softmax(BatchNorm(beta theta)) over the words."""
 
-    def __init__(self, vocab_size, num_topics, dropout):
+    def __init__(self, vocab_size, num_topics, dropout, affine=False):
         super().__init__()
         self.beta = nn.Linear(num_topics, vocab_size, bias=False)
-        self.bn = nn.BatchNorm1d(vocab_size, affine=False)
+        self.bn = nn.BatchNorm1d(vocab_size, affine=affine)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, inputs):
@@ -62,13 +62,16 @@ class ProdLDADecoder(nn.Module):
 
 class ProdLDA(nn.Module):
     """logtheta_d ~ N(0, I), theta_d = softmax(logtheta_d), w_d ~ Multinomial(softmax(BN(beta theta_d)));
-    the guide q(logtheta_d | w_d) a diagonal Normal from the encoder."""
+    the guide q(logtheta_d | w_d) a diagonal Normal from the encoder. The tutorial's decoder batch
+    norm has no affine part, so each word's logit is standardized over the documents: no word is
+    more frequent than another on average. ``affine_decoder=True`` learns a scale and a shift per
+    word (its background frequency)."""
 
-    def __init__(self, vocab_size=30, num_topics=4, hidden=32, dropout=0.2):
+    def __init__(self, vocab_size=30, num_topics=4, hidden=32, dropout=0.2, affine_decoder=False):
         super().__init__()
         self.vocab_size, self.num_topics = vocab_size, num_topics
         self.encoder = ProdLDAEncoder(vocab_size, num_topics, hidden, dropout)
-        self.decoder = ProdLDADecoder(vocab_size, num_topics, dropout)
+        self.decoder = ProdLDADecoder(vocab_size, num_topics, dropout, affine_decoder)
 
     def model(self, docs):
         pyro.module("decoder", self.decoder)
@@ -128,6 +131,8 @@ def main():
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--counts", help="an .npz holding 'counts' (documents x vocabulary); default: an LDA corpus")
     parser.add_argument("--held-out", type=float, default=0.25, help="the share of documents held out")
+    parser.add_argument("--affine-decoder", action="store_true",
+                        help="a scale and shift per word after the decoder's batch norm (the tutorial has none)")
     args = parser.parse_args()
     if args.counts:
         docs = torch.as_tensor(np.load(args.counts)["counts"], dtype=torch.float32)
@@ -136,7 +141,7 @@ def main():
     split = int(round(len(docs) * (1 - args.held_out)))
     train_docs, held_out = docs[:split], docs[split:]
     torch.manual_seed(0)
-    net = ProdLDA(vocab_size=docs.shape[1], num_topics=args.topics)
+    net = ProdLDA(vocab_size=docs.shape[1], num_topics=args.topics, affine_decoder=args.affine_decoder)
     train_as_the_tutorial_does(net, train_docs, epochs=budget(args.epochs, 2))
     num_samples = budget(args.num_samples, 50)
     log_pw, stderr, diagnostics = pyrovae.log_likelihood(net, held_out, num_samples, seed=0, return_stderr=True,

@@ -1,15 +1,29 @@
 """Pyro programs written the way Pyro's own examples write them (our code, in their style), for
-the tests that hand a user's program to pyrovae: a VAE as in ``examples/vae/vae.py`` and a
-conditional VAE as in ``examples/cvae``, both plain ``nn.Module``s with ``model`` and ``guide``
-methods that register their networks with ``pyro.module``."""
+the tests and the benchmark that hand a user's program to pyrovae: a VAE as in
+``examples/vae/vae.py`` (and with its plate written each way), conditional VAEs as in
+``examples/cvae`` (one with its boolean-indexed observation), the semi-supervised VAE of
+``examples/vae/ss_vae_M2.py``, the deep Markov model of ``examples/dmm.py`` and the ProdLDA of the
+tutorial (at home in ``examples/prodlda.py``): plain ``nn.Module``s with ``model`` and ``guide``
+methods that register their networks with ``pyro.module``. Below them, for each, an importance
+sampler written out by hand from its networks with torch.distributions: the references."""
 
+import math
+import sys
 import warnings
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.distributions import Bernoulli, Multinomial, Normal
 
 import pyro
 import pyro.distributions as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from prodlda import ProdLDA as PyroExampleProdLDA, topic_corpus  # noqa: E402,F401  (the tutorial's ProdLDA, at home in the example)
+from prodlda import train_as_the_tutorial_does as train_prodlda_as_the_tutorial_does  # noqa: E402,F401
 
 
 class Decoder(nn.Module):
@@ -380,3 +394,84 @@ def dmm_arguments(sequences, lengths):
     """(mini_batch, mini_batch_reversed, mini_batch_mask, mini_batch_seq_lengths), as dmm.py's
     ``poly.get_mini_batch`` makes them."""
     return sequences, reverse_sequences(sequences, lengths), sequence_mask(lengths, sequences.size(1)), lengths
+
+
+# -- importance samplers written out by hand from each program's networks, with torch.distributions --
+
+def logmeanexp_with_stderr(log_w):
+    k = len(log_w)
+    lse1, lse2 = torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0)
+    return lse1 - math.log(k), ((torch.exp(lse2 - 2 * lse1 + math.log(k)) - 1).clamp_min(0) / k).sqrt()
+
+def binary_data(n=200, dim=30, seed=0):
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((3, dim)) > 0.5
+    which = rng.integers(0, 3, n)
+    return torch.as_tensor(prototypes[which] ^ (rng.random((n, dim)) < 0.1), dtype=torch.float32), \
+        torch.as_tensor(which)
+
+def masked_cvae_reference_weights(net, xs, ys, num_samples, generator):
+    """log p(y_unknown | xs, z) + log p(z | xs) - log q(z | xs, ys), z ~ q: the networks called as the
+    program calls them, one example at a time in the pixel selection."""
+    with torch.no_grad():
+        loc, scale = net.recognition_net(xs, ys)
+        prior_loc, prior_scale = net.prior_net(xs, net.baseline_net(xs))
+        z = loc + scale * torch.randn((num_samples, *loc.shape), generator=generator)
+        probs = net.generation_net(z)
+        unknown = xs == -1
+        log_lik = (Bernoulli(probs=probs).log_prob(ys.expand_as(probs)) * unknown).sum(-1)
+        return (Normal(prior_loc, prior_scale).log_prob(z).sum(-1) + log_lik
+                - Normal(loc, scale).log_prob(z).sum(-1)).double()
+
+def ssvae_reference_log_joint(net, xs, ys, num_samples, generator):
+    """log w = log p(x | y, z) + log p(z) + log p(y) - log q(z | x, y), z ~ q(z | x, y): (K, N)."""
+    with torch.no_grad():
+        loc, log_scale = net.encoder_z([xs, ys])
+        scale = log_scale.exp()
+        z = loc + scale * torch.randn((num_samples, *loc.shape), generator=generator)
+        probs = torch.sigmoid(net.decoder([z, ys])[0])
+        return (Bernoulli(probs=probs).log_prob(xs).sum(-1) + Normal(0.0, 1.0).log_prob(z).sum(-1)
+                - math.log(net.num_classes) - Normal(loc, scale).log_prob(z).sum(-1)).double()
+
+def ssvae_reference_log_marginal(net, xs, num_samples, generator):
+    """log p(x) = log sum_y p(x, y), each p(x, y) by its own importance sampler: the sum over the ten
+    labels written out as a loop."""
+    per_class = []
+    for c in range(net.num_classes):
+        ys = F.one_hot(torch.full((len(xs),), c), net.num_classes).float()
+        per_class.append(ssvae_reference_log_joint(net, xs, ys, num_samples, generator))
+    # one draw per label in each sample: log of (sum over labels) per sample, then its log-mean-exp
+    return logmeanexp_with_stderr(torch.logsumexp(torch.stack(per_class), 0))
+
+def dmm_reference_weights(net, sequences, lengths, num_samples, generator):
+    """log w per sequence: sum over its own steps t < length of log p(z_t | z_{t-1}) + log p(x_t | z_t)
+    - log q(z_t | z_{t-1}, h_t), each z_t drawn from q in turn; the steps beyond a length add nothing."""
+    with torch.no_grad():
+        num, steps, _ = sequences.shape
+        mask = sequence_mask(lengths, steps)
+        states = net.rnn_states(reverse_sequences(sequences, lengths), lengths)
+        z_dim = net.z_0.shape[0]
+        z_model, z_guide = net.z_0.expand(num_samples, num, z_dim), net.z_q_0.expand(num_samples, num, z_dim)
+        log_w = torch.zeros(num_samples, num, dtype=torch.float64)
+        for t in range(steps):
+            q_loc, q_scale = net.combiner(z_guide, states[:, t])
+            z = q_loc + q_scale * torch.randn(q_loc.shape, generator=generator)
+            p_loc, p_scale = net.trans(z_model)
+            step = (Normal(p_loc, p_scale).log_prob(z).sum(-1)
+                    + Bernoulli(probs=net.emitter(z)).log_prob(sequences[:, t]).sum(-1)
+                    - Normal(q_loc, q_scale).log_prob(z).sum(-1))
+            log_w += (step * mask[:, t]).double()
+            z_model = z_guide = z
+        return log_w
+
+def prodlda_reference_weights(net, docs, num_samples, generator):
+    """log Multinomial(w_d; softmax(BN(beta softmax(logtheta)))) + log N(logtheta; 0, I) - log q(logtheta | w_d),
+    the networks in eval mode, one document's draws at a time through the decoder (its batch norm
+    and softmax read a batch of documents)."""
+    with torch.no_grad():
+        loc, scale = net.encoder(docs)
+        logtheta = loc + scale * torch.randn((num_samples, *loc.shape), generator=generator)
+        probs = torch.stack([net.decoder(torch.softmax(draw, -1)) for draw in logtheta])
+        words = Multinomial(total_count=int(docs.sum(-1).max()), probs=probs, validate_args=False)
+        return (words.log_prob(docs) + Normal(0.0, 1.0).log_prob(logtheta).sum(-1)
+                - Normal(loc, scale).log_prob(logtheta).sum(-1)).double()

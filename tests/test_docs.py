@@ -75,6 +75,7 @@ EXAMPLES = {
     "cvae_quadrants.py": ["cvae_completions_1.png", "cvae_completions_3.png"],
     "semi_supervised_m2.py": ["m2_analogies.png"],
     "two_layer_vae.py": ["hvae_samples.png"],
+    "prodlda.py": ["prodlda_held_out.json"],
 }
 
 

@@ -16,15 +16,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.distributions import Bernoulli, Multinomial, Normal
+from torch.distributions import Multinomial
 
 import pyrovae
 from pyrovae.estimate import importance
 from pyrovae.infer import trace_weight_parts
-from pyro_style_programs import (PyroExampleDMM, PyroExampleMaskedCVAE, PyroExampleProdLDA, PyroExampleSSVAE, dmm_arguments,
-                                 reverse_sequences, sequence_mask, topic_corpus, train_prodlda_as_the_tutorial_does,
-                                 train_ssvae_as_pyro_does, train_with_pyro_svi)
-from test_user_programs import _binary_data, _logmeanexp_with_stderr
+from pyro_style_programs import (PyroExampleDMM, PyroExampleMaskedCVAE, PyroExampleProdLDA, PyroExampleSSVAE, binary_data,
+                                 dmm_arguments, dmm_reference_weights, logmeanexp_with_stderr,
+                                 masked_cvae_reference_weights, prodlda_reference_weights, sequence_mask,
+                                 ssvae_reference_log_joint, ssvae_reference_log_marginal, topic_corpus,
+                                 train_prodlda_as_the_tutorial_does, train_ssvae_as_pyro_does, train_with_pyro_svi)
 
 
 def _agree(ours, stderr, reference, reference_se, sigmas=5.0):
@@ -36,25 +37,11 @@ def _agree(ours, stderr, reference, reference_se, sigmas=5.0):
 
 @pytest.fixture(scope="module")
 def masked_cvae():
-    images, _ = _binary_data(n=160, dim=16)
+    images, _ = binary_data(n=160, dim=16)
     inputs = images.clone()
     inputs[:, 8:] = -1  # the bottom half unknown, as Pyro's example masks quadrants with -1
     net = train_with_pyro_svi(PyroExampleMaskedCVAE(x_dim=16), inputs, images, steps=200)
     return net, inputs, images
-
-
-def _hand_masked_cvae_weights(net, xs, ys, num_samples, generator):
-    """log p(y_unknown | xs, z) + log p(z | xs) - log q(z | xs, ys), z ~ q: the networks called as the
-    program calls them, one example at a time in the pixel selection."""
-    with torch.no_grad():
-        loc, scale = net.recognition_net(xs, ys)
-        prior_loc, prior_scale = net.prior_net(xs, net.baseline_net(xs))
-        z = loc + scale * torch.randn((num_samples, *loc.shape), generator=generator)
-        probs = net.generation_net(z)
-        unknown = xs == -1
-        log_lik = (Bernoulli(probs=probs).log_prob(ys.expand_as(probs)) * unknown).sum(-1)
-        return (Normal(prior_loc, prior_scale).log_prob(z).sum(-1) + log_lik
-                - Normal(loc, scale).log_prob(z).sum(-1)).double()
 
 
 def test_a_conditional_program_with_boolean_indexed_observations_is_weighed_by_repeats(masked_cvae):
@@ -65,14 +52,14 @@ def test_a_conditional_program_with_boolean_indexed_observations_is_weighed_by_r
                                                        return_diagnostics=True, args=(ys[:30],), batch_size=8)
     assert diagnostics.weighting == {"samples": "repeats of the batch"}
     assert diagnostics.summary()["weighting"] == {"samples": "repeats of the batch"}
-    reference, reference_se = _logmeanexp_with_stderr(_hand_masked_cvae_weights(
+    reference, reference_se = logmeanexp_with_stderr(masked_cvae_reference_weights(
         net, xs[:30], ys[:30], 3000, torch.Generator().manual_seed(5)))
     assert _agree(ours, stderr, reference, reference_se)
     check = pyrovae.check_bounds(net, xs[:20], ks=(1, 10, 100), args=(ys[:20],), seed=0, strict=True)
     assert check.ok and check.values[0] < check.values[-1]
     # the ELBO from the repeats equals the written-out one's mean
     elbo, elbo_se = pyrovae.elbo(net, xs[:30], 400, args=(ys[:30],), seed=1, return_stderr=True)
-    hand = _hand_masked_cvae_weights(net, xs[:30], ys[:30], 4000, torch.Generator().manual_seed(6))
+    hand = masked_cvae_reference_weights(net, xs[:30], ys[:30], 4000, torch.Generator().manual_seed(6))
     assert _agree(elbo, elbo_se, hand.mean(0), hand.std(0) / math.sqrt(4000))
 
 
@@ -80,32 +67,10 @@ def test_a_conditional_program_with_boolean_indexed_observations_is_weighed_by_r
 
 @pytest.fixture(scope="module")
 def ssvae():
-    images, which = _binary_data(n=300, dim=20, seed=1)
+    images, which = binary_data(n=300, dim=20, seed=1)
     labels = F.one_hot(which, 10).float()
     net = train_ssvae_as_pyro_does(PyroExampleSSVAE(x_dim=20), images, images[:40], labels[:40], steps=300)
     return net, images, labels
-
-
-def _hand_ssvae_log_joint(net, xs, ys, num_samples, generator):
-    """log w = log p(x | y, z) + log p(z) + log p(y) - log q(z | x, y), z ~ q(z | x, y): (K, N)."""
-    with torch.no_grad():
-        loc, log_scale = net.encoder_z([xs, ys])
-        scale = log_scale.exp()
-        z = loc + scale * torch.randn((num_samples, *loc.shape), generator=generator)
-        probs = torch.sigmoid(net.decoder([z, ys])[0])
-        return (Bernoulli(probs=probs).log_prob(xs).sum(-1) + Normal(0.0, 1.0).log_prob(z).sum(-1)
-                - math.log(net.num_classes) - Normal(loc, scale).log_prob(z).sum(-1)).double()
-
-
-def _hand_ssvae_log_marginal(net, xs, num_samples, generator):
-    """log p(x) = log sum_y p(x, y), each p(x, y) by its own importance sampler: the sum over the ten
-    labels written out as a loop."""
-    per_class = []
-    for c in range(net.num_classes):
-        ys = F.one_hot(torch.full((len(xs),), c), net.num_classes).float()
-        per_class.append(_hand_ssvae_log_joint(net, xs, ys, num_samples, generator))
-    # one draw per label in each sample: log of (sum over labels) per sample, then its log-mean-exp
-    return _logmeanexp_with_stderr(torch.logsumexp(torch.stack(per_class), 0))
 
 
 def test_a_semi_supervised_programs_label_is_summed_exactly_where_unobserved(ssvae):
@@ -113,11 +78,11 @@ def test_a_semi_supervised_programs_label_is_summed_exactly_where_unobserved(ssv
     ours, stderr, diagnostics = pyrovae.log_likelihood(net, xs[:30], 2000, seed=0, return_stderr=True,
                                                        return_diagnostics=True)
     assert diagnostics.weighting == {"samples": "particle plate", "discrete_sites": {"y": "summed over 10 values"}}
-    reference, reference_se = _hand_ssvae_log_marginal(net, xs[:30], 2000, torch.Generator().manual_seed(2))
+    reference, reference_se = ssvae_reference_log_marginal(net, xs[:30], 2000, torch.Generator().manual_seed(2))
     assert _agree(ours, stderr, reference, reference_se)
     # labelled: log p(x, y), the label observed and not sampled by the guide
     joint, joint_se = pyrovae.log_likelihood(net, xs[:30], 2000, seed=0, return_stderr=True, args=(ys[:30],))
-    hand_joint, hand_joint_se = _logmeanexp_with_stderr(_hand_ssvae_log_joint(net, xs[:30], ys[:30], 2000,
+    hand_joint, hand_joint_se = logmeanexp_with_stderr(ssvae_reference_log_joint(net, xs[:30], ys[:30], 2000,
                                                                              torch.Generator().manual_seed(3)))
     assert _agree(joint, joint_se, hand_joint, hand_joint_se)
     assert bool((joint < ours).all())  # p(x, y) < p(x)
@@ -151,33 +116,11 @@ def dmm():
     return net, sequences, lengths
 
 
-def _hand_dmm_weights(net, sequences, lengths, num_samples, generator):
-    """log w per sequence: sum over its own steps t < length of log p(z_t | z_{t-1}) + log p(x_t | z_t)
-    - log q(z_t | z_{t-1}, h_t), each z_t drawn from q in turn; the steps beyond a length add nothing."""
-    with torch.no_grad():
-        num, steps, _ = sequences.shape
-        mask = sequence_mask(lengths, steps)
-        states = net.rnn_states(reverse_sequences(sequences, lengths), lengths)
-        z_dim = net.z_0.shape[0]
-        z_model, z_guide = net.z_0.expand(num_samples, num, z_dim), net.z_q_0.expand(num_samples, num, z_dim)
-        log_w = torch.zeros(num_samples, num, dtype=torch.float64)
-        for t in range(steps):
-            q_loc, q_scale = net.combiner(z_guide, states[:, t])
-            z = q_loc + q_scale * torch.randn(q_loc.shape, generator=generator)
-            p_loc, p_scale = net.trans(z_model)
-            step = (Normal(p_loc, p_scale).log_prob(z).sum(-1)
-                    + Bernoulli(probs=net.emitter(z)).log_prob(sequences[:, t]).sum(-1)
-                    - Normal(q_loc, q_scale).log_prob(z).sum(-1))
-            log_w += (step * mask[:, t]).double()
-            z_model = z_guide = z
-        return log_w
-
-
 def test_a_deep_markov_models_per_sequence_log_likelihood_follows_its_masks(dmm):
     net, sequences, lengths = dmm
     args = dmm_arguments(sequences, lengths)
     ours, stderr = pyrovae.log_likelihood(net, sequences, 2000, args=args[1:], seed=0, return_stderr=True)
-    reference, reference_se = _logmeanexp_with_stderr(_hand_dmm_weights(net, sequences, lengths, 2000,
+    reference, reference_se = logmeanexp_with_stderr(dmm_reference_weights(net, sequences, lengths, 2000,
                                                                         torch.Generator().manual_seed(4)))
     assert _agree(ours, stderr, reference, reference_se)
     # the masked steps change nothing: other bits where a sequence has ended, the same numbers
@@ -205,26 +148,13 @@ def prodlda():
     return net, docs[:200], docs[200:]
 
 
-def _hand_prodlda_weights(net, docs, num_samples, generator):
-    """log Multinomial(w_d; softmax(BN(beta softmax(logtheta)))) + log N(logtheta; 0, I) - log q(logtheta | w_d),
-    the networks in eval mode, one document's draws at a time through the decoder (its batch norm
-    and softmax read a batch of documents)."""
-    with torch.no_grad():
-        loc, scale = net.encoder(docs)
-        logtheta = loc + scale * torch.randn((num_samples, *loc.shape), generator=generator)
-        probs = torch.stack([net.decoder(torch.softmax(draw, -1)) for draw in logtheta])
-        words = Multinomial(total_count=int(docs.sum(-1).max()), probs=probs, validate_args=False)
-        return (words.log_prob(docs) + Normal(0.0, 1.0).log_prob(logtheta).sum(-1)
-                - Normal(loc, scale).log_prob(logtheta).sum(-1)).double()
-
-
 def test_prodlda_per_document_log_likelihood_and_held_out_perplexity(prodlda):
     net, _, held_out = prodlda
     ours, stderr, diagnostics = pyrovae.log_likelihood(net, held_out, 2000, seed=0, return_stderr=True,
                                                        return_diagnostics=True)
     assert diagnostics.weighting == {"samples": "repeats of the batch"}  # batch norms over the documents
-    log_w = _hand_prodlda_weights(net, held_out, 2000, torch.Generator().manual_seed(7))
-    reference, reference_se = _logmeanexp_with_stderr(log_w)
+    log_w = prodlda_reference_weights(net, held_out, 2000, torch.Generator().manual_seed(7))
+    reference, reference_se = logmeanexp_with_stderr(log_w)
     # the stderr is to be trusted where Pareto k < 0.5 (PSIS's rule): those documents agree within it
     trusted = diagnostics.pareto_k < 0.5
     assert int(trusted.sum()) >= 30

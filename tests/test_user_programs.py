@@ -24,22 +24,15 @@ from pyrovae.cli import main
 from pyrovae.program import as_program
 from pyrovae.protocol import PROTOCOL_MEMBERS
 
-from pyro_style_programs import PlateStyleVAE, PyroExampleCVAE, PyroExampleVAE, train_with_pyro_svi
+from pyro_style_programs import (PlateStyleVAE, PyroExampleCVAE, PyroExampleVAE, binary_data, logmeanexp_with_stderr,
+                                 train_with_pyro_svi)
 
 PACKAGE = Path(pyrovae.__file__).parent
 
 
-def _binary_data(n=200, dim=30, seed=0):
-    rng = np.random.default_rng(seed)
-    prototypes = rng.random((3, dim)) > 0.5
-    which = rng.integers(0, 3, n)
-    return torch.as_tensor(prototypes[which] ^ (rng.random((n, dim)) < 0.1), dtype=torch.float32), \
-        torch.as_tensor(which)
-
-
 @pytest.fixture(scope="module")
 def trained_vae():
-    x, labels = _binary_data()
+    x, labels = binary_data()
     net = train_with_pyro_svi(PyroExampleVAE(x_dim=30), x, steps=300)
     return net, x, labels
 
@@ -54,12 +47,6 @@ def _hand_weights(net, x, num_samples, generator):
         log_prior = Normal(0.0, 1.0).log_prob(z).sum(-1)
         log_lik = Bernoulli(probs=net.decoder(z)).log_prob(flat).sum(-1)
         return (log_prior + log_lik - log_q).double()
-
-
-def _logmeanexp_with_stderr(log_w):
-    k = len(log_w)
-    lse1, lse2 = torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0)
-    return lse1 - math.log(k), ((torch.exp(lse2 - 2 * lse1 + math.log(k)) - 1).clamp_min(0) / k).sqrt()
 
 
 def test_the_three_forms_give_the_same_numbers(trained_vae):
@@ -107,7 +94,7 @@ def test_a_sizeless_or_subsampled_data_plate_is_found_by_its_extent(trained_vae,
 def test_a_data_plate_that_subsamples_more_examples_than_passed_is_named():
     """Pyro scales every site of a subsampled plate by N / batch: a per-example log p(x) would
     carry the factor, so the estimators refuse it by name."""
-    x, _ = _binary_data()
+    x, _ = binary_data()
     with pytest.raises(ValueError, match=r"the data plate 'data' subsamples 64 of 128 examples, so Pyro scales "
                                          r"site 'latent' by 128/64"):
         pyrovae.log_likelihood(PlateStyleVAE("subsample-of-more", x_dim=30), x[:64], 10)
@@ -133,7 +120,7 @@ def test_log_likelihood_of_a_pyro_example_vae_agrees_with_independent_hand_writt
     x = x[:40]
     ours, stderr, diagnostics = pyrovae.log_likelihood(net, x, 4000, seed=0, return_stderr=True,
                                                        return_diagnostics=True)
-    reference, reference_se = _logmeanexp_with_stderr(_hand_weights(net, x, 4000, torch.Generator().manual_seed(1)))
+    reference, reference_se = logmeanexp_with_stderr(_hand_weights(net, x, 4000, torch.Generator().manual_seed(1)))
     difference = (ours.double() - reference).abs()
     allowed = 5 * (stderr.double() ** 2 + reference_se ** 2).sqrt() + 1e-3
     assert bool((difference <= allowed).all()), (difference.max(), allowed.min())
@@ -151,7 +138,7 @@ def test_bound_check_ais_and_log_weight_parts_on_a_pyro_example_vae(trained_vae)
     net, x, _ = trained_vae
     check = pyrovae.check_bounds(net, x[:30], ks=(1, 10, 100), seed=0, strict=True)
     assert check.ok and check.values[0] <= check.values[-1] + 1e-3
-    reference, _ = _logmeanexp_with_stderr(_hand_weights(net, x[:6], 20000, torch.Generator().manual_seed(4)))
+    reference, _ = logmeanexp_with_stderr(_hand_weights(net, x[:6], 20000, torch.Generator().manual_seed(4)))
     ais = pyrovae.ais_log_likelihood(net, x[:6], num_chains=8, num_steps=200, num_leapfrog=5, seed=0)
     assert float((ais.log_likelihood.double() - reference).abs().max()) < 0.1
     same = pyrovae.ais_log_likelihood(net.model, net.guide, x[:6], num_chains=8, num_steps=200, num_leapfrog=5, seed=0)
@@ -195,12 +182,12 @@ def _hand_cvae_weights(net, xs, ys, num_samples, generator):
 
 
 def test_a_pyro_example_cvae_with_its_condition_as_a_program_argument(tmp_path):
-    x, _ = _binary_data(n=160)
+    x, _ = binary_data(n=160)
     xs, ys = x[:, :15], x[:, 15:]
     net = train_with_pyro_svi(PyroExampleCVAE(), xs, ys, steps=200)
     ours, stderr = pyrovae.log_likelihood(net, xs[:30], 3000, seed=0, return_stderr=True, kwargs={"ys": ys[:30]},
                                           batch_size=8)  # the keyword argument is sliced with the examples
-    reference, reference_se = _logmeanexp_with_stderr(_hand_cvae_weights(net, xs[:30], ys[:30], 3000,
+    reference, reference_se = logmeanexp_with_stderr(_hand_cvae_weights(net, xs[:30], ys[:30], 3000,
                                                                           torch.Generator().manual_seed(5)))
     assert bool(((ours.double() - reference).abs() <= 5 * (stderr.double() ** 2 + reference_se ** 2).sqrt()
                  + 1e-3).all())
