@@ -55,6 +55,8 @@ def test_a_conditional_program_with_boolean_indexed_observations_is_weighed_by_r
     reference, reference_se = logmeanexp_with_stderr(masked_cvae_reference_weights(
         net, xs[:30], ys[:30], 3000, torch.Generator().manual_seed(5)))
     assert _agree(ours, stderr, reference, reference_se)
+    with pytest.raises(ValueError, match="cannot take that dimension"):  # AIS's chains need the plate: said so
+        pyrovae.ais_log_likelihood(net, xs[:4], ys[:4], num_chains=2, num_steps=5)
     check = pyrovae.check_bounds(net, xs[:20], ks=(1, 10, 100), args=(ys[:20],), seed=0, strict=True)
     assert check.ok and check.values[0] < check.values[-1]
     # the ELBO from the repeats equals the written-out one's mean

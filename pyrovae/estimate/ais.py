@@ -40,7 +40,7 @@ from ..infer.weights import PARTICLE_PLATE
 from ..program import Program, as_program, slice_examples
 from ..protocol import owner_of
 from ..validation import require_positive_int
-from .importance import _seeded
+from .importance import Evaluation, _seeded
 
 __all__ = ["AISResult", "BDMCResult", "Point", "ais_log_likelihood", "bdmc", "annealing_schedule", "SCHEDULES",
            "PROPOSALS"]
@@ -254,8 +254,14 @@ def _resolve(model, guide, x, args, kwargs, data_plate):
     if x is None:
         raise TypeError("the data x is missing: pass x (its first dimension the examples)")
     if isinstance(program, Program):
-        x, args, kwargs, sites = program.prepare(x, args, kwargs)
-        return program.model, program.guide, x, args, kwargs, sites.max_plate_nesting
+        run = Evaluation(program, x, args, kwargs)  # traced once, and probed for the chains' dimension
+        if not run.vectorized:
+            raise ValueError(
+                "AIS runs its chains on a plate left of the program's plates, and this program cannot take that "
+                "dimension (traced with two particles it failed, or gave weights of another shape: boolean indexing, "
+                "a batch norm or a softmax over the examples' dimension); importance sampling "
+                "(pyrovae.log_likelihood) weighs it, drawing its samples as repeats of the batch")
+        return program.model, program.guide, run.x, run.args, run.kwargs, run.max_plate_nesting
     x = program.prepare_data(x)
     args = tuple(a.to(x.device) if torch.is_tensor(a) else a for a in args)
     kwargs = {k: v.to(x.device) if torch.is_tensor(v) else v for k, v in kwargs.items()}

@@ -13,7 +13,7 @@ __all__ = ["Point", "per_site"]
 
 
 def per_site(tensor, value):
-    """A (C, N) tensor viewed to broadcast against a site's value (C, N, *event)."""
+    """A (C, N) tensor viewed to broadcast against a site's value, shape ``(C, N, *event)``."""
     return tensor.reshape(tensor.shape + (1,) * (value.dim() - 2))
 
 
