@@ -6,7 +6,7 @@ import sys
 from dataclasses import fields
 
 from . import config as cfg
-from . import __version__, distributed, program_folder, runs
+from . import __version__, distributed, program_folder, runs, sweep, sweep_report
 from .estimate import METHODS
 from .run_folder import RunFolderLocked
 
@@ -81,8 +81,23 @@ def build_parser():
     plot.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     add_program_flags(plot, pictures=True)
 
-    report = sub.add_parser("report", help="write a self-contained report.html")
-    report.add_argument("run_dir", help="the run folder (with --program: the folder to write into)")
+    sweep = sub.add_parser("sweep", help="search the config space with Optuna: trials judged by held-out log p(x)")
+    sweep.add_argument("space", help="a config TOML with choices or ranges in place of values (docs: Sweeps)")
+    sweep.add_argument("--out", required=True, help="the sweep's folder: a run folder per trial, sweep.json")
+    sweep.add_argument("--trials", type=int, help="finished trials the study is to hold (default: [sweep] trials, 20)")
+    sweep.add_argument("--storage", help="the study's database, any SQLAlchemy URL (default: sqlite:///OUT/sweep.db); "
+                       "start the same command several times to run trials side by side")
+    sweep.add_argument("--study-name", help="the study's name in the database (default: OUT's name)")
+    sweep.add_argument("--num-samples", type=int, help="importance samples per held-out example (default 1000)")
+    sweep.add_argument("--eval-examples", type=int, help="held-out examples each trial is judged on (default 1000)")
+    sweep.add_argument("--heartbeat", type=float, default=10.0,
+                       help="seconds between a running trial's heartbeats; a trial silent for twice this is taken "
+                       "as killed, marked failed and run again")
+    sweep.add_argument("--seed", type=int, help="the sampler's seed")
+    sweep.add_argument("--no-progress", action="store_true")
+
+    report = sub.add_parser("report", help="write a self-contained report.html (of a run folder or a sweep folder)")
+    report.add_argument("run_dir", help="the run or sweep folder (with --program: the folder to write into)")
     report.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     add_program_flags(report, pictures=True)
     return parser
@@ -232,9 +247,21 @@ def main(argv=None):
             for path in runs.plot_run(args.run_dir, args.kind, dims=args.dims, pca=args.pca, n=args.n,
                                       trust=args.trust_checkpoint):
                 print(path)
+        elif args.command == "sweep":
+            study = sweep.run_sweep(args.space, args.out, trials=args.trials, storage=args.storage,
+                                    study_name=args.study_name, num_samples=args.num_samples,
+                                    eval_examples=args.eval_examples, heartbeat=args.heartbeat, seed=args.seed,
+                                    progress=not args.no_progress)
+            best = study.best_trial if any(t.value is not None for t in study.get_trials(deepcopy=False)) else None
+            if best is not None:
+                print(f"best: trial {best.number}, held-out log p(x) {best.value:.3f} nats, {best.params} "
+                      f"({best.user_attrs.get('run_dir')})")
+            print(f"sweep folder: {args.out}; pyrovae report {args.out}")
+        elif args.command == "report" and sweep.is_sweep_folder(args.run_dir):
+            print(sweep_report.report_sweep(args.run_dir))
         elif args.command == "report":
             print(runs.report_run(args.run_dir, trust=args.trust_checkpoint))
-    except (ValueError, OSError, TypeError, FloatingPointError, RunFolderLocked) as error:
+    except (ValueError, OSError, TypeError, FloatingPointError, RunFolderLocked, ImportError) as error:
         print(f"pyrovae {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -97,8 +97,9 @@ def build_model(config, train):
         **options)
 
 
-def train_run(config, out, resume=False, progress=True, trust=False):
-    """Trains the configured VAE into run folder ``out``; returns (vae, history). Everything that
+def train_run(config, out, resume=False, progress=True, trust=False, callbacks=()):
+    """Trains the configured VAE into run folder ``out``; returns (vae, history); ``callbacks``
+    watch the run beside the config's own (a sweep's report to its trial). Everything that
     can fail on the inputs fails before the folder gets its first file (a bad input found later,
     before the first checkpoint, removes the folder it made). A run that fails in training before
     its first checkpoint (a NaN loss, a full disk, an interrupt) keeps its folder and config, so
@@ -127,7 +128,7 @@ def train_run(config, out, resume=False, progress=True, trust=False):
     try:
         with run.lock():
             run.write_config(config)
-            callbacks = _curve_callbacks(config)
+            callbacks = _curve_callbacks(config) + list(callbacks)
             if config["logging"]["tensorboard"]:
                 callbacks.append(TensorBoardLogger(run.path, test.data[:64] if test is not None else train.data[:64]))
             history = fit(vae, train, test, valid=valid, binarize=config["data"]["binarize"], run_dir=run, resume=resume,
