@@ -25,7 +25,7 @@ from torchvision.utils import make_grid
 from . import latent
 from .program import Program, as_program
 from .protocol import family
-from .run_folder import atomic_write
+from .atomic_files import atomic_write
 
 __all__ = [
     "tile",

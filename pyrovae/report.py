@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .run_folder import atomic_write
+from .atomic_files import atomic_write
 
 __all__ = ["write_report", "FIGURE_TITLES"]
 

@@ -2,6 +2,7 @@
 step reading and writing one :class:`~pyrovae.run_folder.RunFolder`. The command-line tool is a
 thin layer over these functions."""
 
+import hashlib
 import json
 import shutil
 import sys
@@ -192,7 +193,10 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
     :param method: ``"is"`` (importance sampling with q(z|x), always computed, with its Pareto k
         diagnostics), ``"ais"`` (also annealed importance sampling: ``num_chains`` chains,
         ``num_steps`` distributions, ``num_leapfrog`` leapfrog steps each) or ``"bdmc"`` (also
-        BDMC on as many examples simulated from the model: the sandwich and its gap).
+        BDMC on as many examples simulated from the model: the sandwich and its gap). AIS runs in
+        blocks of examples, each seeded by its position and written to a hidden folder of the run
+        as it finishes: a killed evaluation run again continues where it stopped, with the same
+        numbers (the folder goes once ``evaluation.json`` holds them).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
@@ -232,12 +236,21 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
     if config["data"].get("features"):  # every density above is of those latent means, not of the examples
         result["features"] = config["data"]["features"]
     summary = METHODS[method].summary
+    pieces = None
     if summary is not None:
-        result[method] = summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed, num_samples)
+        # a long evaluation's finished blocks, kept until evaluation.json holds the result: a folder
+        # named by everything that decides the numbers, so a changed command never reads them
+        decided = json.dumps([method, num_chains, num_steps, num_leapfrog, seed, split, len(x), result["checkpoint_file"],
+                              int(state["epoch"])])
+        pieces = run.file(f".{method}-pieces-{hashlib.sha256(decided.encode()).hexdigest()[:16]}")
+        result[method] = summary(vae, x, labels, num_chains, num_steps, num_leapfrog, seed, num_samples,
+                                 pieces=pieces)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed + 2)
         result.update(family(vae).extra_metrics(x, targets, num_samples))  # a family's own numbers (accuracy, ...)
     run.write_json("evaluation.json", result)
+    if pieces is not None:
+        shutil.rmtree(pieces, ignore_errors=True)
     plots.save(plots.jensen_gap(check), run.file("jensen_gap.png"))
     return result
 

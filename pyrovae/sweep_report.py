@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .report import STYLE, _card
-from .run_folder import atomic_write
+from .atomic_files import atomic_write
 from .sweep import load_sweep, require_optuna, trials_table
 
 __all__ = ["report_sweep", "objective_figure", "importance_figure"]

@@ -2,13 +2,21 @@
 VAE's closed forms: exact log p(x), and a guide set to the exact posterior's mean with its
 standard deviations scaled by r, whose weights have a known tail (Pareto shape k = 1 - r^2)."""
 
+import json
 import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 
 import pyrovae
 from pyrovae import exact
+from pyrovae.cli import main
 from pyrovae.estimate.ais import ais_log_likelihood, annealing_schedule, bdmc
 from pyrovae.models import M2
 
@@ -130,9 +138,6 @@ def test_ais_refuses_a_discrete_latent_and_names_what_works():
 def test_evaluate_runs_ais_and_bdmc_on_each_family_where_they_apply(tmp_path, labelled_npz, family, capsys):
     """The target's density comes from each model's own Pyro trace: no family needs code of its
     own, but m2 (a discrete y: AIS given each class, summed; BDMC refused with the reason)."""
-    import json
-
-    from pyrovae.cli import main
 
     extra = {"m2": ["--labels", "6", "--num-classes", "3"], "cvae": ["--condition", "label", "--num-classes", "3"],
              "hvae": ["--middle-dim", "3", "--middle-hidden", "4"]}.get(family, [])
@@ -226,3 +231,39 @@ def test_a_one_site_guide_is_traced_once_and_read_at_every_point():
     target._proposal_trace = None
     fresh = target.point(z)
     assert torch.allclose(cached.base, fresh.base) and torch.allclose(cached.grad_base["z"], fresh.grad_base["z"])
+
+
+def test_an_ais_evaluation_killed_mid_way_continues_with_the_same_numbers(tmp_path):
+    """`pyrovae evaluate --method ais` killed with SIGKILL after its first block, then run again:
+    the finished block is read back, the rest computed, and every number equals an uninterrupted
+    evaluation's."""
+    rng = np.random.default_rng(0)
+    prototypes = rng.random((3, 8, 8)) > 0.5
+    images = (prototypes[rng.integers(0, 3, 500)] ^ (rng.random((500, 8, 8)) < 0.1)).astype(np.float32)
+    data = tmp_path / "shapes.npz"
+    np.savez(data, train=images[:200], test=images[200:])
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(data), "--latent-dim", "2", "--hidden", "16", "--epochs", "1",
+                 "--out", str(run), "--no-progress", "--no-plots"]) == 0
+    again = tmp_path / "uninterrupted"
+    shutil.copytree(run, again)
+    command = ["evaluate", "--method", "ais", "--limit", "300", "--num-chains", "4", "--num-steps", "300",
+               "--num-leapfrog", "2", "--num-samples", "20", "--no-progress"]
+    worker = subprocess.Popen([sys.executable, "-m", "pyrovae", command[0], str(run), *command[1:]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = time.time()
+    while not list(run.glob(".ais-pieces-*/block-00000000-00000100.pt")):
+        assert worker.poll() is None, worker.communicate()[1][-2000:]
+        assert time.time() - started < 240
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert not (run / "evaluation.json").exists()
+    assert main([command[0], str(run), *command[1:]]) == 0
+    assert main([command[0], str(again), *command[1:]]) == 0
+    resumed = json.loads((run / "evaluation.json").read_text())["ais"]
+    whole = json.loads((again / "evaluation.json").read_text())["ais"]
+    assert resumed["blocks_read_back"] >= 1 and whole["blocks_read_back"] == 0 and resumed["blocks"] == 3
+    for key in ("log_likelihood", "stderr", "chain_sd_median", "acceptance"):
+        assert resumed[key] == whole[key], key
+    assert not list(run.glob(".ais-pieces-*"))  # gone once evaluation.json holds the numbers

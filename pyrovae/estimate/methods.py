@@ -6,6 +6,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -13,6 +14,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ..program import Program
+from ..atomic_files import atomic_write
 from ..protocol import family
 from .ais import ais_log_likelihood, bdmc
 from .distributed import log_likelihood as distributed_log_likelihood
@@ -52,18 +54,52 @@ def _ais_per_example(program, x, labels, **options):
     return result.log_likelihood, result.chain_sd, result.acceptance
 
 
-def ais_summary(program, x, labels, num_chains, num_steps, num_leapfrog, seed, num_samples=None):
+# Examples of one AIS block: each block draws from its own seed (seed + its first index) and, with a
+# folder for the pieces, is written there atomically as it finishes.
+AIS_BLOCK_EXAMPLES = 100
+
+
+def _read_piece(path):
+    try:
+        piece = torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 (a piece cut short by a kill before its rename cannot be; any other damage: redo it)
+        return None
+    return piece if isinstance(piece, dict) and {"estimate", "chain_sd", "acceptance"} <= set(piece) else None
+
+
+def ais_summary(program, x, labels, num_chains, num_steps, num_leapfrog, seed, num_samples=None,
+                pieces: Optional[Path] = None):
     """``evaluation.json``'s ``ais`` entry: the AIS estimate of the set's mean log p(x), its
-    spread, the acceptance, the wall-clock."""
+    spread, the acceptance, the wall-clock. The examples run in blocks of
+    :data:`AIS_BLOCK_EXAMPLES`, each seeded by its position; with a folder ``pieces`` each finished
+    block is written there atomically and read back by a later call with the same folder, so an
+    evaluation killed after hours continues where it stopped, with the same numbers."""
     started = time.perf_counter()
-    estimate, chain_sd, acceptance = _ais_per_example(program, x, labels, num_chains=num_chains, num_steps=num_steps,
-                                                      num_leapfrog=num_leapfrog, seed=seed)
+    blocks, reused = [], 0
+    for start in range(0, len(x), AIS_BLOCK_EXAMPLES):
+        stop = min(start + AIS_BLOCK_EXAMPLES, len(x))
+        path = None if pieces is None else Path(pieces) / f"block-{start:08d}-{stop:08d}.pt"
+        block = _read_piece(path) if path is not None and path.is_file() else None
+        if block is None:
+            estimate, chain_sd, acceptance = _ais_per_example(
+                program, x[start:stop], None if labels is None else labels[start:stop], num_chains=num_chains,
+                num_steps=num_steps, num_leapfrog=num_leapfrog, seed=seed + start)
+            block = {"estimate": estimate.detach().cpu(), "chain_sd": chain_sd.detach().cpu(),
+                     "acceptance": acceptance.detach().cpu()}
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, lambda f: torch.save(block, f))
+        else:
+            reused += 1
+        blocks.append(block)
+    estimate, chain_sd, acceptance = (torch.cat([b[key] for b in blocks])
+                                      for key in ("estimate", "chain_sd", "acceptance"))
     estimate = estimate.double()
     return {"log_likelihood": float(estimate.mean()),
             "stderr": float(estimate.std() / math.sqrt(len(x))) if len(x) > 1 else 0.0,
             "chain_sd_median": float(chain_sd.double().median()), "acceptance": float(acceptance.double().mean()),
             "num_chains": num_chains, "num_steps": num_steps, "num_leapfrog": num_leapfrog,
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "blocks": len(blocks), "blocks_read_back": reused}
 
 
 def _simulated(program, x, args):
@@ -86,7 +122,7 @@ def _simulated(program, x, args):
     return simulated_x.reshape(x.shape), latents
 
 
-def bdmc_summary(program, x, labels, num_chains, num_steps, num_leapfrog, seed, num_samples):
+def bdmc_summary(program, x, labels, num_chains, num_steps, num_leapfrog, seed, num_samples, pieces=None):
     """``evaluation.json``'s ``bdmc`` entry: as many examples as ``x`` simulated from the model
     ((z, x) ~ p, the data's shape), the BDMC lower and upper bounds of their log p(x), the gap,
     and the importance-sampled estimate on the same simulated data, so the gap says how far the
