@@ -167,6 +167,9 @@ def add_config_flags(parser):
             else:
                 kind = cfg._expected_type(f.type)
                 group.add_argument(_flag(f), type=kind, choices=meta["choices"], help=meta["help"])
+                if f.name == "wandb_project":
+                    group.add_argument("--tracker", action="append", choices=cfg.TRACKER_NAMES,
+                                       help=cfg.LoggingConfig.__dataclass_fields__["trackers"].metadata["help"])
                 if f.name == "compile":
                     group.add_argument("--no-compile", dest="compile", action="store_const", const="off",
                                        help="train eager (the same as --compile off)")
@@ -186,6 +189,7 @@ def config_from_args(args):
             if f.metadata["flag"] and f.name not in ("prior", "likelihood", "guide"):
                 table[f.name] = getattr(args, f.name)
     flags["logging"]["plots"] = False if args.no_plots else None
+    flags["logging"]["trackers"] = args.tracker
     for key in ("prior", "likelihood", "guide"):
         kind = getattr(args, key)
         extra = cfg.parse_assignments(getattr(args, f"{key}_arg"), key)

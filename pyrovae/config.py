@@ -5,7 +5,7 @@ arguments are all derived. A TOML file has one table a dataclass:
     [data]             DataConfig       dataset, data_dir, binarize, valid_fraction
     [model]            ModelConfig      model, latent_dim, hidden, network, prior, likelihood, guide, family keys
     [train]            TrainConfig      loss, num_particles, estimator, epochs, batch_size, lr, ...
-    [logging]          LoggingConfig    tensorboard, plots
+    [logging]          LoggingConfig    tensorboard, plots, trackers
 
 A key that is not an option is an error that names the nearest option.
 """
@@ -153,8 +153,14 @@ class LoggingConfig:
     nll_every: int = option(0, "every N epochs, the importance-sampled test log-likelihood (0: never)", minimum=0)
     nll_samples: int = option(200, "importance samples per example for nll_every", minimum=1)
     nll_examples: int = option(1000, "test examples for nll_every", minimum=1)
+    trackers: List[str] = option([], "experiment trackers the run also logs to: mlflow, wandb (--tracker NAME, "
+                                 "repeatable; optional extras: pip install 'pyrovae[mlflow]')", flag=False)
+    mlflow_uri: Optional[str] = option(None, "the MLflow tracking URI (default: sqlite:///RUN/../mlflow.db, a "
+                                       "database beside the run folder, no server)")
+    wandb_project: str = option("pyrovae", "the Weights & Biases project (offline unless WANDB_MODE says otherwise)")
 
 
+TRACKER_NAMES = ("mlflow", "wandb")  # pyrovae.trackers.TRACKERS: named here, where torch is not imported
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "logging": LoggingConfig}
 
 # The likelihood a dataset gets when the config says "auto".
@@ -262,7 +268,12 @@ def _check_table(section, table):
             table[key] = value = float(value)
         if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
             raise ValueError(f"[{section}] {key} must be {_TYPE_NAMES.get(expected, expected.__name__)}; got {value!r}")
-        if expected is list and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if key == "trackers":
+            unknown = [v for v in value if v not in TRACKER_NAMES]
+            if unknown:
+                raise ValueError(f"[{section}] trackers: unknown tracker {unknown[0]!r}; choose from "
+                                 f"{list(TRACKER_NAMES)}{nearest(str(unknown[0]), TRACKER_NAMES)}")
+        elif expected is list and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise ValueError(f"[{section}] {key} must be a list of integers; got {value!r}")
         minimum, positive = f.metadata.get("minimum"), f.metadata.get("positive")
         if expected in (int, float) and not value == value:

@@ -19,6 +19,7 @@ from .infer.objectives import check_training_options
 from .report import write_report
 from .run_folder import RunFolder, RunFolderWriteError, load, vae_from_state
 from .tensorboard import TensorBoardLogger
+from .trackers import log_evaluation, make_trackers
 from .train import LogLikelihoodCurve, fit, stream_seed
 from .train.callbacks import BEST, CheckpointWriteError, describe_checkpoint, selection_metric
 from .train.trainer import TrainingDiverged
@@ -129,13 +130,16 @@ def train_run(config, out, resume=False, progress=True, trust=False, callbacks=(
     try:
         with run.lock():
             run.write_config(config)
-            callbacks = _curve_callbacks(config) + list(callbacks)
+            trackers = make_trackers(config, run.path)
+            callbacks = _curve_callbacks(config) + list(callbacks) + trackers
             if config["logging"]["tensorboard"]:
                 callbacks.append(TensorBoardLogger(run.path, test.data[:64] if test is not None else train.data[:64]))
             history = fit(vae, train, test, valid=valid, binarize=config["data"]["binarize"], run_dir=run, resume=resume,
                           progress=progress, callbacks=callbacks, run_config=config, trust=trust, **t)
             if config["logging"]["plots"]:
                 plot_run(run.path, "standard", vae=vae, config=config)
+            for tracker in trackers:
+                tracker.finish()
     except (TrainingDiverged, OSError, KeyboardInterrupt) as error:
         if made_folder and not run.checkpoint_generations() and not run.config_file.exists():
             shutil.rmtree(run.path, ignore_errors=True)  # nothing was written to go on from
@@ -249,6 +253,7 @@ def evaluate_run(run_dir, num_samples=1000, split="test", limit=None, device="au
         torch.manual_seed(seed + 2)
         result.update(family(vae).extra_metrics(x, targets, num_samples))  # a family's own numbers (accuracy, ...)
     run.write_json("evaluation.json", result)
+    log_evaluation(config, run.path, result)
     if pieces is not None:
         shutil.rmtree(pieces, ignore_errors=True)
     plots.save(plots.jensen_gap(check), run.file("jensen_gap.png"))

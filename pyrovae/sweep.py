@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from . import config as cfg
+from .extras import MissingExtraError, require
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .priors import PRIORS
@@ -55,16 +56,8 @@ SEARCH_KEYS = ("log", "uniform", "int", "choices")
 REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}
 
 
-class MissingExtraError(ImportError):
-    """An optional dependency is not installed: the message names the extra that installs it."""
-
-
 def require_optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise MissingExtraError("sweeps run on Optuna, which is not installed: pip install 'pyrovae[sweep]'") from None
-    return optuna
+    return require("optuna", "sweep", "a sweep (it runs on Optuna)")
 
 
 def _is_search(value) -> bool:
