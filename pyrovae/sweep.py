@@ -54,6 +54,7 @@ SWEEP_FILE = "sweep.json"  # in the sweep's folder: where its study lives, and i
 SWEEP_DEFAULTS = {"trials": 20, "num_samples": 1000, "eval_examples": 1000, "metric": "valid_elbo"}
 SEARCH_KEYS = ("log", "uniform", "int", "choices")
 REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}
+PROBABILITY_LIKELIHOODS = ("bernoulli", "logistic256")  # the rest give densities
 
 
 def require_optuna():
@@ -80,6 +81,7 @@ class SearchSpace:
         if not self.searches:
             raise ValueError("the space searches nothing: give a value as a list of choices or a range "
                              "(lr = {log = [1e-4, 3e-3]}, prior = {kind = [\"normal\", \"vamp\"]})")
+        self._check_comparable()
         # every choice must make a valid config: checked once, here, not in trial 7
         for name, search in self.searches.items():
             for value in self._extremes(name, search):
@@ -121,6 +123,27 @@ class SearchSpace:
                 else:
                     fixed[section][key] = value
         return fixed
+
+    def _check_comparable(self):
+        """Trials are ranked by held-out log p(x), which ranks only numbers of one kind on the same
+        data: a probability (a Bernoulli's of binarized pixels, a discretized logistic's of 8-bit
+        ones) and a density (a Gaussian's of grey values) do not measure each other."""
+        search = self.searches.get("model.likelihood.kind")
+        if search is None or "choices" not in search:
+            return
+        binarize = self.fixed.get("data", {}).get("binarize", "auto")
+        footing = {}
+        for kind in search["choices"]:
+            data = binarize if binarize != "auto" else ("dynamic" if kind == "bernoulli" else "none")
+            number = "probability" if kind in PROBABILITY_LIKELIHOODS else "density"
+            footing.setdefault((number, data), []).append(kind)
+        if len(footing) > 1:
+            said = "; ".join(f"{', '.join(kinds)}: a {number} of {'binarized' if data != 'none' else 'unbinarized'} "
+                             f"data" for (number, data), kinds in footing.items())
+            raise ValueError(
+                f"likelihood choices {search['choices']} give log p(x) on different footings ({said}), so their held-out "
+                "log-likelihoods do not rank each other: search likelihoods of one kind on the same data (densities of "
+                "grey values: gaussian, laplace, continuous_bernoulli with binarize = \"none\")")
 
     @staticmethod
     def _checked(name, search):

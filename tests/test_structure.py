@@ -171,3 +171,14 @@ def test_registration_does_not_patch_classes():
         pass
 
     assert MyGaussian().spec == {"kind": "custom"}
+
+
+def test_the_protocol_declares_and_imports_neither_torch_nor_pyro():
+    """Anything may read the protocol (the config schema, which needs no torch); the tracing of a
+    user's program lives in pyrovae.program."""
+    tree = ast.parse((PACKAGE / "protocol.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and not node.level}
+    assert not imported & {"torch", "pyro"}, imported

@@ -75,12 +75,18 @@ def test_a_space_becomes_optunas_suggestions_and_bad_spaces_are_named():
     assert values["model.hidden"] == [500, 500] and values["model.prior.kind"] == "vamp"
     config = space.assign(space.fixed, values)
     assert config["model"]["prior"] == {"kind": "vamp"} and config["model"]["latent_dim"] == 5
+    fair = sweep.SearchSpace({"data": {"binarize": "none"},
+                              "model": {"likelihood": {"kind": ["gaussian", "laplace", "continuous_bernoulli"]}}})
+    assert fair.searches["model.likelihood.kind"]["choices"][2] == "continuous_bernoulli"
     for table, message in (({"train": {"lr": 1e-3}}, "searches nothing"),
                            ({"train": {"lr": {"log": [0, 1e-3]}}}, "log-uniform range needs low > 0"),
                            ({"train": {"lr": {"uniform": [3, 1]}}}, "low < high"),
                            ({"train": {"lrr": [1e-3, 1e-2]}}, "unknown key 'lrr' in \\[train\\]"),
                            ({"sweep": {"trails": 3}, "train": {"lr": [1e-3]}}, "unknown key 'trails' in \\[sweep\\]"),
-                           ({"model": {"prior": {"kind": ["normal", "gaussian-ish"]}}}, "gaussian-ish")):
+                           ({"model": {"prior": {"kind": ["normal", "gaussian-ish"]}}}, "gaussian-ish"),
+                           ({"model": {"likelihood": {"kind": ["bernoulli", "continuous_bernoulli"]}}},
+                            "different footings \\(bernoulli: a probability of binarized data; continuous_bernoulli: "
+                            "a density of unbinarized data\\)")):
         with pytest.raises(ValueError, match=message):
             sweep.SearchSpace(table)
 

@@ -353,6 +353,12 @@ def test_old_import_paths_warn_and_still_work():
     assert bdmc is pyrovae.bdmc
     with pytest.warns(DeprecationWarning, match="pyrovae.models.vae"):
         from pyrovae.infer.fast_path import fast_vae  # noqa: F401
+    with pytest.warns(DeprecationWarning, match="moved to pyrovae.program.Program"):
+        from pyrovae.protocol import Program
+    assert Program is pyrovae.Program
+    with pytest.warns(DeprecationWarning, match="moved to pyrovae.estimate.distributed.log_likelihood"):
+        from pyrovae.distributed import log_likelihood
+    assert log_likelihood is pyrovae.estimate.distributed.log_likelihood
 
 
 def test_cli_evaluates_plots_and_reports_a_users_program(trained_vae, tmp_path, capsys):
