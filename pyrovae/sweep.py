@@ -47,10 +47,11 @@ from .run_folder import RunFolder, atomic_write_text
 from .runs import evaluate_run, load_train_valid, train_run
 from .train.callbacks import Callback
 
-__all__ = ["SWEEP_FILE", "SearchSpace", "run_sweep", "load_sweep", "is_sweep_folder", "MissingExtraError",
+__all__ = ["SWEEP_FILE", "SearchSpace", "SweepWarning", "run_sweep", "load_sweep", "is_sweep_folder", "MissingExtraError",
            "require_optuna"]
 
 SWEEP_FILE = "sweep.json"  # in the sweep's folder: where its study lives, and its space
+LOCAL_STORAGE = "sweep.db"  # the default storage, a SQLite file in the sweep's folder
 SWEEP_DEFAULTS = {"trials": 20, "num_samples": 1000, "eval_examples": 1000, "metric": "valid_elbo"}
 SEARCH_KEYS = ("log", "uniform", "int", "choices")
 REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}
@@ -241,8 +242,41 @@ def load_sweep(path):
     if not is_sweep_folder(path):
         raise FileNotFoundError(f"{str(path)!r} is not a sweep folder (no {SWEEP_FILE})")
     record = json.loads((path / SWEEP_FILE).read_text())
+    if record["storage"] == LOCAL_STORAGE:
+        record["storage"] = f"sqlite:///{(path / LOCAL_STORAGE).resolve()}"
     study = optuna.load_study(study_name=record["study_name"], storage=record["storage"])
     return study, record
+
+
+class SweepWarning(UserWarning):
+    """A sweep whose ranking may not mean what it seems."""
+
+
+# Likelihoods whose density at a point of the data can grow without bound as the model sharpens:
+# the continuous Bernoulli at exact 0s and 1s, a location-scale family whose scale is learned.
+def _unbounded(kind, table):
+    return kind == "continuous_bernoulli" or (kind in ("gaussian", "laplace")
+                                              and str(table.get("scale", "")).startswith("learned"))
+
+
+def _warn_of_unbounded_densities(space, x, atoms_share=0.05):
+    """Warns where the likelihood choices include a density that is unbounded on data with atoms
+    (many values exactly at 0 or 1, as 8-bit images have): there the held-out log p(x) grows
+    with how sharply the model fits the atoms, and ranks that, not the fit."""
+    search = space.searches.get("model.likelihood.kind")
+    if search is None or "choices" not in search:
+        return
+    table = space.fixed.get("model", {}).get("likelihood", {})
+    unbounded = [kind for kind in search["choices"] if _unbounded(kind, table)]
+    if not unbounded or "bernoulli" in search["choices"]:
+        return
+    sample = x[:1000].float()
+    share = float(((sample == 0) | (sample == 1)).float().mean())
+    if share > atoms_share:
+        warnings.warn(f"{100 * share:.0f}% of the training values are exactly 0 or 1, where the density of "
+                      f"{', '.join(unbounded)} is unbounded: a trial's held-out log p(x) grows with how sharply it "
+                      "fits those atoms, so these likelihoods rank first whatever their fit elsewhere; compare densities "
+                      "on dequantized data, or leave them out of the search", SweepWarning, stacklevel=3)
 
 
 def run_sweep(space_file, out, trials: Optional[int] = None, storage: Optional[str] = None,
@@ -269,12 +303,14 @@ def _run_sweep(optuna, space_file, out, trials, storage, study_name, num_samples
     if trials < 1 or num_samples < 1 or eval_examples < 1:
         raise ValueError("--trials, --num-samples and --eval-examples must be >= 1")
     out = Path(out)
-    storage = storage or f"sqlite:///{(out / 'sweep.db').resolve()}"
+    recorded_storage = storage or LOCAL_STORAGE  # the default: found beside sweep.json wherever the folder moves
+    storage = storage or f"sqlite:///{(out / LOCAL_STORAGE).resolve()}"
     study_name = study_name or out.resolve().name
     fixed = cfg.validate(space.fixed)
     if "valid_fraction" not in space.fixed.get("data", {}) and "data.valid_fraction" not in space.searches:
         if load_train_valid(fixed)[1] is None:  # choose on held-out training data, never on the test set
             space.fixed.setdefault("data", {})["valid_fraction"] = 0.1
+    _warn_of_unbounded_densities(space, load_train_valid(fixed)[0].data)
     metric = options["metric"]
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -282,7 +318,7 @@ def _run_sweep(optuna, space_file, out, trials, storage, study_name, num_samples
                                 direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
-    record = {"study_name": study_name, "storage": storage, "space": str(Path(space_file).resolve()),
+    record = {"study_name": study_name, "storage": recorded_storage, "space": str(Path(space_file).resolve()),
               "searches": space.searches, "metric": metric, "num_samples": num_samples,
               "eval_examples": eval_examples}
     atomic_write_text(out / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
@@ -299,7 +335,9 @@ def _run_sweep(optuna, space_file, out, trials, storage, study_name, num_samples
         log(f"trial {trial.number}: {values}" + (f" (again: trial {number}'s folder, resumed)" if resume else ""))
         train_run(config, run_dir, resume=resume, progress=progress, callbacks=[report])
         if report.pruned:
-            raise optuna.TrialPruned(f"pruned at epoch {len(RunFolder(run_dir).read_metrics())}")
+            epochs = len(RunFolder(run_dir).read_metrics())
+            log(f"trial {trial.number}: pruned at epoch {epochs} (its {metric} below the median of the others')")
+            raise optuna.TrialPruned(f"pruned at epoch {epochs}")
         split = "valid" if load_train_valid(config)[1] is not None else "test"
         evaluation = evaluate_run(run_dir, num_samples=num_samples, split=split, limit=eval_examples,
                                   progress=progress)
@@ -330,7 +368,13 @@ def trials_table(study):
     """The finished trials as rows (number, state, value, params, user attrs), best first."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        rows.append({"number": trial.number, "state": trial.state.name, "value": trial.value,
+        complete = trial.state.name == "COMPLETE"
+        steps = sorted(trial.intermediate_values)
+        rows.append({"number": trial.number, "state": trial.state.name,
+                     # a pruned trial's value is its last per-epoch report (an ELBO), not a log p(x)
+                     "value": trial.value if complete else None,
+                     "last_epoch": steps[-1] if steps else None,
+                     "last_reported": trial.intermediate_values[steps[-1]] if steps else None,
                      "params": dict(trial.params), **{k: v for k, v in trial.user_attrs.items()},
                      "seconds": (trial.duration.total_seconds() if trial.duration is not None else None)})
     return sorted(rows, key=lambda r: (r["value"] is None, -(r["value"] or 0.0)))

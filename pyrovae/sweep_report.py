@@ -1,6 +1,6 @@
 """The sweep report: one self-contained HTML page, in the style of a run's report, for a sweep
 folder (:mod:`pyrovae.sweep`): the trials ranked by held-out log p(x) with their Pareto k share,
-the objective against each searched option, the parameter importances Optuna computes (fANOVA),
+the objective against each searched option, the parameter importances Optuna computes,
 and the best runs' manifolds side by side."""
 
 import base64
@@ -51,7 +51,9 @@ def objective_figure(rows, searches) -> Figure:
             position = {label: i for i, label in enumerate(labels)}
             jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(values))
             x = [position.get(v if isinstance(v, str) else json.dumps(v), np.nan) + j for v, j in zip(values, jitter)]
-            ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
         else:
             x = values
             if search.get("log"):
@@ -70,7 +72,7 @@ def importance_figure(importances) -> Figure:
     figure = Figure(figsize=(6, 0.45 * len(names) + 1.2))
     ax = figure.add_subplot(1, 1, 1)
     ax.barh(names, [importances[n] for n in names], color="#1f5fbf")
-    ax.set_xlabel("importance (fANOVA: the share of the objective's variance)", fontsize=8)
+    ax.set_xlabel("importance (normalized to sum to 1)", fontsize=8)
     ax.tick_params(labelsize=8)
     figure.tight_layout()
     return figure
@@ -104,13 +106,14 @@ def report_sweep(sweep_dir) -> Path:
     parts.append("</div>")
     names = list(record["searches"])
     parts.append("<h2>Trials, best first</h2><div class='scroll'><table><tr><th>trial</th><th>state</th>"
-                 "<th>log p(x)</th><th>± se</th><th>k &gt; 0.7</th><th>ELBO</th>"
+                 "<th>log p(x)</th><th>± se</th><th>k &gt; 0.7</th><th>ELBO</th><th>epochs</th>"
                  + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "<th>run folder</th><th>seconds</th></tr>")
     for r in rows:
         share = r.get("pareto_k_above_0.7_share")
         parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in [
             str(r["number"]), r["state"].lower(), _fmt(r["value"]), _fmt(r.get("log_likelihood_stderr")),
             "" if share is None else f"{100 * share:.0f}%", _fmt(r.get("elbo")),
+            "" if r["last_epoch"] is None else str(r["last_epoch"]),
             *[_fmt(r["params"].get(n), "{:.3g}") for n in names], str(r.get("run_dir", "")),
             _fmt(r["seconds"], "{:.0f}")]) + "</tr>")
     parts.append("</table></div>")
@@ -118,14 +121,20 @@ def report_sweep(sweep_dir) -> Path:
         parts.append("<h2>The objective against each option</h2>")
         parts.append(_image(_png(objective_figure(rows, record["searches"])), "objective",
                             "each complete trial's held-out log p(x)"))
+    # PED-ANOVA (Optuna's default since 4.x, and no scikit-learn needed): how far each option's
+    # distribution among the best trials is from its distribution over all of them
+    evaluator_class = getattr(optuna.importance, "PedAnovaImportanceEvaluator", None)
+    evaluator = evaluator_class() if evaluator_class is not None else None
     try:
-        importances = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError) as error:  # too few complete trials, or nothing varied
+        importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (RuntimeError, ValueError, ImportError) as error:  # too few complete trials, nothing varied
         importances, why = None, str(error)
     if importances:
+        name = type(evaluator).__name__ if evaluator is not None else "its default evaluator"
         parts.append("<h2>Parameter importances</h2>")
         parts.append(_image(_png(importance_figure(importances)), "importances",
-                            "Optuna's fANOVA importance evaluator over the complete trials"))
+                            f"Optuna's {name} over the complete trials: how far each option's values among the best "
+                            "trials are from its values over all of them (with a dozen trials, a rough guide)"))
     elif complete:
         parts.append(f"<h2>Parameter importances</h2><p class='sub'>Not computed: {html.escape(why)}</p>")
     shown = []

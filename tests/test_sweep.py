@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 optuna = pytest.importorskip("optuna")
 
@@ -176,3 +178,17 @@ def test_report_of_a_folder_that_is_no_sweep_is_a_run_report_error(tmp_path, cap
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "error" in capsys.readouterr().err
     assert not sweep.is_sweep_folder(Path(tmp_path))
+
+
+def test_densities_unbounded_at_the_datas_atoms_are_warned_of():
+    atoms = torch.zeros(100, 8)
+    atoms[:, :2] = torch.rand(100, 2)
+    unbounded = sweep.SearchSpace({"data": {"binarize": "none"},
+                                   "model": {"likelihood": {"kind": ["gaussian", "continuous_bernoulli"]}}})
+    with pytest.warns(sweep.SweepWarning, match="exactly 0 or 1, where the density of continuous_bernoulli"):
+        sweep._warn_of_unbounded_densities(unbounded, atoms)
+    bounded = sweep.SearchSpace({"data": {"binarize": "none"}, "model": {"likelihood": {"kind": ["gaussian", "laplace"]}}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sweep.SweepWarning)
+        sweep._warn_of_unbounded_densities(bounded, atoms)  # fixed scales: bounded densities, no warning
+        sweep._warn_of_unbounded_densities(unbounded, torch.rand(100, 8) * 0.9 + 0.05)  # no atoms
