@@ -7,6 +7,8 @@ as they are; otherwise the dataset is downloaded into the cache, and where that 
 error lists every place looked in.
 """
 
+import csv
+import importlib.resources
 import math
 import os
 import tempfile
@@ -149,6 +151,16 @@ def _download_torchvision(name, paths, stems, download):
     return root / cls.__name__ / "raw"
 
 
+FREY_FRAMES = 1965
+FREY_EXPRESSIONS = "data/frey_expressions.csv"  # in the package: runs of frames labelled by looking
+
+
+def frey_split_order(num_frames=FREY_FRAMES):
+    """The frames in the fixed order the train and test splits take them from (the test split is
+    its first tenth): the frame number of each example of a split."""
+    return torch.randperm(num_frames, generator=torch.Generator().manual_seed(0))
+
+
 def _load_frey(split, data_dir, download, test_fraction=0.1):
     import scipy.io
 
@@ -159,12 +171,28 @@ def _load_frey(split, data_dir, download, test_fraction=0.1):
     faces = scipy.io.loadmat(str(found / "frey_rawface.mat"))["ff"].T.reshape(-1, 1, 28, 20)
     data = torch.from_numpy(faces.astype(np.float32) / 255.0)
     # The faces are frames of one video; a fixed permutation keeps neighbouring frames apart.
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    order = frey_split_order(len(data))
     num_test = int(round(test_fraction * len(data)))
     index = {"train": order[num_test:], "test": order[:num_test], "all": torch.arange(len(data))}
     if split not in index:
         raise ValueError(f"dataset 'frey' has splits 'train', 'test' and 'all'; got split={split!r}")
     return ArrayDataset(data[index[split]], None, name="frey", split=split)
+
+
+def frey_expressions():
+    """``(smiling, mouth_open)``: one value per Frey Face frame (0-1964, the file's order, as
+    ``load("frey", split="all")`` gives them), 1 or 0 where the frame was labelled by looking at it
+    (smiling or neutral; mouth open or closed) and -1 where it is neither or unsure. The labels and
+    how they were made are in the package's ``data/frey_expressions.csv``."""
+    text = importlib.resources.files("pyrovae").joinpath(FREY_EXPRESSIONS).read_text()
+    smiling = torch.full((FREY_FRAMES,), -1, dtype=torch.long)
+    mouth_open = smiling.clone()
+    rows = [line for line in text.splitlines() if line and not line.startswith("#")]
+    for row in csv.DictReader(rows):
+        first, last = int(row["first"]), int(row["last"])
+        for values, key in ((smiling, "smiling"), (mouth_open, "mouth_open")):
+            values[first:last + 1] = int(row[key]) if row[key] else -1
+    return smiling, mouth_open
 
 
 def _load_binarized_mnist(split, data_dir, download):

@@ -229,23 +229,37 @@ def interpolation(vae, x, pairs=4, steps=10, title=None, **program_options):
 
 
 @torch.no_grad()
-def attributes(vae, x, vectors, names, amounts=(-2, -1, 0, 1, 2), examples=3, title=None, **program_options):
+def attributes(vae, x, vectors, names, amounts=(-2, -1, 0, 1, 2), examples=3, title=None, originals=False,
+               **program_options):
     """Resynthesis (the notes' Figure 17.13): for each of ``examples`` encodings z, the grid
-    z + a v1 (+ b v2) over ``amounts``; one panel per example."""
+    z + a v1 (+ b v2) over ``amounts`` (rows: v1, columns: v2), its centre (a = b = 0) the
+    reconstruction; one panel per example, with the original image to the grid's left where
+    ``originals`` (the notes' layout)."""
     vae = _picture_model(vae, program_options)
     x = x.to(vae.device)
     z = latent.encode_mean(vae, x[:examples])
     k = len(amounts)
-    fig = Figure(figsize=(examples * max(2.5, k * 0.55), max(2.5, (k if len(vectors) == 2 else 1) * 0.55) + 0.8))
+    rows = k if len(vectors) == 2 else 1
+    width = k + (1 if originals else 0)
+    fig = Figure(figsize=(examples * max(2.5, width * 0.55), max(2.5, rows * 0.55) + 0.8))
     axes = fig.subplots(1, examples, squeeze=False)
-    for ax, zi in zip(axes[0], z):
+    for ax, zi, xi in zip(axes[0], z, x[:examples]):
         grid = latent.resynthesis_latents(zi, [v.to(zi.device) for v in vectors], amounts)
         decoded = _decode(vae, grid.reshape(-1, zi.shape[-1]))
         images = _as_images(vae, decoded)
         if images is None:
             raise ValueError("attribute resynthesis is drawn for image data only")
-        _show(ax, _display_range(images), k)
+        images = _display_range(images)
+        if originals:  # the original in the middle row's first column, blanks above and below it
+            original = _as_images(vae, xi[None].to(images.dtype))
+            column = torch.ones((rows, *images.shape[1:]), dtype=images.dtype, device=images.device)
+            column[rows // 2] = _display_range(original)[0]
+            images = torch.cat([column.unsqueeze(1), images.reshape(rows, k, *images.shape[1:])], 1)
+            images = images.reshape(-1, *images.shape[2:])
+        _show(ax, images, width)
     label = f"rows: {names[0]}" + (f", columns: {names[1]}" if len(names) > 1 else "")
+    if originals:
+        label = "the original left, its reconstruction at the centre; " + label
     if len(vectors) == 1:
         label = f"columns: {names[0]}"
     fig.suptitle(title or f"attribute vectors, amounts {list(amounts)} ({label})", fontsize=10)

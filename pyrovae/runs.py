@@ -273,6 +273,28 @@ def _attribute_vectors(vae, x, labels):
     return vectors[:2], names[:2]
 
 
+# The Frey grid's steps along each attribute vector (a vector is the mean encoding of one labelled
+# group less the other's): chosen by measurement with the latent dimension (docs/pictures.md).
+FREY_AMOUNTS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+
+
+def _frey_attributes(vae, config, test_x, device):
+    """The notes' Figure 17.13 on Frey Face: three neutral, mouth-closed test faces, each with its
+    5 x 5 grid, the original to the left and the reconstruction at the centre, smiling added down
+    the rows and the mouth opened across the columns, along the vectors of the package's labels
+    (:func:`pyrovae.datasets.frey_expressions`)."""
+    faces = datasets.load("frey", split="all", data_dir=config["data"].get("data_dir")).data
+    faces, _ = datasets.prepare(vae, faces, config["data"]["binarize"], "all")
+    faces = faces.to(device)
+    smiling, mouth_open = datasets.frey_expressions()
+    vectors = [latent.attribute_vector(vae, faces, labels=smiling.to(device), positive=1, negative=0),
+               latent.attribute_vector(vae, faces, labels=mouth_open.to(device), positive=1, negative=0)]
+    frames = datasets.frey_split_order()[:len(test_x)]  # the test split's frames
+    calm = [i for i, frame in enumerate(frames.tolist()) if smiling[frame] == 0 and mouth_open[frame] == 0][:3]
+    return plots.attributes(vae, test_x[calm], vectors, ["neutral -> smiling", "mouth closed -> open"],
+                            amounts=FREY_AMOUNTS, examples=len(calm), originals=True)
+
+
 def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n=20, device="cpu", trust=False):
     """Draws figures of a run into its folder; returns the written paths. ``kind="standard"``
     draws what ``train`` draws: every kind, the manifold only where it is defined by default."""
@@ -335,8 +357,11 @@ def plot_run(run_dir, kind="all", vae=None, config=None, dims=None, pca=False, n
             if len(vae.data_shape) < 2:
                 print("attributes skipped: resynthesis is drawn for image data", file=sys.stderr)
                 continue
-            vectors, names = _attribute_vectors(vae, grey, labels)
-            fig = plots.attributes(vae, x, vectors, names, amounts=(-1.5, -0.75, 0, 0.75, 1.5), examples=3)
+            if config["data"]["dataset"] == "frey":
+                fig = _frey_attributes(vae, config, x, device)
+            else:
+                vectors, names = _attribute_vectors(vae, grey, labels)
+                fig = plots.attributes(vae, x, vectors, names, amounts=(-1.5, -0.75, 0, 0.75, 1.5), examples=3)
         else:
             history = RunFolder(run_dir).read_metrics()
             if not history and kind in ("all", "standard"):

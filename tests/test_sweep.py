@@ -17,6 +17,7 @@ import torch
 
 optuna = pytest.importorskip("optuna")
 
+from pyrovae import config as cfg  # noqa: E402
 from pyrovae import sweep  # noqa: E402
 from pyrovae.cli import main  # noqa: E402
 from pyrovae.run_folder import RunFolder  # noqa: E402
@@ -91,6 +92,13 @@ def test_a_space_becomes_optunas_suggestions_and_bad_spaces_are_named():
                             "a density of unbinarized data\\)")):
         with pytest.raises(ValueError, match=message):
             sweep.SearchSpace(table)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("sweep-*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_space_parses_and_each_choice_makes_a_valid_config(path):
+    space = sweep.SearchSpace(cfg.load_toml(path))  # validates every choice's config, refuses mixed footings
+    assert space.searches and space.options["trials"] >= 1
 
 
 def test_a_three_trial_sweep_writes_run_folders_judged_by_held_out_log_likelihood(space, tmp_path, capsys):
