@@ -26,7 +26,7 @@ import pyrovae  # noqa: E402
 from common import machine  # noqa: E402
 from pyrovae import datasets, latent  # noqa: E402
 
-AMOUNTS = (0.0, 0.5, 1.0)
+AMOUNTS = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
 def pixel_classifier(x, labels, steps=500, weight_decay=1e-2):
@@ -90,12 +90,12 @@ def main():
         row = measure(dim, args.epochs, faces, train, test.data, test_frames, smiling, mouth_open, smile_of, open_of)
         rows.append(row)
         m = row["moved"]
-        print(f"d={dim:>2}: test ELBO {row['test_elbo']:8.1f}, MSE {row['test_mse']:.4f}; P(smiling) "
-              f"{m['smiling+0.0']['p_smiling']:.2f} -> {m['smiling+0.5']['p_smiling']:.2f} -> "
-              f"{m['smiling+1.0']['p_smiling']:.2f} (mouth {m['smiling+1.0']['p_mouth_open']:.2f}); P(open) "
-              f"{m['mouth_open+0.0']['p_mouth_open']:.2f} -> {m['mouth_open+0.5']['p_mouth_open']:.2f} -> "
-              f"{m['mouth_open+1.0']['p_mouth_open']:.2f} (smiling {m['mouth_open+1.0']['p_smiling']:.2f}); "
-              f"{row['train_seconds']:.0f} s", flush=True)
+        smile = " -> ".join(f"{m[f'smiling+{a}']['p_smiling']:.2f}" for a in AMOUNTS)
+        opened = " -> ".join(f"{m[f'mouth_open+{a}']['p_mouth_open']:.2f}" for a in AMOUNTS)
+        print(f"d={dim:>2}: test ELBO {row['test_elbo']:8.1f}, MSE {row['test_mse']:.4f}; a = {list(AMOUNTS)}: "
+              f"P(smiling) {smile} (its P(open) at a = 1: {m['smiling+1.0']['p_mouth_open']:.2f}); P(open) {opened} "
+              f"(its P(smiling) at a = 1: {m['mouth_open+1.0']['p_smiling']:.2f}); {row['train_seconds']:.0f} s",
+              flush=True)
     Path(args.out).write_text(json.dumps({"machine": machine(), "classifier_accuracy": {
         "smiling": smile_accuracy, "mouth_open": open_accuracy}, "amounts": AMOUNTS, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")

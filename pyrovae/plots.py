@@ -262,7 +262,7 @@ def attributes(vae, x, vectors, names, amounts=(-2, -1, 0, 1, 2), examples=3, ti
         label = "the original left, its reconstruction at the centre; " + label
     if len(vectors) == 1:
         label = f"columns: {names[0]}"
-    fig.suptitle(title or f"attribute vectors, amounts {list(amounts)} ({label})", fontsize=10)
+    fig.suptitle(title or f"attribute vectors, amounts {list(amounts)}\n{label}", fontsize=10)
     fig.tight_layout()
     return fig
 

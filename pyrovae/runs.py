@@ -275,7 +275,7 @@ def _attribute_vectors(vae, x, labels):
 
 # The Frey grid's steps along each attribute vector (a vector is the mean encoding of one labelled
 # group less the other's): chosen by measurement with the latent dimension (docs/pictures.md).
-FREY_AMOUNTS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+FREY_AMOUNTS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 
 
 def _frey_attributes(vae, config, test_x, device):
