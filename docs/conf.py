@@ -18,16 +18,20 @@ release = pyrovae.__version__
 version = release
 
 extensions = [
-    "myst_parser",
+    "myst_nb",  # MyST Markdown pages, and the tutorials: text notebooks executed at every build
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
 ]
-source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb"}
 root_doc = "index"
 exclude_patterns = ["_build"]
 myst_enable_extensions = ["dollarmath"]
+nb_execution_mode = "force"  # the tutorials run at every build: a figure in the docs is one measured now
+nb_execution_timeout = 600
+nb_execution_raise_on_error = True
+nb_execution_excludepatterns = ["_build/*"]
 myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from . import config as cfg
-from .extras import MissingExtraError, require
+from .extras import require
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .priors import PRIORS
@@ -47,7 +47,7 @@ from .run_folder import RunFolder, atomic_write_text
 from .runs import evaluate_run, load_train_valid, train_run
 from .train.callbacks import Callback
 
-__all__ = ["SWEEP_FILE", "SearchSpace", "SweepWarning", "run_sweep", "load_sweep", "is_sweep_folder", "MissingExtraError",
+__all__ = ["SWEEP_FILE", "SearchSpace", "SweepWarning", "run_sweep", "load_sweep", "is_sweep_folder",
            "require_optuna"]
 
 SWEEP_FILE = "sweep.json"  # in the sweep's folder: where its study lives, and its space

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Dict, List
 
 from .atomic_files import atomic_write_text
-from .extras import MissingExtraError, require
+from .extras import require
 from .train.callbacks import Callback
 
 __all__ = ["TRACKERS", "TRACKERS_FILE", "Tracker", "MLflowTracker", "WandbTracker", "make_trackers",
-           "log_evaluation", "MissingExtraError"]
+           "log_evaluation"]
 
 TRACKERS_FILE = "trackers.json"
 ARTIFACT_SUFFIXES = (".png", ".toml", ".jsonl", ".html")

@@ -20,6 +20,7 @@ optuna = pytest.importorskip("optuna")
 from pyrovae import config as cfg  # noqa: E402
 from pyrovae import sweep  # noqa: E402
 from pyrovae.cli import main  # noqa: E402
+from pyrovae.extras import MissingExtraError  # noqa: E402
 from pyrovae.run_folder import RunFolder  # noqa: E402
 
 SPACE = """
@@ -178,7 +179,7 @@ def test_a_sweep_killed_mid_trial_is_continued_by_the_same_command(space, tmp_pa
 
 def test_a_missing_optuna_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)
-    with pytest.raises(sweep.MissingExtraError, match=r"pip install 'pyrovae\[sweep\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'pyrovae\[sweep\]'"):
         sweep.require_optuna()
 
 
