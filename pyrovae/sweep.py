@@ -31,6 +31,7 @@ checkpoint. So a sweep killed at any moment is continued by the same command, an
 is lost.
 """
 
+import fcntl
 import json
 import math
 import time
@@ -231,6 +232,27 @@ def _storage(optuna, url, heartbeat):
                                       **{argument: retry})
 
 
+def _open_study(optuna, out, storage, study_name, heartbeat, seed, attempts=5):
+    """The study, made or joined. Workers started together would race to create the database's
+    tables (Alembic's first migration): on this machine they take turns under a lock file in the
+    sweep's folder, and a worker elsewhere that loses the race retries."""
+    with open(out / ".sweep.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for attempt in range(attempts):
+                try:
+                    return optuna.create_study(
+                        study_name=study_name, storage=_storage(optuna, storage, heartbeat), direction="maximize",
+                        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed),
+                        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+                except Exception:  # noqa: BLE001 (SQLAlchemy's and Alembic's errors of a concurrent creation)
+                    if attempt == attempts - 1:
+                        raise
+                    time.sleep(1.0 + attempt)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def is_sweep_folder(path) -> bool:
     return (Path(path) / SWEEP_FILE).is_file()
 
@@ -314,10 +336,7 @@ def _run_sweep(optuna, space_file, out, trials, storage, study_name, num_samples
     metric = options["metric"]
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=study_name, storage=_storage(optuna, storage, heartbeat),
-                                direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    study = _open_study(optuna, out, storage, study_name, heartbeat, seed)
     record = {"study_name": study_name, "storage": recorded_storage, "space": str(Path(space_file).resolve()),
               "searches": space.searches, "metric": metric, "num_samples": num_samples,
               "eval_examples": eval_examples}

@@ -16,8 +16,9 @@ TUTORIALS = sorted((Path(__file__).resolve().parent.parent / "docs" / "tutorials
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
-def test_the_tutorial_runs_as_a_notebook(path, tmp_path, monkeypatch):
+def test_the_tutorial_runs_as_a_notebook(path, tmp_path, monkeypatch, shared_data):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    monkeypatch.setenv("PYROVAE_DATA", shared_data)  # the kernel inherits it: MNIST and Frey Face, no download
     notebook = jupytext.read(path)
     assert notebook.metadata.get("kernelspec", {}).get("name") == "python3"
     client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
