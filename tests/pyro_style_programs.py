@@ -146,15 +146,8 @@ def train_with_pyro_svi(net, *args, steps=300, lr=1e-2, seed=0):
     return net
 
 
-class MaskedInputEncoder(nn.Module):
+class MaskedInputEncoder(Encoder):
     """Pyro's examples/cvae Encoder: the known pixels of x with y filled in where x is -1."""
-
-    def __init__(self, z_dim, hidden_dim, x_dim):
-        super().__init__()
-        self.x_dim = x_dim
-        self.fc1 = nn.Linear(x_dim, hidden_dim)
-        self.fc21 = nn.Linear(hidden_dim, z_dim)
-        self.fc22 = nn.Linear(hidden_dim, z_dim)
 
     def forward(self, x, y):
         xc = x.clone()
