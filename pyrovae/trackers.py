@@ -16,6 +16,7 @@ run and a later evaluation continue it).
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -91,9 +92,10 @@ class MLflowTracker(Tracker):
             run = self.client.create_run(experiment_id, run_name=self.run_dir.name,
                                          tags={"pyrovae.run_dir": str(self.run_dir)})
             self.run_id = run.info.run_id
-            params = flatten(self.config)
-            for key, value in params.items():
-                self.client.log_param(self.run_id, key, value[:6000])
+            params = [require("mlflow.entities", "mlflow", "the MLflow tracker").Param(key, value[:6000])
+                      for key, value in flatten(self.config).items()]
+            for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters a batch
+                self.client.log_batch(self.run_id, params=params[start:start + 100])
             _save_id(self.run_dir, "mlflow", {"run_id": self.run_id, "tracking_uri": self.uri})
 
     def on_fit_start(self, trainer):
@@ -101,9 +103,10 @@ class MLflowTracker(Tracker):
 
     def on_epoch_end(self, trainer, row):
         self.start()
-        step = int(row["epoch"])
-        for key, value in _numbers(row).items():
-            self.client.log_metric(self.run_id, key, value, step=step)
+        step, now = int(row["epoch"]), int(time.time() * 1000)
+        metric = require("mlflow.entities", "mlflow", "the MLflow tracker").Metric
+        self.client.log_batch(self.run_id, metrics=[metric(key, value, now, step)
+                                                    for key, value in _numbers(row).items()])
 
     def finish(self, evaluation=None):
         self.start()
