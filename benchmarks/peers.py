@@ -260,7 +260,11 @@ def versions():
     import importlib.metadata as metadata
     import platform
 
-    out = {"python": platform.python_version(), "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine()}
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import processor
+
+    out = {"python": platform.python_version(), "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+           "processor": processor()}  # Intel or AMD: the figures differ by processor (issue #46)
     for package in ("torch", "pyro-ppl", "pyrovae", "numpyro", "jax", "jaxlib", "pythae"):
         try:
             out[package] = metadata.version(package)
