@@ -78,6 +78,9 @@ class MLflowTracker(Tracker):
     def __init__(self, run_dir, config, uri=None, experiment="pyrovae"):
         super().__init__(run_dir, config)
         self.uri = uri or f"sqlite:///{self.run_dir.parent / 'mlflow.db'}"
+        # artifacts beside the default database too (MLflow's own default is ./mlruns under the
+        # current directory, wherever the command runs)
+        self.artifact_location = None if uri else (self.run_dir.parent / "mlflow-artifacts").as_uri()
         self.client = require("mlflow.tracking", "mlflow", "the MLflow tracker").MlflowClient(tracking_uri=self.uri)
         self.experiment = experiment
         self.run_id = None
@@ -88,7 +91,8 @@ class MLflowTracker(Tracker):
         self.run_id = _ids(self.run_dir).get("mlflow", {}).get("run_id")
         if self.run_id is None:
             found = self.client.get_experiment_by_name(self.experiment)
-            experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(
+                self.experiment, artifact_location=self.artifact_location)
             run = self.client.create_run(experiment_id, run_name=self.run_dir.name,
                                          tags={"pyrovae.run_dir": str(self.run_dir)})
             self.run_id = run.info.run_id

@@ -20,8 +20,9 @@ def _train(binary_npy, out, *tracker_flags):
                  "--out", str(out), "--no-progress", *tracker_flags])
 
 
-def test_mlflow_holds_the_config_the_curves_the_figures_and_the_evaluation(binary_npy, tmp_path):
+def test_mlflow_holds_the_config_the_curves_the_figures_and_the_evaluation(binary_npy, tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working folder
     out = tmp_path / "runs" / "first"
     assert _train(binary_npy, out, "--tracker", "mlflow") == 0
     ids = json.loads((out / trackers.TRACKERS_FILE).read_text())["mlflow"]
@@ -36,11 +37,13 @@ def test_mlflow_holds_the_config_the_curves_the_figures_and_the_evaluation(binar
     assert [m.value for m in curve] == pytest.approx([row["train_objective"] for row in metrics])
     artifacts = {a.path for a in client.list_artifacts(ids["run_id"])}
     assert {"config.toml", "metrics.jsonl", "manifold.png"} <= artifacts
+    assert (tmp_path / "runs" / "mlflow-artifacts").is_dir()  # beside the database, not under the working folder
     assert main(["evaluate", str(out), "--num-samples", "20", "--no-progress"]) == 0
     evaluation = json.loads((out / "evaluation.json").read_text())
     run = client.get_run(ids["run_id"])
     assert run.data.metrics["evaluation.log_likelihood"] == pytest.approx(evaluation["log_likelihood"])
     assert "evaluation.json" in {a.path for a in client.list_artifacts(ids["run_id"])}
+    assert not (tmp_path / "mlruns").exists()
 
 
 def _wandb_records(path):
