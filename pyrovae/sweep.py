@@ -329,10 +329,11 @@ def _run_sweep(optuna, space_file, out, trials, storage, study_name, num_samples
     storage = storage or f"sqlite:///{(out / LOCAL_STORAGE).resolve()}"
     study_name = study_name or out.resolve().name
     fixed = cfg.validate(space.fixed)
+    train, valid = load_train_valid(fixed)  # once: a missing data set fails here, before any trial
     if "valid_fraction" not in space.fixed.get("data", {}) and "data.valid_fraction" not in space.searches:
-        if load_train_valid(fixed)[1] is None:  # choose on held-out training data, never on the test set
+        if valid is None:  # choose on held-out training data, never on the test set
             space.fixed.setdefault("data", {})["valid_fraction"] = 0.1
-    _warn_of_unbounded_densities(space, load_train_valid(fixed)[0].data)
+    _warn_of_unbounded_densities(space, train.data)
     metric = options["metric"]
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

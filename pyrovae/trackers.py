@@ -68,8 +68,11 @@ class Tracker(Callback):
     def __init__(self, run_dir, config):
         self.run_dir, self.config = Path(run_dir).resolve(), config
 
-    def artifacts(self) -> List[Path]:
-        return sorted(p for p in self.run_dir.iterdir() if p.is_file() and p.suffix in ARTIFACT_SUFFIXES)
+    def artifacts(self, evaluation=None) -> List[Path]:
+        """The run folder's figures, config and metrics, and ``evaluation.json`` where an evaluation
+        is being logged."""
+        found = sorted(p for p in self.run_dir.iterdir() if p.is_file() and p.suffix in ARTIFACT_SUFFIXES)
+        return found + ([self.run_dir / "evaluation.json"] if evaluation is not None else [])
 
 
 class MLflowTracker(Tracker):
@@ -117,7 +120,7 @@ class MLflowTracker(Tracker):
         if evaluation is not None:
             for key, value in _numbers(flatten_numbers(evaluation)).items():
                 self.client.log_metric(self.run_id, f"evaluation.{key}", value)
-        for path in self.artifacts() + ([self.run_dir / "evaluation.json"] if evaluation is not None else []):
+        for path in self.artifacts(evaluation):
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id)
@@ -154,7 +157,7 @@ class WandbTracker(Tracker):
         if evaluation is not None:
             self.run.summary.update({f"evaluation.{k}": v for k, v in _numbers(flatten_numbers(evaluation)).items()})
         artifact = self.wandb.Artifact(f"{self.run_dir.name}-files", type="run-folder")
-        for path in self.artifacts() + ([self.run_dir / "evaluation.json"] if evaluation is not None else []):
+        for path in self.artifacts(evaluation):
             if path.is_file():
                 artifact.add_file(str(path))
         self.run.log_artifact(artifact)

@@ -110,6 +110,7 @@ class Evaluation:
         if self.own_weights:
             self.width = 2 * self.x[0].numel()
         self.summed, self.vectorized = {}, True
+        self.num_examples = len(self.x)
         if self.own_weights:
             pass
         elif self.is_user_program:
@@ -120,7 +121,6 @@ class Evaluation:
             self.vectorized = self._vectorizes()
         else:
             self.width = program.evaluation_width()
-        self.num_examples = len(self.x)
         self.sampled_discrete = [] if not self.is_user_program or self.own_weights else \
             [name for name in sites.discrete if name not in self.summed]
 
@@ -145,7 +145,7 @@ class Evaluation:
         """Whether the program runs with its samples on a particle plate: one trace of two
         particles on the first few examples gives weights of shape (2, n) without an error."""
         count = min(VECTORIZE_PROBE_EXAMPLES, len(self.x))
-        args, kwargs = self.sliced(0, count, len(self.x))
+        args, kwargs = self.sliced(0, count)
         try:
             with torch.no_grad(), pyro.validation_enabled(False), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -181,21 +181,21 @@ class Evaluation:
     def device(self):
         return self.x.device
 
-    def sliced(self, start, stop, num_examples=None):
+    def sliced(self, start, stop):
         """``((x, *args), kwargs)`` of examples ``start:stop``."""
-        n = self.num_examples if num_examples is None else num_examples
+        n = self.num_examples
         return ((self.x[start:stop],) + slice_examples(self.args, n, start, stop),
                 slice_examples(self.kwargs, n, start, stop))
 
     def log_weights(self, start, stop, num_samples):
         """log w (K, N) of examples ``start:stop``: the model's own sum over a discrete latent
-        where it declares one, else from the traces (or the model's fast path)."""
+        where it declares one, a user's program in the form it can run (see the class docstring),
+        else the traces (or the pyrovae model's fast path)."""
         args, kwargs = self.sliced(start, stop)
         with torch.no_grad(), pyro.validation_enabled(False):
-            own = self.own_weights or not self.is_user_program
-            log_w = family(self.program).log_importance_weights(args[0], num_samples) if own else None
-            if log_w is None and self.is_user_program and (self.summed or not self.vectorized):
+            if self.is_user_program and not self.own_weights:
                 return self._program_log_weights(args, kwargs, num_samples, self.vectorized)
+            log_w = family(self.program).log_importance_weights(args[0], num_samples)
             if log_w is None:
                 log_w = log_weight_parts(self.program.model, self.program.guide, *args, num_particles=num_samples,
                                          max_plate_nesting=self.max_plate_nesting,
