@@ -20,6 +20,7 @@ import torch
 
 from .likelihoods import Bernoulli
 from .validation import require, require_finite
+from .user_cache import cache_dir
 
 __all__ = ["ArrayDataset", "load", "load_array", "search_paths", "NAMES", "binarize",
            "as_tensor", "prepare", "fixed_binarization", "BINARIZATIONS", "split_validation", "has_split"]
@@ -63,11 +64,6 @@ class ArrayDataset:
     @property
     def is_binary(self):
         return _is_binary(self.data)
-
-
-def cache_dir():
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "pyrovae"
 
 
 def search_paths(name, data_dir=None):

@@ -20,7 +20,9 @@ its own objective; everything else trains eager, unchanged. The compiled graph i
 of the same random draws (``fallback_random``: the normal and Bernoulli draws come from torch's
 generator, as in eager mode), so a compiled run follows the eager one within floating-point
 rounding (``tests/test_compiled.py``). On CPU it runs on faster kernels of the same functions
-(oneDNN's linear layers, a vectorizable Bernoulli log density: :mod:`pyrovae.fast.kernels`).
+(:mod:`pyrovae.fast.kernels`): a vectorizable Bernoulli log density, and the linear layers on
+oneDNN or on PyTorch's own (MKL), whichever this processor runs faster at the model's shapes
+(measured once, cached: :mod:`pyrovae.fast.machine_choices`).
 The shapes are static: the last short batch of an epoch runs eager rather than compiling another
 graph, and the first step runs eager too (with Pyro's validation of the model and guide). With
 several steps a call the calls keep to a grid (steps 0, S, 2S, ... of each epoch, so a resumed run
@@ -28,7 +30,9 @@ makes the uninterrupted run's calls): a step off it, or from which the call's ba
 all be full, runs in a second graph of one step a call in a run of ``ONE_STEP_GRAPH_MIN_STEPS``
 steps or more, and eager in a shorter run, where a few eager steps an epoch cost less than that
 graph's compilation. ``compile="auto"`` compiles where it pays: a run of at least
-``AUTO_MIN_STEPS`` steps, which amortizes the compile time; ``steps_per_call=0`` unrolls
+``AUTO_MIN_STEPS`` steps, which amortizes the compile time, or of ``AUTO_MIN_STEPS_CACHED`` where
+the same step compiled on this machine before and its kernels are in the cache
+(:mod:`pyrovae.fast.compile_cache`); ``steps_per_call=0`` unrolls
 :func:`auto_steps_per_call` steps into each call of every compiled run: from
 ``AUTO_STEPS_PER_CALL`` to ``AUTO_MAX_STEPS_PER_CALL``, the number that leaves fewest of an
 epoch's full batches off the calls' grid (fewer where an epoch has fewer full batches).
@@ -44,14 +48,24 @@ import torch
 
 from ..protocol import family, trains_with_own_objective
 from .binarize import bernoulli_pixels
+from .compile_cache import kernels_in_user_cache
 from .kernels import cpu_kernels
+from .machine_choices import layer_shapes, linear_kernel
 from .precision import autocast
 
-__all__ = ["AUTO_MIN_STEPS", "AUTO_STEPS_PER_CALL", "AUTO_MAX_STEPS_PER_CALL", "ONE_STEP_GRAPH_MIN_STEPS",
-           "auto_steps_per_call", "compile_reason", "whole_step_reason", "CompiledLoss", "CompiledStep",
+__all__ = ["AUTO_MIN_STEPS", "AUTO_MIN_STEPS_CACHED", "AUTO_STEPS_PER_CALL", "AUTO_MAX_STEPS_PER_CALL", "ONE_STEP_GRAPH_MIN_STEPS",
+           "auto_steps_per_call", "linear_kernel_choice", "compile_reason", "whole_step_reason", "CompiledLoss", "CompiledStep",
            "CompiledTerms", "adam_update_"]
 
+# compile="auto" compiles a run of this many steps, or of AUTO_MIN_STEPS_CACHED where the step was
+# compiled on this machine before (pyrovae.fast.compile_cache.compiled_before). The step of the MNIST
+# VAE (784-400-50, batch 128, nine steps a call, 2 vCPUs): compiled first in some 40 s, from the
+# cache in 4; an eager step costs some 1.7 ms more than a compiled one (Intel Xeon: 4.9 ms against
+# 3.2), so the cached compile pays from about 2400 steps, the first one from about 24000. The first
+# is taken from 5000 steps all the same: it is paid once a machine, and each later run of the
+# model, short ones included, compiles from the cache.
 AUTO_MIN_STEPS = 5000
+AUTO_MIN_STEPS_CACHED = 2500
 # in the operator's name, as kernels.REVISION: a graph cached on disk by an earlier definition never replays
 ADAM_REVISION = 1
 # steps_per_call=0: AUTO_STEPS_PER_CALL steps a call in every compiled run. Measured in a plain
@@ -94,11 +108,23 @@ def compile_reason(trainer):
     return None
 
 
-def _run_and_step_kernels(device, precision):
-    """(the run's kernels, for its float32 metrics; the training step's): the same under fp32; under
-    bf16 the step's linear layers go through aten's linear, which autocast rounds to bfloat16."""
-    kernels = cpu_kernels(device)
-    return kernels, kernels if precision == "fp32" else cpu_kernels(device, linear=False)
+def linear_kernel_choice(vae, batch_size, device) -> str:
+    """The kernel of a compiled CPU step's linear layers: ``"onednn"`` or ``"aten"`` (MKL), whichever
+    runs the products of ``vae``'s layers at ``batch_size`` rows faster on this machine, measured
+    once and cached (:func:`pyrovae.fast.machine_choices.linear_kernel`; oneDNN 1.8x faster on an
+    AMD EPYC, MKL 1.4x on an Intel Xeon); ``"device"`` off the CPU, where neither applies."""
+    if torch.device(device).type != "cpu":
+        return "device"
+    return linear_kernel(layer_shapes(vae), batch_size)
+
+
+def _run_and_step_kernels(vae, batch_size, device, precision):
+    """(the linear kernel's name; the run's kernels, for its float32 metrics; the training step's):
+    the same under fp32; under bf16 the step's linear layers go through aten's linear, which
+    autocast rounds to bfloat16."""
+    choice = linear_kernel_choice(vae, batch_size, device)
+    kernels = cpu_kernels(device, linear=choice == "onednn")
+    return choice, kernels, kernels if precision == "fp32" else cpu_kernels(device, linear=False)
 
 
 class CompiledLoss:
@@ -107,16 +133,17 @@ class CompiledLoss:
     On CPU it runs under :func:`~pyrovae.fast.kernels.cpu_kernels` (``kernels``, which the
     run's per-epoch metrics enter too)."""
 
-    def __init__(self, objective, device="cpu", precision="fp32"):
+    def __init__(self, objective, device="cpu", precision="fp32", batch_size=128):
         self.objective = objective
-        self.kernels, kernels = _run_and_step_kernels(device, precision)
+        self.linear_kernel, self.kernels, kernels = _run_and_step_kernels(objective.vae, batch_size, device, precision)
 
         def objective_on_fast_kernels(x):
             with kernels, autocast(precision, device):
                 return objective(x)
 
-        self.compiled = _compiled(objective_on_fast_kernels, _structure(
-            objective.vae, objective.loss_name, objective.num_particles, objective.estimator, str(device), precision))
+        self.structure = _structure(objective.vae, objective.loss_name, objective.num_particles, objective.estimator,
+                                    str(device), precision, self.linear_kernel)
+        self.compiled = _compiled(objective_on_fast_kernels, self.structure)
         self.compile_seconds = None
         self.failed = False
 
@@ -127,7 +154,8 @@ class CompiledLoss:
             return self.compiled(x)
         started = time.perf_counter()
         try:
-            loss = self.compiled(x)
+            with kernels_in_user_cache():
+                loss = self.compiled(x)
         except Exception as error:  # no C++ compiler, an unsupported platform: train eager
             self.failed = True
             _compile_failed(error)
@@ -262,10 +290,10 @@ class CompiledStep:
     """
 
     def __init__(self, objective, optimizer, binarize=False, grad_clip=0.0, device="cpu", steps_per_call=1,
-                 precision="fp32"):
+                 precision="fp32", batch_size=128):
         self.objective, self.optimizer = objective, optimizer
         self.steps_per_call = steps_per_call = int(steps_per_call)
-        self.kernels, kernels = _run_and_step_kernels(device, precision)
+        self.linear_kernel, self.kernels, kernels = _run_and_step_kernels(objective.vae, batch_size, device, precision)
         group = optimizer.param_groups[0]
         self.params = params = list(group["params"])
         self._lr_float = float(group["lr"])
@@ -313,9 +341,10 @@ class CompiledStep:
 
         # a graph for calls of steps_per_call steps and one for single steps (off the calls' grid):
         # shapes are static, so each is compiled once, on its first call
-        self.compiled = _compiled(step, _structure(
-            objective.vae, objective.loss_name, objective.num_particles, objective.estimator, binarize, clip,
-            steps_per_call, beta1, beta2, eps, str(device), precision))
+        self.structure = _structure(objective.vae, objective.loss_name, objective.num_particles, objective.estimator,
+                                    binarize, clip, steps_per_call, beta1, beta2, eps, str(device), precision,
+                                    self.linear_kernel)
+        self.compiled = _compiled(step, self.structure)
         self.compile_seconds = None  # all graphs' compilation so far
         self.compiled_calls = set()  # the numbers of steps a call whose graphs exist
         self.failed = False
@@ -351,7 +380,8 @@ class CompiledStep:
                 return self._publish(*self.compiled(data, indices, self.lr, *lists))
             started = time.perf_counter()
             try:
-                out = self.compiled(data, indices, self.lr, *lists)
+                with kernels_in_user_cache():
+                    out = self.compiled(data, indices, self.lr, *lists)
             except Exception as error:  # no C++ compiler, an unsupported platform: train eager
                 self.failed = True
                 _compile_failed(error)
@@ -401,8 +431,10 @@ class CompiledTerms:
                 xb = x[start:start + self.batch_size]
                 started = time.perf_counter()
                 compiled = len(xb) == self.batch_size and not self.failed
+                first = compiled and self.compile_seconds is None
                 try:
-                    observed, divergence = (self.compiled if compiled else self.terms)(xb)
+                    with kernels_in_user_cache() if first else contextlib.nullcontext():
+                        observed, divergence = (self.compiled if compiled else self.terms)(xb)
                 except Exception as error:  # the step compiled, so this is rare: report it, stay correct
                     self.failed = True
                     _compile_failed(error)

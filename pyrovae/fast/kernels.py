@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["available", "linear", "bernoulli_log_density", "cpu_kernels", "CpuKernels"]
+__all__ = ["available", "linear", "linear_products", "bernoulli_log_density", "cpu_kernels", "CpuKernels"]
 
 
 def available() -> bool:
@@ -191,3 +191,17 @@ def cpu_kernels(device, linear: bool = True) -> contextlib.AbstractContextManage
     if torch.device(device).type == "cpu":
         return CpuKernels(linear)
     return contextlib.nullcontext()
+
+
+def linear_products(kernel: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], grad: Tensor):
+    """The three products of a linear layer's training step, y = x W^T + b, g W and g^T x, on
+    ``kernel``: ``"onednn"`` (the kernels the compiled step's operators call, in the layouts they
+    give them) or ``"aten"`` (``F.linear`` and ``torch.mm``, MKL's sgemm on CPU). For timing the
+    two against each other (:func:`pyrovae.fast.machine_choices.linear_kernel`)."""
+    if kernel == "aten":
+        return F.linear(x, weight, bias), grad.mm(weight), grad.t().mm(x)
+    if kernel != "onednn":
+        raise ValueError(f"unknown linear kernel {kernel!r}; choose 'onednn' or 'aten'")
+    pointwise = torch.ops.mkldnn._linear_pointwise
+    return (pointwise(x, weight, bias, "none", [], ""), pointwise(grad, weight.t(), None, "none", [], ""),
+            pointwise(grad.t().contiguous(), x.t().contiguous(), None, "none", [], ""))

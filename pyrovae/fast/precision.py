@@ -11,15 +11,26 @@ runs outside it, in float32: bf16 changes how a model is trained, never how it i
 On a CPU, bfloat16 products are fast only with AVX512-BF16 (or AMX) instructions; without them
 oneDNN emulates them, slower than float32, so ``"bf16"`` is refused there with an error naming
 the missing instructions. On CUDA it needs a device that supports bfloat16 (compute capability 8.0).
+
+Having the instructions is not enough for bfloat16 to pay: at the MNIST VAE's shapes oneDNN's
+AVX512-BF16 kernel ran the step's products in 0.8x float32's time on an AMD EPYC and in 1.8x on an
+Intel Xeon, where MKL's float32 sgemm is the faster kernel (issue #46). So a CPU run in bf16
+measures both once on its machine (:func:`pyrovae.fast.machine_choices.bf16_timing`, cached) and
+warns with the figures (:class:`PrecisionWarning`) where bfloat16 is the slower; it trains in
+bf16 all the same, as asked.
 """
 
 import contextlib
 import functools
+import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["PRECISIONS", "cpu_bf16_instructions", "check_precision", "autocast"]
+from .machine_choices import bf16_timing, choices_path, processor_name
+
+__all__ = ["PRECISIONS", "PrecisionWarning", "cpu_bf16_instructions", "check_precision", "warn_if_bf16_is_slower",
+           "autocast"]
 
 PRECISIONS = ("fp32", "bf16")
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -57,6 +68,27 @@ def check_precision(precision: str, device) -> None:
         raise ValueError("precision='bf16' needs a CPU with bfloat16 instructions (AVX512-BF16 or AMX-BF16), which "
                          "this one does not report in /proc/cpuinfo; without them bfloat16 products are emulated, "
                          "slower than float32: use precision='fp32'")
+
+
+class PrecisionWarning(UserWarning):
+    """``precision="bf16"`` measured slower than float32 on this machine."""
+
+
+def warn_if_bf16_is_slower(layers, batch_size: int, device) -> dict:
+    """On CPU, the measured timing of bf16 against fp32 for linear layers of these (in, out)
+    shapes at ``batch_size`` rows (:func:`~pyrovae.fast.machine_choices.bf16_timing`), with a
+    :class:`PrecisionWarning` where bf16 is the slower; None off the CPU or without linear layers."""
+    if torch.device(device).type != "cpu" or not layers:
+        return None
+    timing = bf16_timing(layers, batch_size)
+    if timing["bf16_ms"] > timing["fp32_ms"]:
+        warnings.warn(
+            f"precision='bf16' is slower than float32 on this processor ({processor_name()}): the forward and "
+            f"backward products of this model's linear layers at batches of {batch_size} took "
+            f"{timing['bf16_ms']:.2f} ms in bfloat16 against {timing['fp32_ms']:.2f} ms in float32 (measured once, "
+            f"kept in {choices_path()}). Training in bf16 as asked; precision='fp32' trains faster here.",
+            PrecisionWarning, stacklevel=3)
+    return timing
 
 
 def autocast(precision: str, device):

@@ -39,8 +39,10 @@ from ..infer.objectives import ELBOLoss, KLSchedule, check_training_options
 from .callbacks import Callback
 from ..protocol import family
 from ..fast.binarize import bernoulli_pixels
-from ..fast.precision import autocast, check_precision
-from ..fast.compiled import (AUTO_MIN_STEPS, ONE_STEP_GRAPH_MIN_STEPS, auto_steps_per_call, CompiledLoss, CompiledStep,
+from ..fast.machine_choices import layer_shapes
+from ..fast.precision import autocast, check_precision, warn_if_bf16_is_slower
+from ..fast.compile_cache import compiled_before, record_compile
+from ..fast.compiled import (AUTO_MIN_STEPS, AUTO_MIN_STEPS_CACHED, ONE_STEP_GRAPH_MIN_STEPS, auto_steps_per_call, CompiledLoss, CompiledStep,
                        CompiledTerms, compile_reason, whole_step_reason)
 from .schedules import make_scheduler
 
@@ -206,11 +208,13 @@ class Trainer:
         about under ``compile="on"``)."""
         self.compiled_loss = self.compiled_step = self.compiled_terms = None
         self.one_step_graph = True
+        if self.options["precision"] == "bf16":
+            warn_if_bf16_is_slower(layer_shapes(self.vae), self.batch_examples, self.device)
         self._compile_reported, self.whole_step_note = False, None
         mode = self.options["compile"]
         reason = compile_reason(self) if mode != "off" else "compile='off'"
         total_steps = self.options["epochs"] * self.steps_per_epoch
-        if reason is None and mode == "auto" and total_steps < AUTO_MIN_STEPS:
+        if reason is None and mode == "auto" and total_steps < AUTO_MIN_STEPS_CACHED:
             reason = f"compile='auto' and {total_steps} steps, too few to amortize the compile time"
         self.optimizer = make_optimizer(self.vae.parameters(), self.options)
         if reason is None:
@@ -227,14 +231,26 @@ class Trainer:
             if self.whole_step_note is None:
                 self.compiled_step = CompiledStep(self.objective, self.optimizer, self.binarize == "dynamic",
                                                   self.options["grad_clip"], self.device, calls,
-                                                  self.options["precision"])
+                                                  self.options["precision"], self.batch_examples)
             else:
-                self.compiled_loss = CompiledLoss(self.objective, self.device, self.options["precision"])
+                self.compiled_loss = CompiledLoss(self.objective, self.device, self.options["precision"],
+                                                  self.batch_examples)
+            if mode == "auto" and total_steps < AUTO_MIN_STEPS and not compiled_before(self._graph_key()):
+                reason = (f"compile='auto' and {total_steps} steps, too few to amortize a first compilation of this "
+                          f"step on this machine (it compiles from {AUTO_MIN_STEPS} steps, and from "
+                          f"{AUTO_MIN_STEPS_CACHED} once compiled here)")
+                self.compiled_step = self.compiled_loss = None
+        if reason is None:
             labelled = any(labels is not None for labels in self.metric_labels.values())
             self.compiled_terms = None if labelled else CompiledTerms(self.vae, self.compiled.kernels)
         elif mode == "on":
             warnings.warn(f"compile='on': the step trains eager, {reason}", RuntimeWarning, stacklevel=4)
         self.compile_note = reason
+
+    def _graph_key(self):
+        """What the run's compiled graphs are a function of: the step's structure, the shapes of the
+        training data it gathers batches from, and the batch size."""
+        return (self.compiled.structure, tuple(self.train_x.shape), self.batch_examples)
 
     @property
     def compiled(self):
@@ -360,6 +376,7 @@ class Trainer:
             terms_seconds = self.compiled_terms.compile_seconds if self.compiled_terms is not None else None
             row["compile_seconds"] = compiled.compile_seconds + (terms_seconds or 0.0)
             self._compile_reported = True
+            record_compile(self._graph_key(), row["compile_seconds"])
         row.update(kl_weight=self.objective.kl_weight, lr=lr,
                    grad_norm=self.last_grad_norm, seconds=self.epoch_seconds(),
                    train_seconds=train_seconds, world_size=context.world_size)
