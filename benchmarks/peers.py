@@ -7,7 +7,9 @@ paired ratio (its epoch over the fastest peer's same epoch), with and without it
 
 - ``pyrovae`` (``fit``, ``loss="meanfield"``, the whole step compiled, eight steps a call),
   ``pyrovae-defaults`` (``fit`` with no compile or steps option, as a user calls it; ``--defaults``
-  runs it beside ``pyrovae`` and NumPyro), ``pyrovae-bf16`` (the defaults with ``precision="bf16"``,
+  runs it beside ``pyrovae`` and NumPyro), ``pyrovae-defaults-cold`` (the same in an empty user cache,
+  as a user's first run on a machine: no measured kernel choice, no compiled step kept),
+  ``pyrovae-bf16`` (the defaults with ``precision="bf16"``,
   opt-in) and ``pyrovae-eager`` (``compile="off"``);
 - ``torch-eager``: the same VAE as a plain PyTorch loop (``benchmarks/common.py``);
 - ``torch-compiled``: that loop with the loss under ``torch.compile`` and Adam's fused kernel;
@@ -40,7 +42,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
-IMPLEMENTATIONS = ["pyrovae", "pyrovae-defaults", "pyrovae-bf16", "pyrovae-eager", "torch-eager", "torch-compiled", "numpyro", "pythae"]
+IMPLEMENTATIONS = ["pyrovae", "pyrovae-defaults", "pyrovae-defaults-cold", "pyrovae-bf16", "pyrovae-eager", "torch-eager", "torch-compiled", "numpyro", "pythae"]
 BATCH, HIDDEN, LATENT, LR = 128, 400, 50, 1e-3
 RESULTS = ROOT / "benchmarks" / "results-peers-cpu.json"
 DEFAULTS_RESULTS = ROOT / "benchmarks" / "results-peers-defaults-cpu.json"  # --defaults keeps its own record
@@ -75,13 +77,24 @@ def run_pyrovae(epochs, compile_mode):
             if trainer.epoch < epochs:
                 epoch_gate()
 
+    class Facts(pyrovae.train.Callback):  # what the run chose: compiled or eager (and why), the linear kernel
+        seen = {}
+
+        def on_fit_start(self, trainer):
+            compiled = trainer.compiled
+            self.seen.update(compile_note=trainer.compile_note,
+                             linear_kernel=getattr(compiled, "linear_kernel", None) if compiled else None,
+                             user_cache=os.environ.get("XDG_CACHE_HOME", "~/.cache"))
+
     gate = [Gate()]
     if compile_mode in ("defaults", "bf16"):  # exactly a user's plain call: no compile or steps flags
         precision = {"precision": "bf16"} if compile_mode == "bf16" else {}
+        facts = Facts()
         history = pyrovae.fit(vae, train, epochs=epochs, batch_size=BATCH, lr=LR, loss="meanfield", progress=False,
-                              callbacks=gate, **precision)
+                              callbacks=gate + [facts], **precision)
         return [row["seconds"] for row in history], {"compile_seconds": history[0].get("compile_seconds"),
-                                                     "train_seconds": [row["train_seconds"] for row in history]}
+                                                     "train_seconds": [row["train_seconds"] for row in history],
+                                                     **facts.seen}
     # the whole step compiled from the start, eight steps a call: the tuned row of every round (the
     # defaults now take nine here, which divides MNIST's 468 full batches; auto_steps_per_call)
     history = pyrovae.fit(vae, train, epochs=epochs, batch_size=BATCH, lr=LR, loss="meanfield", progress=False,
@@ -234,6 +247,17 @@ def child(name, epochs):
         return run_pyrovae(epochs, "on")
     if name == "pyrovae-defaults":
         return run_pyrovae(epochs, "defaults")
+    if name == "pyrovae-defaults-cold":  # a user's first run on the machine: an empty user cache
+        import shutil
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="peers-cold-cache-")
+        os.environ["XDG_CACHE_HOME"] = folder
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        try:
+            return run_pyrovae(epochs, "defaults")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     if name == "pyrovae-bf16":
         return run_pyrovae(epochs, "bf16")
     if name == "pyrovae-eager":
@@ -359,6 +383,8 @@ def main():
     parser.add_argument("--unpaired", action="store_true", help="each process alone on the machine, one after "
                         "another, their order alternating by repeat (with --defaults too, which is otherwise in "
                         "lockstep): what a user running one program sees; medians and lower quartiles")
+    parser.add_argument("--out", help="the results file (default: results-peers[-defaults|-unpaired]-cpu.json); name "
+                        "one per processor to keep each machine's record")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -395,6 +421,7 @@ def main():
                        "epoch": statistics.median(steady), "epoch_min": min(steady), "epoch_max": max(steady),
                        "epoch_lower_quartile": statistics.quantiles(steady, n=4)[0] if len(steady) > 1 else steady[0],
                        "compile_seconds": measured[0].get("compile_seconds"),
+                       "compile_seconds_each": [run.get("compile_seconds") for run in measured],
                        "whole_run": statistics.median(whole_runs), "whole_run_min": min(whole_runs),
                        "whole_run_max": max(whole_runs)}
     peers = [name for name in table if not name.startswith("pyrovae")]
@@ -429,7 +456,7 @@ def main():
             if name != fastest_peer_name:
                 row["unpaired_lower_quartile_ratio"] = row["epoch_lower_quartile"] / quartile
                 print(f"  {name}: {row['ratio_to_fastest_peer']:.3f}, {row['unpaired_lower_quartile_ratio']:.3f}")
-    results_file = DEFAULTS_RESULTS if args.defaults and lockstep else (
+    results_file = Path(args.out) if args.out else DEFAULTS_RESULTS if args.defaults and lockstep else (
         UNPAIRED_RESULTS if args.defaults else RESULTS)
     results_file.write_text(json.dumps(
         {"machine": versions(), "epochs": args.epochs, "repeats": args.repeats, "lockstep": lockstep,

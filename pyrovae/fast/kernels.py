@@ -5,8 +5,10 @@ density in a form the compiler vectorizes.
 dL/dx = g W and dL/dW = g^T x (and dL/db = sum_n g_n). On CPU, ``torch.nn.functional.linear`` and
 ``torch.mm`` call MKL's sgemm; at the VAE's layer shapes (a batch of 128, layers of 400 and 784
 units) oneDNN's inner-product kernel, which PyTorch ships for its own inference path, runs the
-same products about 1.8x faster on the machine ``benchmarks/peers.py`` was measured on (an AMD
-EPYC, where MKL does not pick its fastest code path). The three products are the same function
+same products about 1.8x faster on the machine ``benchmarks/peers.py`` was first measured on (an
+AMD EPYC, where MKL does not pick its fastest code path), and 1.4x slower on an Intel Xeon, where
+MKL does: the compiled step takes whichever this machine runs faster, measured once
+(:mod:`pyrovae.fast.machine_choices`). The three products are the same function
 of the same inputs; only the kernel, and so the order of the float32 additions, differs
 (``tests/test_cpu_kernels.py`` compares values and gradients with ``F.linear``'s). The products
 are registered as operators (``pyrovae::onednn_linear_r2`` and its two gradients) so that
