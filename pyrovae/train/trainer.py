@@ -42,6 +42,7 @@ from ..fast.binarize import bernoulli_pixels
 from ..fast.machine_choices import layer_shapes
 from ..fast.precision import autocast, check_precision, warn_if_bf16_is_slower
 from ..fast.compile_cache import compiled_before, record_compile
+from ..fast.denormals import flushing_denormals
 from ..fast.compiled import (AUTO_MIN_STEPS, AUTO_MIN_STEPS_CACHED, ONE_STEP_GRAPH_MIN_STEPS, auto_steps_per_call, CompiledLoss, CompiledStep,
                        CompiledTerms, compile_reason, whole_step_reason)
 from .schedules import make_scheduler
@@ -349,20 +350,22 @@ class Trainer:
                 torch.manual_seed(stream_seed(options["seed"], self.epoch, context.rank))
         self._call("on_epoch_start")
         interleaved = getattr(self.objective, "interleaved_losses", None)
-        while self.step < self.steps_per_epoch:
-            step = self.step
-            losses = self._compiled_steps(order, step)
-            if losses is None:
-                index = context.shard(order[step * batch:(step + 1) * batch])
-                labels = () if self.train_y is None else (self.train_y[index],)
-                losses = self.train_step(self.train_x[index], *labels, first=self.epoch == 0 and step == 0)[None]
-            self.epoch_total += losses.detach().double().sum()
-            if interleaved is not None:  # steps of their own after this one (m2's labelled batches)
-                for loss_fn, every_parameter in interleaved(self.epoch, step, self.steps_per_epoch):
-                    self._optimize(loss_fn, first=self.epoch == 0 and step == 0, every_parameter=every_parameter)
-            self.step = step + len(losses)
-            for done, loss in enumerate(losses, start=step):
-                self._call("on_step_end", done, loss)
+        # the steps in flush-to-zero, as XLA computes (pyrovae.fast.denormals); the report below in the caller's modes
+        with flushing_denormals(self.device):
+            while self.step < self.steps_per_epoch:
+                step = self.step
+                losses = self._compiled_steps(order, step)
+                if losses is None:
+                    index = context.shard(order[step * batch:(step + 1) * batch])
+                    labels = () if self.train_y is None else (self.train_y[index],)
+                    losses = self.train_step(self.train_x[index], *labels, first=self.epoch == 0 and step == 0)[None]
+                self.epoch_total += losses.detach().double().sum()
+                if interleaved is not None:  # steps of their own after this one (m2's labelled batches)
+                    for loss_fn, every_parameter in interleaved(self.epoch, step, self.steps_per_epoch):
+                        self._optimize(loss_fn, first=self.epoch == 0 and step == 0, every_parameter=every_parameter)
+                self.step = step + len(losses)
+                for done, loss in enumerate(losses, start=step):
+                    self._call("on_step_end", done, loss)
         train_seconds = self.epoch_seconds()
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained at
         self.scheduler.step()
