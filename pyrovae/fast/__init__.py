@@ -10,7 +10,16 @@ proven by tests, and is chosen by structure, never by the user's model changing 
   eager one);
 - :mod:`pyrovae.fast.binarize`: the dynamic binarization's draws from a counter-based generator
   that the compiler vectorizes, the one function eager and compiled steps both call
-  (``tests/test_cpu_kernels.py``: its bits against a NumPy decoding, eager and compiled).
+  (``tests/test_cpu_kernels.py``: its bits against a NumPy decoding, eager and compiled);
+- :mod:`pyrovae.fast.machine_choices`: where the faster of two kernels depends on the processor
+  (oneDNN or MKL for the linear layers; bf16 or float32), the choice measured once on the machine
+  and kept in the user's cache (``tests/test_machine_choices.py``);
+- :mod:`pyrovae.fast.compile_cache`: the compiled steps' kernels kept in the user's cache, each
+  compile recorded for ``compile="auto"``;
+- :mod:`pyrovae.fast.denormals`: the training steps in flush-to-zero, as XLA computes on CPU
+  (``tests/test_denormals.py``: the same parameters to the bit);
+- :mod:`pyrovae.fast.precision`: bf16 training where the processor has it, and a warning with the
+  measured figures where it is the slower.
 
 Importing it registers nothing: the operators are registered on first use.
 """

@@ -59,11 +59,11 @@ __all__ = ["AUTO_MIN_STEPS", "AUTO_MIN_STEPS_CACHED", "AUTO_STEPS_PER_CALL", "AU
 
 # compile="auto" compiles a run of this many steps, or of AUTO_MIN_STEPS_CACHED where the step was
 # compiled on this machine before (pyrovae.fast.compile_cache.compiled_before). The step of the MNIST
-# VAE (784-400-50, batch 128, nine steps a call, 2 vCPUs): compiled first in some 40 s, from the
-# cache in 4; an eager step costs some 1.7 ms more than a compiled one (Intel Xeon: 4.9 ms against
-# 3.2), so the cached compile pays from about 2400 steps, the first one from about 24000. The first
-# is taken from 5000 steps all the same: it is paid once a machine, and each later run of the
-# model, short ones included, compiles from the cache.
+# VAE (784-400-50, batch 128, nine steps a call, 2 vCPUs, Intel Xeon): compiled first in 32-40 s,
+# from the cache in about 4; an eager step costs some 1.9 ms more than a compiled one (2.0 s an epoch
+# of 468 steps against 1.13), so the cached compile pays from about 2000 steps, the first one from
+# about 20000. The first is taken from 5000 steps all the same: it is paid once a machine, and each
+# later run of the model, short ones included, compiles from the cache (docs/benchmarks.md).
 AUTO_MIN_STEPS = 5000
 AUTO_MIN_STEPS_CACHED = 2500
 # in the operator's name, as kernels.REVISION: a graph cached on disk by an earlier definition never replays
