@@ -78,7 +78,8 @@ def run_pyrovae(epochs, compile_mode):
                 epoch_gate()
 
     class Facts(pyrovae.train.Callback):  # what the run chose: compiled or eager (and why), the linear kernel
-        seen = {}
+        def __init__(self):
+            self.seen = {}
 
         def on_fit_start(self, trainer):
             compiled = trainer.compiled
