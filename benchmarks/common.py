@@ -4,7 +4,6 @@ against, and the machine's float32 matrix-multiply throughput."""
 import math
 import os
 import platform
-from pathlib import Path
 import time
 
 import torch
@@ -13,6 +12,7 @@ from torch.nn import functional as F
 
 import pyro
 import pyrovae
+from pyrovae.fast import machine_choices, precision
 
 
 def mnist(split):
@@ -38,14 +38,7 @@ def matmul_gflops(m=4096, k=400, n=784, repeats=30, kernel="torch"):
 def processor():
     """The processor's model name and the bf16 instructions it reports (/proc/cpuinfo), or the
     platform's word for it where there is no such file."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": platform.processor() or platform.machine(), "bf16": []}
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 platform.machine())
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    return {"model": model, "bf16": sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16"))}
+    return {"model": machine_choices.processor_name(), "bf16": sorted(precision.cpu_bf16_instructions())}
 
 
 def machine():

@@ -35,7 +35,7 @@ from ..user_cache import cache_dir
 from .kernels import available as onednn_available
 from .kernels import linear_products
 
-__all__ = ["FILE_NAME", "choices_path", "processor_name", "machine", "machine_key", "lookup", "record", "recorded", "layer_shapes",
+__all__ = ["FILE_NAME", "choices_path", "cpuinfo", "processor_name", "machine", "machine_key", "lookup", "record", "recorded", "layer_shapes",
            "linear_kernel", "bf16_timing"]
 
 FILE_NAME = "machine-choices.json"
@@ -50,20 +50,27 @@ def choices_path() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _cpuinfo_model() -> str:
+def cpuinfo() -> Dict[str, str]:
+    """The first processor's fields in Linux's /proc/cpuinfo (``"model name"``, ``"flags"``, ...),
+    or {} where there is no such file."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return ""
+        return {}
+    fields = {}
     for line in text.splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return ""
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def processor_name() -> str:
     """The processor's model name (Linux's /proc/cpuinfo), else what ``platform`` says."""
-    return _cpuinfo_model() or platform.processor() or platform.machine() or "unknown processor"
+    return cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown processor"
 
 
 def machine() -> Dict:
@@ -71,8 +78,8 @@ def machine() -> Dict:
     return {"processor": processor_name(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def machine_key(description: Dict = None) -> str:
-    description = description or machine()
+def machine_key() -> str:
+    description = machine()
     return f"{description['processor']} | torch {description['torch']} | {description['threads']} threads"
 
 

@@ -23,11 +23,11 @@ bf16 all the same, as asked.
 import contextlib
 import functools
 import warnings
-from pathlib import Path
+from typing import Optional
 
 import torch
 
-from .machine_choices import bf16_timing, choices_path, processor_name
+from .machine_choices import bf16_timing, choices_path, cpuinfo, processor_name
 
 __all__ = ["PRECISIONS", "PrecisionWarning", "cpu_bf16_instructions", "check_precision", "warn_if_bf16_is_slower",
            "autocast"]
@@ -39,14 +39,7 @@ _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_instructions() -> tuple:
     """The bfloat16 instruction sets this CPU reports (Linux's /proc/cpuinfo flags), or ()."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ()
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
+    flags = set(cpuinfo().get("flags", "").split())
     return tuple(flag for flag in _CPU_BF16_FLAGS if flag in flags)
 
 
@@ -74,7 +67,7 @@ class PrecisionWarning(UserWarning):
     """``precision="bf16"`` measured slower than float32 on this machine."""
 
 
-def warn_if_bf16_is_slower(layers, batch_size: int, device) -> dict:
+def warn_if_bf16_is_slower(layers, batch_size: int, device) -> Optional[dict]:
     """On CPU, the measured timing of bf16 against fp32 for linear layers of these (in, out)
     shapes at ``batch_size`` rows (:func:`~pyrovae.fast.machine_choices.bf16_timing`), with a
     :class:`PrecisionWarning` where bf16 is the slower; None off the CPU or without linear layers."""
